@@ -1,0 +1,228 @@
+"""Typed run configuration: a frozen dataclass with defaults, YAML files and ``--key=value`` on top.
+
+Every knob of every model lives in one flat :class:`Config` so that a YAML file, a command line
+override and a saved run directory all speak the same language. Unknown keys and values of the
+wrong type are errors that name the key. Defaults are the reference training defaults of
+DESIGN.md (D=64, K=4, batch 128, Adam 1e-3, 1,280 shared uniform negatives, validation every
+500 steps, patience 10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- what to train -------------------------------------------------------------------------
+    model: str = "comirec-sa"
+    backbone: str = "comirec-sa"  # used by wrappers (DMI) only
+    seed: int = 2021
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads; 0 = torch default
+
+    # --- model size ----------------------------------------------------------------------------
+    embedding_dim: int = 64
+    num_interests: int = 4
+    seq_len: int = 20
+    sa_hidden_factor: int = 4  # ComiRec-SA attention hidden size = factor * D
+    add_positions: bool = True  # learned position embeddings in ComiRec-SA
+
+    # --- capsule routing (MIND / ComiRec-DR) ----------------------------------------------------
+    routing_iters: int = 3
+    routing_axis: str = "positions"  # positions (PyTorch ports) | interests (original TF code)
+    label_aware_pow: float = 0.0  # MIND label-aware attention power; 0 = hard argmax read-out
+    mind_relu_layer: bool = False
+
+    # --- REMI training scheme ------------------------------------------------------------------
+    hard_negative_beta: float = 0.0  # interest-aware hard-negative weighting; 0 = off
+    routing_reg: float = 0.0  # routing (attention) regularisation weight; 0 = off
+
+    # --- optimisation --------------------------------------------------------------------------
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    num_negatives: int = 1280
+    negative_sampler: str = "uniform"  # uniform | log_uniform
+    logq_correction: bool = False
+    remove_accidental_hits: bool = False
+    min_cut: int = 4  # a training cut point k >= min_cut (ComiRec protocol)
+
+    # --- budget, validation, early stopping ----------------------------------------------------
+    max_steps: int = 100_000
+    eval_every: int = 500
+    patience: int = 10
+    eval_batch_size: int = 1024
+    eval_max_users: int = 0  # 0 = all validation users
+    retrieval_backend: str = "torch"  # torch | faiss
+    exclude_history: bool = False
+    progress: bool = True
+
+    # --- DMI refiner ---------------------------------------------------------------------------
+    diffusion_steps: int = 10  # T
+    schedule: str = "linear"  # linear | cosine
+    beta_start: float = 1e-4
+    beta_end: float = 2e-2
+    noise_scale: float = 1.0  # s: beta_t = s * schedule(t)
+    noise_kind: str = "gaussian"  # gaussian | dim_mask
+    normalize_scale: bool = True  # diffuse v0 / running RMS, rescale after
+    start_step: int = 0  # T' (0 = T)
+    reverse_steps: int = 0  # S (0 = T')
+    stochastic_reverse: bool = False
+    eta: float = 0.2
+    prune: str = "topm"  # topm | threshold | none
+    prune_m: int = 5
+    denoiser: str = "attention"  # attention | mlp
+    denoiser_blocks: int = 1
+    denoiser_heads: int = 2
+    step_token: bool = True
+    recon_weight: float = 0.1
+    no_noise: bool = False  # ablation: same denoiser, t=0
+    train_chain: bool = False  # unroll the reverse chain from t in training
+    refiner_lr_scale: float = 1.0
+    freeze_backbone_steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Config":
+        return from_dict({**self.to_dict(), **changes})
+
+
+_FIELDS = {f.name: f for f in fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check (and, for strings from the command line, parse) one value against its field type."""
+    want = _HINTS[key]
+    if isinstance(want, types.UnionType) or typing.get_origin(want) is typing.Union:
+        raise ConfigError(f"config key {key!r}: unsupported field type {want}")
+    if isinstance(value, str) and want is not str:
+        text = value.strip()
+        if want is bool:
+            low = text.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ConfigError(f"config key {key!r}: expected a boolean, got {value!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config key {key!r}: cannot parse {value!r}") from exc
+    if want is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: expected a boolean, got {value!r}")
+        return value
+    if want is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+        return value
+    if want is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        return float(value)
+    if want is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key {key!r}: unsupported field type {want}")
+
+
+_CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "routing_axis": ("positions", "interests"),
+    "negative_sampler": ("uniform", "log_uniform"),
+    "retrieval_backend": ("torch", "faiss"),
+    "schedule": ("linear", "cosine"),
+    "noise_kind": ("gaussian", "dim_mask"),
+    "prune": ("topm", "threshold", "none"),
+    "denoiser": ("attention", "mlp"),
+}
+
+
+def from_dict(values: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping of key: value, got {type(values).__name__}")
+    clean = {}
+    for key, value in values.items():
+        key = str(key).replace("-", "_")
+        if key not in _FIELDS:
+            raise ConfigError(f"{source}: unknown config key {key!r}")
+        clean[key] = _coerce(key, value)
+    for key, allowed in _CHOICES.items():
+        if key in clean and clean[key] not in allowed:
+            raise ConfigError(f"{source}: config key {key!r} must be one of {allowed}, got {clean[key]!r}")
+    cfg = Config(**clean)
+    _check_ranges(cfg, source)
+    return cfg
+
+
+def _check_ranges(cfg: Config, source: str) -> None:
+    positive = ("embedding_dim", "num_interests", "seq_len", "batch_size", "eval_every",
+                "eval_batch_size", "diffusion_steps", "routing_iters", "prune_m")
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{source}: config key {key!r} must be positive, got {getattr(cfg, key)}")
+    for key in ("num_negatives", "max_steps", "patience", "eval_max_users", "start_step", "reverse_steps"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.eta <= 1.0:
+        raise ConfigError(f"{source}: config key 'eta' must be in [0, 1], got {cfg.eta}")
+    if cfg.start_step > cfg.diffusion_steps:
+        raise ConfigError(f"{source}: config key 'start_step' must be <= diffusion_steps")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a mapping (validated later by :func:`from_dict`)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value at top level")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """Turn ``["--lr=0.01", "batch_size=64"]`` into ``{"lr": "0.01", "batch_size": "64"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        text = item[2:] if item.startswith("--") else item
+        if "=" not in text:
+            raise ConfigError(f"override {item!r}: expected --key=value")
+        key, value = text.split("=", 1)
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def build_config(yaml_paths: list[str | Path] = (), overrides: dict[str, Any] | None = None,
+                 base: dict[str, Any] | None = None) -> Config:
+    """Defaults, then ``base``, then each YAML file in order, then ``overrides``."""
+    merged: dict[str, Any] = dict(base or {})
+    for path in yaml_paths:
+        data = load_yaml(path)
+        from_dict(data, source=str(path))  # validate each file on its own, naming it in errors
+        merged.update({k.replace("-", "_"): v for k, v in data.items()})
+    if overrides:
+        from_dict(dict(overrides), source="command line")
+        merged.update(overrides)
+    return from_dict(merged)

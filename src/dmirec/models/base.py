@@ -1,0 +1,70 @@
+"""The one model contract every retrieval model honours, and the shared argmax read-out.
+
+A model maps a padded history ``(B, L)`` of item ids (0 = padding) and its mask to K interest
+vectors and the item-to-interest weights:
+
+    interests(history, mask) -> V (B, K, D), W (B, K, L)
+    item_embeddings()        -> (N + 1, D), row 0 is the padding item and is never retrieved
+    user_vectors(history, mask) -> (B, K, D), the vectors used as retrieval queries
+    train_forward(history, mask, target) -> TrainOutput
+
+Models know nothing about training loops, files or HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TrainOutput:
+    """What the training loop needs from one forward pass."""
+
+    user: torch.Tensor  # (B, D) read-out vector scored against the target and the negatives
+    interests: torch.Tensor  # (B, K, D) the vectors the read-out chose from
+    weights: torch.Tensor  # (B, K, L) item-to-interest weights (attention / routing)
+    aux_loss: torch.Tensor  # scalar added to the retrieval loss (0 when none)
+
+
+def argmax_readout(interests: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
+    """Pick, per user, the interest with the largest inner product with the target: (B, D)."""
+    scores = torch.einsum("bkd,bd->bk", interests, target_emb)  # (B, K)
+    best = scores.argmax(dim=1)  # (B,)
+    return interests[torch.arange(interests.shape[0], device=interests.device), best]  # (B, D)
+
+
+class RetrievalModel(nn.Module):
+    """Base class: an item embedding table plus the contract above.
+
+    Subclasses implement :meth:`interests`. The default :meth:`train_forward` is the hard argmax
+    read-out of ComiRec; the default :meth:`user_vectors` returns the interests themselves.
+    """
+
+    def __init__(self, num_items: int, embedding_dim: int):
+        super().__init__()
+        self.num_items = num_items  # real items are 1..num_items
+        self.embedding_dim = embedding_dim
+        self.item_emb = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
+
+    def interests(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_emb.weight  # (N + 1, D)
+
+    def user_vectors(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.interests(history, mask)[0]  # (B, K, D)
+
+    def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> TrainOutput:
+        vecs, weights = self.interests(history, mask)  # (B, K, D), (B, K, L)
+        target_emb = self.item_emb(target)  # (B, D)
+        user = argmax_readout(vecs, target_emb)  # (B, D)
+        return TrainOutput(user=user, interests=vecs, weights=weights, aux_loss=vecs.new_zeros(()))
+
+    @property
+    def trainable(self) -> bool:
+        """False for models with nothing to learn (most-popular)."""
+        return True
