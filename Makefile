@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/dmirec demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -68,3 +68,19 @@ class RetrievalModel(nn.Module):
     def trainable(self) -> bool:
         """False for models with nothing to learn (most-popular)."""
         return True
+
+
+def reference_init(module: nn.Module) -> None:
+    """Kaiming-normal initialisation of every parameter, as the public ComiRec/REMI code does.
+
+    The padding row of the item table is zeroed afterwards (it is masked out anyway).
+    """
+    for param in module.parameters():
+        if param.dim() >= 2:
+            nn.init.kaiming_normal_(param)
+        else:
+            nn.init.zeros_(param)
+    item_emb = getattr(module, "item_emb", None)
+    if isinstance(item_emb, nn.Embedding):
+        with torch.no_grad():
+            item_emb.weight[0].zero_()

@@ -1,0 +1,231 @@
+"""The ``dmirec`` command line: a thin argparse layer that wires the package's functions together.
+
+    dmirec prepare INPUT OUTDIR [--format ...] [--core 5] [--seed 1230] [--name NAME] [--comirec-files]
+    dmirec train --data OUTDIR --model NAME --out RUN_DIR [--seed N] [--device ...] [--config f.yaml] [--key=value ...]
+    dmirec train --resume RUN_DIR
+    dmirec evaluate RUN_DIR [--split valid|test] [--exclude-history] [--json]
+    dmirec export RUN_DIR BUNDLE_DIR
+    dmirec index BUNDLE_DIR --kind flat|hnsw|ivf
+    dmirec serve BUNDLE_DIR --port 8000
+    dmirec recommend BUNDLE_DIR --input LOG --output candidates.parquet -n 200
+    dmirec demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, parse_overrides
+
+
+def _metrics_table(metrics: dict, title: str = "") -> str:
+    ns = (20, 50)
+    rows = [("Recall", "recall"), ("HitRate", "hitrate"), ("NDCG", "ndcg"), ("NDCG (ComiRec)", "ndcg_comirec")]
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(f"{'metric':<16}" + "".join(f"{'@' + str(n):>10}" for n in ns))
+    for label, key in rows:
+        lines.append(f"{label:<16}" + "".join(f"{metrics[f'{key}@{n}']:>10.4f}" for n in ns))
+    lines.append(f"users: {metrics['users']}")
+    return "\n".join(lines)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare
+
+    cols = {k: v for k, v in (("user_col", args.user_col), ("item_col", args.item_col), ("time_col", args.time_col)) if v}
+    report = prepare(args.input, args.outdir, format=args.format, core=args.core, seed=args.seed, name=args.name,
+                     comirec_files=args.comirec_files, **cols)
+    print(report.summary())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from .train import make_config, resume, train
+
+    if args.resume:
+        if extra or args.data or args.model or args.config:
+            raise ConfigError("--resume takes only the run directory: its saved config is used as is")
+        result = resume(args.resume)
+    else:
+        if not args.data or not args.out:
+            raise ConfigError("train needs --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
+        overrides = parse_overrides(extra)
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        if args.device is not None:
+            overrides["device"] = args.device
+        if args.backbone is not None:
+            overrides["backbone"] = args.backbone
+        cfg = make_config(args.model, args.config or [], overrides)
+        out = Path(args.out)
+        if (out / "checkpoints" / "last.pt").exists():
+            raise ConfigError(f"{out} already holds a run; use --resume {out} or choose another --out")
+        result = train(cfg, args.data, out)
+    print(_metrics_table(result["test"], f"{result['model']} on {result['dataset']} (test, best step "
+                                         f"{result['best_step']}, stopped: {result['stopped']})"))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, split=args.split, exclude_history=args.exclude_history or None,
+                           backend=args.backend, which=args.checkpoint)
+    if args.json:
+        keys = [f"{m}@{n}" for m in ("recall", "hitrate", "ndcg", "ndcg_comirec") for n in (20, 50)] + ["users"]
+        print(json.dumps({k: metrics[k] for k in keys}))
+    else:
+        print(_metrics_table(metrics, f"{args.run_dir} ({args.split})"))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Prepare the shipped beauty log, train ComiRec-SA briefly, evaluate on test users."""
+    from .data.prepare import prepare_shipped_beauty
+    from .train import make_config, train
+
+    start = time.perf_counter()
+    work = Path(args.workdir)
+    data_dir = work / "beauty"
+    report = prepare_shipped_beauty(data_dir)
+    print(report.summary())
+    run_dir = work / "run-comirec-sa"
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    cfg = make_config("comirec-sa", [], {"max_steps": args.steps, "eval_every": 1000, "seed": 2021})
+    print(f"training comirec-sa for {cfg.max_steps} steps (batch {cfg.batch_size}); the full benchmark "
+          f"runs to early stopping, see BENCHMARKS.md")
+    result = train(cfg, data_dir, run_dir)
+    print(_metrics_table(result["test"], f"\ncomirec-sa on beauty, test users, {result['steps']} steps "
+                                         f"(best step {result['best_step']})"))
+    print(f"wall time: {time.perf_counter() - start:.1f} s   run directory: {run_dir}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_bundle
+
+    export_bundle(args.run_dir, args.bundle_dir)
+    print(f"bundle written to {args.bundle_dir}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .serve.index import build_index
+
+    opts = {k: v for k, v in vars(args).items() if k in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe",
+                                                         "recall_n") and v is not None}
+    info = build_index(args.bundle_dir, args.kind, **opts)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.app import run_server
+
+    run_server(args.bundle_dir, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from .serve.batch import recommend_batch
+
+    stats = recommend_batch(args.bundle_dir, args.input, args.output, n=args.n, format=args.format,
+                            chunk_users=args.chunk_users)
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmirec", description="Multi-interest retrieval: DMI and baselines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="turn an interaction log into the ComiRec/REMI protocol arrays")
+    p.add_argument("input")
+    p.add_argument("outdir")
+    p.add_argument("--format", choices=["csv", "parquet", "recbole", "comirec"], default=None)
+    p.add_argument("--core", type=int, default=5)
+    p.add_argument("--seed", type=int, default=1230)
+    p.add_argument("--name", default=None)
+    p.add_argument("--comirec-files", action="store_true", help="also write NAME_train/valid/test.txt and id maps")
+    p.add_argument("--user-col", default=None)
+    p.add_argument("--item-col", default=None)
+    p.add_argument("--time-col", default=None)
+
+    p = sub.add_parser("train", help="train a model (extra --key=value pairs override the config)")
+    p.add_argument("--data", default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--config", action="append", help="YAML config file (repeatable)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR")
+
+    p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--exclude-history", action="store_true")
+    p.add_argument("--backend", choices=["torch", "faiss"], default=None)
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("demo", help="prepare the shipped beauty data, train ComiRec-SA briefly, evaluate")
+    p.add_argument("--workdir", default="demo_run")
+    p.add_argument("--steps", type=int, default=3000)
+
+    p = sub.add_parser("export", help="export a run as a self-contained serving bundle")
+    p.add_argument("run_dir")
+    p.add_argument("bundle_dir")
+
+    p = sub.add_parser("index", help="build a faiss index in a bundle and measure its recall")
+    p.add_argument("bundle_dir")
+    p.add_argument("--kind", choices=["flat", "hnsw", "ivf"], default="flat")
+    p.add_argument("--hnsw-m", type=int, default=None)
+    p.add_argument("--ef-construction", type=int, default=None)
+    p.add_argument("--ef-search", type=int, default=None)
+    p.add_argument("--nlist", type=int, default=None)
+    p.add_argument("--nprobe", type=int, default=None)
+    p.add_argument("--recall-n", type=int, default=None)
+
+    p = sub.add_parser("serve", help="answer recommendation requests over HTTP")
+    p.add_argument("bundle_dir")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+
+    p = sub.add_parser("recommend", help="batch candidates for every user of an interaction log")
+    p.add_argument("bundle_dir")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("-n", type=int, default=200)
+    p.add_argument("--format", choices=["csv", "parquet", "recbole", "comirec"], default=None)
+    p.add_argument("--chunk-users", type=int, default=4096)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    try:
+        if args.command == "train":
+            return cmd_train(args, extra)
+        handler = {"prepare": cmd_prepare, "evaluate": cmd_evaluate, "demo": cmd_demo, "export": cmd_export,
+                   "index": cmd_index, "serve": cmd_serve, "recommend": cmd_recommend}[args.command]
+        return handler(args)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"dmirec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

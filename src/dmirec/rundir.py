@@ -1,0 +1,117 @@
+"""The run directory: resolved config, metrics log and atomically written checkpoints.
+
+Layout::
+
+    RUN_DIR/config.yaml          the resolved configuration (every key)
+    RUN_DIR/data.json            which prepared dataset the run used
+    RUN_DIR/metrics.jsonl        one JSON object per validation (and a final test line)
+    RUN_DIR/checkpoints/last.pt  everything needed to resume (model, optimiser, RNG states, counters)
+    RUN_DIR/checkpoints/best.pt  the model weights with the best validation Recall@50
+    RUN_DIR/result.json          test metrics of the best checkpoint, written when the run ends
+
+Writes go to a temporary file in the same folder, are flushed to disk, then renamed over the
+target, so a kill at any moment leaves either the old or the new file, never a torn one.
+This module knows nothing about training; :mod:`dmirec.export` and :mod:`dmirec.evaluate` use it
+to load a trained model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .config import Config, from_dict
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def write_config(run_dir: Path, cfg: Config) -> None:
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
+    return from_dict(yaml.safe_load(path.read_text()), source=str(path))
+
+
+def write_data_ref(run_dir: Path, data_path: Path, name: str, num_items: int) -> None:
+    ref = {"path": str(Path(data_path).resolve()), "name": name, "num_items": num_items}
+    atomic_write_text(run_dir / "data.json", json.dumps(ref, indent=2))
+
+
+def read_data_ref(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "data.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: no data.json")
+    return json.loads(path.read_text())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rewrite_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
+    with open(Path(run_dir) / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def load_trained_model(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"):
+    """Rebuild the model of a run and load its ``best`` (or ``last``) weights. Returns (model, cfg)."""
+    from .models import build_model
+
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt", map_location=device)
+    ref = read_data_ref(run_dir)
+    popularity = ckpt.get("popularity")
+    model = build_model(cfg, int(ref["num_items"]), None if popularity is None else popularity.numpy())
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, cfg

@@ -1,0 +1,221 @@
+"""The training loop: step-budgeted, validated, early-stopped and resumable.
+
+One call of :func:`train` samples protocol batches, optimises the sampled-softmax loss (plus
+the model's auxiliary loss and REMI's routing regulariser when enabled), validates every
+``eval_every`` steps on valid users with exact retrieval, keeps the checkpoint with the best
+valid Recall@50, stops after ``patience`` validations without improvement or at ``max_steps``,
+and finally evaluates the best checkpoint on test users. Every random stream (batch sampler,
+negatives, torch's global generator) is seeded from ``cfg.seed`` and saved in the checkpoint, so
+a resumed run retraces exactly the steps an uninterrupted one would have taken.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import rundir
+from .config import Config, build_config
+from .data.dataset import load_dataset
+from .data.sampler import TrainSampler, eval_split
+from .evaluate import METRIC_NS, evaluate_model
+from .losses import NegativeSampler, sampled_softmax_loss
+from .models import MODEL_DEFAULTS, build_model
+from .models.remi import routing_regularizer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def model_defaults(model: str, backbone: str | None = None) -> dict[str, Any]:
+    """Config values implied by a model name (and, for wrappers, by their backbone)."""
+    out: dict[str, Any] = {}
+    own = MODEL_DEFAULTS.get(model, {})
+    if "backbone" in own or backbone is not None:
+        out.update(MODEL_DEFAULTS.get(backbone or own.get("backbone", ""), {}))
+    out.update(own)
+    if backbone is not None:
+        out["backbone"] = backbone
+    out["model"] = model
+    return out
+
+
+def make_config(model: str | None = None, yaml_paths: list[str | Path] = (), overrides: dict | None = None) -> Config:
+    """Defaults < model defaults < YAML files < overrides. ``model`` may also come from YAML."""
+    from .config import load_yaml
+
+    overrides = dict(overrides or {})
+    chosen = model or overrides.get("model")
+    backbone = overrides.get("backbone")
+    for path in yaml_paths:
+        data = load_yaml(path)
+        chosen = model or overrides.get("model") or data.get("model", chosen)
+        backbone = overrides.get("backbone") or data.get("backbone", backbone)
+    if model:
+        overrides["model"] = model
+    base = model_defaults(chosen or Config.model, backbone)
+    return build_config(yaml_paths, overrides, base=base)
+
+
+def _optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    groups = model.param_groups(cfg) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
+    groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False,
+          callback: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on the prepared dataset ``data_dir``; returns the test metrics.
+
+    ``callback(step)`` is called after every optimisation step (tests use it to interrupt a run).
+    """
+    run_dir = Path(run_dir)
+    data = load_dataset(data_dir)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % (2**32))
+    popularity = data.item_popularity("train")
+    model = build_model(cfg, data.num_items, popularity).to(device)
+    sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=cfg.seed)
+    negatives = NegativeSampler(data.num_items, cfg.negative_sampler, device)
+    neg_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    log_probs = negatives.log_probs if cfg.logq_correction else None
+    trainable = getattr(model, "trainable", True) and cfg.max_steps > 0
+    optimizer = _optimizer(model, cfg) if trainable else None
+    valid_set = eval_split(data.splits["valid"], cfg.seq_len, cfg.eval_max_users)
+    ckpt_dir = run_dir / "checkpoints"
+    state = {"step": 0, "best": -1.0, "best_step": 0, "bad": 0, "train_seconds": 0.0, "sequences": 0,
+             "stopped": None}
+
+    if resume:
+        ckpt = rundir.load_checkpoint(ckpt_dir / "last.pt", map_location=device)
+        model.load_state_dict(ckpt["model"])
+        if optimizer is not None and ckpt.get("optimizer") is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        sampler.set_state(ckpt["sampler"])
+        neg_gen.set_state(ckpt["neg_gen"].to("cpu") if device.type == "cpu" else ckpt["neg_gen"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+        state.update(ckpt["state"])
+        rows = [r for r in rundir.read_metrics(run_dir) if r.get("split") == "valid" and r["step"] <= state["step"]]
+        rundir.rewrite_metrics(run_dir, rows)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_config(run_dir, cfg)
+        rundir.write_data_ref(run_dir, data.path, data.name, data.num_items)
+        rundir.rewrite_metrics(run_dir, [])
+
+    def save_last() -> None:
+        rundir.save_checkpoint(ckpt_dir / "last.pt", {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "sampler": sampler.state(),
+            "neg_gen": neg_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+            "state": dict(state),
+            "popularity": torch.from_numpy(popularity),
+        })
+
+    def validate(window_loss: float, window_steps: int, window_seconds: float) -> dict:
+        metrics = evaluate_model(model, data, "valid", cfg.seq_len, METRIC_NS, cfg.retrieval_backend,
+                                 cfg.exclude_history, cfg.eval_batch_size, device=device, eval_set=valid_set)
+        improved = metrics["recall@50"] > state["best"]
+        if improved:
+            state.update(best=metrics["recall@50"], best_step=state["step"], bad=0)
+            rundir.save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "step": state["step"],
+                                                          "valid": metrics, "popularity": torch.from_numpy(popularity)})
+        else:
+            state["bad"] += 1
+        row = {"split": "valid", "step": state["step"], "loss": window_loss / max(window_steps, 1),
+               "train_seq_per_s": cfg.batch_size * window_steps / window_seconds if window_seconds > 0 else None,
+               **metrics, "best_step": state["best_step"]}
+        rundir.append_metrics(run_dir, row)
+        if state["bad"] >= cfg.patience > 0:
+            state["stopped"] = "patience"
+        return row
+
+    if not trainable and state["step"] == 0 and not (ckpt_dir / "best.pt").exists():
+        validate(0.0, 0, 0.0)
+        state["stopped"] = "nothing to train"
+        save_last()
+
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not cfg.progress, unit="step",
+               dynamic_ncols=True, desc=f"{cfg.model}")
+    window_loss, window_steps, window_seconds = 0.0, 0, 0.0
+    model.train()
+    while trainable and state["stopped"] is None and state["step"] < cfg.max_steps:
+        tick = time.perf_counter()
+        batch = sampler.sample()
+        history = torch.from_numpy(batch.history).to(device)  # (B, L)
+        mask = torch.from_numpy(batch.mask).to(device)  # (B, L)
+        target = torch.from_numpy(batch.target).to(device)  # (B,)
+        out = model.train_forward(history, mask, target)
+        neg_ids = negatives.sample(cfg.num_negatives, neg_gen)  # (S,)
+        loss = sampled_softmax_loss(out.user, target, neg_ids, model.item_embeddings(), log_probs,
+                                    cfg.remove_accidental_hits, cfg.hard_negative_beta)
+        if cfg.routing_reg > 0:
+            loss = loss + cfg.routing_reg * routing_regularizer(out.weights, cfg.embedding_dim)
+        loss = loss + out.aux_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state["step"] += 1
+        state["sequences"] += cfg.batch_size
+        elapsed = time.perf_counter() - tick
+        state["train_seconds"] += elapsed
+        window_loss += float(loss.detach())
+        window_steps += 1
+        window_seconds += elapsed
+        bar.update(1)
+        if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
+            row = validate(window_loss, window_steps, window_seconds)
+            window_loss, window_steps, window_seconds = 0.0, 0, 0.0
+            if state["step"] >= cfg.max_steps and state["stopped"] is None:
+                state["stopped"] = "max_steps"
+            save_last()
+            bar.set_postfix({"valid_R@50": f"{row['recall@50']:.4f}", "best": f"{state['best']:.4f}",
+                             "seq/s": f"{row['train_seq_per_s'] or 0:.0f}"})
+        if callback is not None:
+            callback(state["step"])
+    bar.close()
+    if state["stopped"] is None:
+        state["stopped"] = "max_steps"
+        save_last()
+
+    best = rundir.load_checkpoint(ckpt_dir / "best.pt", map_location=device)
+    model.load_state_dict(best["model"])
+    test = evaluate_model(model, data, "test", cfg.seq_len, METRIC_NS, cfg.retrieval_backend,
+                          cfg.exclude_history, cfg.eval_batch_size, device=device)
+    result = {"model": cfg.model, "dataset": data.name, "seed": cfg.seed, "steps": state["step"],
+              "best_step": state["best_step"], "stopped": state["stopped"], "valid_recall@50": state["best"],
+              "train_seconds": state["train_seconds"],
+              "train_seq_per_s": state["sequences"] / state["train_seconds"] if state["train_seconds"] else None,
+              "test": test}
+    rundir.append_metrics(run_dir, {"split": "test", "step": state["best_step"], **test})
+    rundir.atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
+    return result
+
+
+def resume(run_dir: str | Path, callback: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Continue an interrupted run from its last checkpoint, with its saved config and data."""
+    run_dir = Path(run_dir)
+    cfg = rundir.read_config(run_dir)
+    data_ref = rundir.read_data_ref(run_dir)
+    if not (run_dir / "checkpoints" / "last.pt").exists():
+        return train(cfg, data_ref["path"], run_dir, resume=False, callback=callback)
+    return train(cfg, data_ref["path"], run_dir, resume=True, callback=callback)
