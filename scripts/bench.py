@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Benchmark runner: trains and evaluates models on ../shared/datasets and writes BENCHMARKS.md.
+
+    python scripts/bench.py run SUITE [--only DATASET[/MODEL]]   # resumable: finished runs are skipped
+    python scripts/bench.py report                               # BENCHMARKS.md from bench_results/*.json
+
+A suite is a YAML file in configs/bench/ listing runs (dataset, model, seeds, config file). Each run
+is one `dmirec train` subprocess (one at a time: the machine has 2 cores), so its wall time and
+peak RSS are its own. A killed run is resumed with `dmirec train --resume` on the next call.
+Results land in bench_results/DATASET-MODEL-sSEED.json (committed), run directories in
+bench_runs/ (not committed), prepared data in bench_data/ (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = (ROOT / ".." / "shared" / "datasets").resolve()
+RESULTS = ROOT / "bench_results"
+RUNS = ROOT / "bench_runs"
+DATA = ROOT / "bench_data"
+DMIREC = [sys.executable, "-m", "dmirec"]
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem_gib, "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "os": platform.platform()}
+
+
+def prepared(dataset: str) -> Path:
+    out = DATA / dataset
+    if not (out / "meta.json").exists():
+        src = SHARED / dataset / "interactions.csv"
+        if not src.exists():
+            sys.exit(f"{src} not found: the benchmark datasets live in ../shared/datasets")
+        subprocess.run(DMIREC + ["prepare", str(src), str(out), "--name", dataset], check=True)
+    return out
+
+
+def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list[str]) -> dict:
+    tag = f"{dataset}-{model}-s{seed}"
+    result_file = RESULTS / f"{tag}.json"
+    if result_file.exists():
+        print(f"[skip] {tag}: {result_file} exists")
+        return json.loads(result_file.read_text())
+    run_dir = RUNS / tag
+    data = prepared(dataset)
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        cmd = DMIREC + ["train", "--resume", str(run_dir)]
+    else:
+        if run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        cmd = DMIREC + ["train", "--data", str(data), "--model", model, "--out", str(run_dir), "--seed", str(seed),
+                        "--progress=false"]
+        if config:
+            cmd += ["--config", str(ROOT / config)]
+        cmd += extra
+    print(f"[run] {tag}: {' '.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        sys.exit(f"{tag} failed with status {status}")
+    result = json.loads((run_dir / "result.json").read_text())
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    valid = [r for r in rows if r["split"] == "valid"]
+    record = {
+        "dataset": dataset, "model": model, "seed": seed, "config": config, "extra": extra,
+        "command": " ".join(["dmirec"] + cmd[3:]),
+        "steps": result["steps"], "best_step": result["best_step"], "stopped": result["stopped"],
+        "valid_recall@50": result["valid_recall@50"], "test": result["test"],
+        "train_seq_per_s": result["train_seq_per_s"],
+        "valid_pass_s": statistics.median(r["seconds"] for r in valid) if valid else None,
+        "wall_s_last_call": wall, "peak_rss_mb_last_call": usage.ru_maxrss / 1024,
+        "resumed": cmd[3:5] == ["train", "--resume"], "machine": machine(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    result_file.write_text(json.dumps(record, indent=2))
+    print(f"[done] {tag}: test R@50 {result['test']['recall@50']:.4f} in {wall:.0f} s", flush=True)
+    return record
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    suite = yaml.safe_load((ROOT / "configs" / "bench" / f"{args.suite}.yaml").read_text())
+    for entry in suite["runs"]:
+        key = f"{entry['dataset']}/{entry['model']}"
+        if args.only and not (key == args.only or entry["dataset"] == args.only):
+            continue
+        for seed in entry.get("seeds", [2021]):
+            run_one(entry["dataset"], entry["model"], seed, entry.get("config"), entry.get("extra", []))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("suite")
+    p.add_argument("--only", default=None)
+    p = sub.add_parser("report")
+    args = parser.parse_args()
+    if args.cmd == "run":
+        cmd_run(args)
+    else:
+        from bench_report import write_report  # scripts/bench_report.py
+
+        write_report(RESULTS, ROOT / "BENCHMARKS.md")

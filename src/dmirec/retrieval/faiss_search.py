@@ -1,0 +1,175 @@
+"""Multi-interest top-N search through a faiss index: the fast backend.
+
+Each of a user's K interest vectors queries the index for its own top ``n`` (plus the number
+of items that user excludes, so that exclusion never leaves a list short); the K lists are
+merged by score, de-duplicated keeping each item's best score (and the interest that gave it),
+excluded items dropped, and the result cut to ``n`` — the serving protocol of DESIGN.md.
+
+The default index is ``faiss.IndexFlatIP`` (exact inner product), which must agree with
+:class:`dmirec.retrieval.exact.ExactTorchSearch` up to float rounding and ties. A prebuilt index
+(HNSW, IVF, ...) can be passed instead; it must use the inner-product metric and hold items
+1..N under faiss ids 0..N-1 (faiss id = item id - 1: the padding row is not indexed). Search
+parameters of such an index (``efSearch``, ``nprobe``) are the caller's to set, and its scores
+are whatever the index returns (approximate for compressed indexes).
+
+:func:`merge_candidates` is the numpy merge on its own, reusable by any backend that produces
+per-interest candidate lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+
+from dmirec.retrieval.exact import (
+    ExcludeCSR,
+    SearchResult,
+    _empty_result,
+    as_exclude_csr,
+    as_items,
+    as_queries,
+)
+
+__all__ = ["FaissSearch", "merge_candidates"]
+
+
+def _slice_csr(excl: ExcludeCSR | None, u0: int, u1: int) -> ExcludeCSR | None:
+    if excl is None:
+        return None
+    lo, hi = int(excl.indptr[u0]), int(excl.indptr[u1])
+    return ExcludeCSR(indptr=excl.indptr[u0 : u1 + 1] - lo, indices=excl.indices[lo:hi])
+
+
+def merge_candidates(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    interest: np.ndarray,
+    n: int,
+    exclude: ExcludeCSR | None = None,
+) -> SearchResult:
+    """Merge per-user candidates into the top n distinct items by score.
+
+    ``ids`` (B, C) item ids (<= 0 means no candidate), ``scores`` (B, C), ``interest`` (B, C)
+    the interest that proposed each candidate; ``exclude`` a normalised CSR over the same B
+    rows. Duplicates keep their best score (lowest interest index on equal scores). The output
+    is ordered by score descending, then item id ascending, and padded with -1 / -inf.
+    """
+    ids = np.asarray(ids, dtype=np.int64)  # (B, C)
+    scores = np.asarray(scores, dtype=np.float32)  # (B, C)
+    interest = np.asarray(interest, dtype=np.int64)  # (B, C)
+    batch, cands = ids.shape
+    if batch == 0 or cands == 0:
+        return _empty_result(batch, n)
+
+    valid = ids > 0  # (B, C)
+    if exclude is not None and exclude.indices.size:
+        base = int(max(ids.max(), exclude.indices.max())) + 1
+        rows = np.arange(batch, dtype=np.int64)[:, None]  # (B, 1)
+        ex_rows = np.repeat(np.arange(batch, dtype=np.int64), np.diff(exclude.indptr))  # (nnz,)
+        ekeys = ex_rows * base + exclude.indices  # (nnz,)
+        valid &= ~np.isin(rows * base + np.maximum(ids, 0), ekeys)
+    neg_inf = np.float32(-np.inf)
+    sc = np.where(valid, scores, neg_inf)  # (B, C)
+    ids = np.where(valid, ids, -1)  # (B, C)
+    interest = np.where(valid, interest, -1)  # (B, C)
+
+    # De-duplicate: sort each row by (id, -score, interest); the first of each id run is kept.
+    order = np.lexsort((interest, -sc, ids), axis=-1)  # (B, C)
+    s_ids = np.take_along_axis(ids, order, axis=1)  # (B, C)
+    dup_sorted = np.zeros_like(valid)  # (B, C)
+    dup_sorted[:, 1:] = s_ids[:, 1:] == s_ids[:, :-1]
+    dup = np.empty_like(dup_sorted)
+    np.put_along_axis(dup, order, dup_sorted, axis=1)
+    sc = np.where(dup, neg_inf, sc)
+    ids = np.where(dup, -1, ids)
+    interest = np.where(dup, -1, interest)
+
+    # Rank: score descending, then id ascending; -1 / -inf slots sink to the end.
+    sort_ids = np.where(ids > 0, ids, np.iinfo(np.int64).max)  # (B, C)
+    order = np.lexsort((sort_ids, -sc), axis=-1)[:, :n]  # (B, min(C, n))
+    out = _empty_result(batch, n)
+    width = order.shape[1]
+    out.ids[:, :width] = np.take_along_axis(ids, order, axis=1)
+    out.scores[:, :width] = np.take_along_axis(sc, order, axis=1)
+    out.interest[:, :width] = np.take_along_axis(interest, order, axis=1)
+    missing = out.ids < 0  # (B, n)
+    out.scores[missing] = neg_inf
+    out.interest[missing] = -1
+    return out
+
+
+class FaissSearch:
+    """Per-interest faiss search plus the K * n merge.
+
+    ``items``: (N + 1, D), row 0 = padding. ``index``: a prebuilt inner-product faiss index over
+    items 1..N (faiss id = item id - 1), or None for an exact ``IndexFlatIP``. ``user_chunk``
+    users are searched at a time, bounding the candidate arrays to ``user_chunk * K * (n +
+    max excluded)`` entries. ``num_threads``, when given, calls ``faiss.omp_set_num_threads``
+    (a process-wide setting).
+    """
+
+    def __init__(
+        self,
+        items: Any,
+        index: Any = None,
+        *,
+        user_chunk: int = 1024,
+        num_threads: int | None = None,
+    ) -> None:
+        if user_chunk < 1:
+            raise ValueError("user_chunk must be >= 1")
+        e = as_items(items).cpu().numpy()  # (N + 1, D)
+        self.num_items = e.shape[0] - 1
+        self.dim = e.shape[1]
+        self.user_chunk = int(user_chunk)
+        if num_threads is not None:
+            faiss.omp_set_num_threads(int(num_threads))
+        if index is None:
+            index = faiss.IndexFlatIP(self.dim)
+            if self.num_items:
+                index.add(np.ascontiguousarray(e[1:], dtype=np.float32))  # (N, D)
+        else:
+            if index.d != self.dim:
+                raise ValueError(f"index has d={index.d} but items have D={self.dim}")
+            if index.ntotal != self.num_items:
+                raise ValueError(
+                    f"index holds {index.ntotal} vectors but items has {self.num_items} "
+                    "(rows 1..N; the padding row must not be indexed)"
+                )
+            if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+                raise ValueError("index must use the inner-product metric (METRIC_INNER_PRODUCT)")
+        self.index = index
+
+    def search(self, queries: Any, n: int, exclude: Any = None) -> SearchResult:
+        """Top n items per user; see :class:`SearchResult`. ``exclude``: see ``as_exclude_csr``."""
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        q = as_queries(queries).cpu().numpy()  # (B, K, D)
+        batch, k, dim = q.shape
+        if dim != self.dim:
+            raise ValueError(f"queries have D={dim} but items have D={self.dim}")
+        excl = as_exclude_csr(exclude, batch, self.num_items)
+        if batch == 0 or self.num_items == 0 or k == 0:
+            return _empty_result(batch, n)
+
+        parts: list[SearchResult] = []
+        for u0 in range(0, batch, self.user_chunk):
+            u1 = min(batch, u0 + self.user_chunk)
+            sub = _slice_csr(excl, u0, u1)
+            extra = int(np.diff(sub.indptr).max()) if sub is not None else 0
+            kk = min(self.num_items, n + extra)
+            chunk = u1 - u0
+            flat = np.ascontiguousarray(q[u0:u1].reshape(chunk * k, dim))  # (C*K, D)
+            dist, lab = self.index.search(flat, kk)  # (C*K, kk) each
+            ids = np.where(lab >= 0, lab + 1, -1).reshape(chunk, k * kk)  # (C, K*kk)
+            sc = dist.astype(np.float32).reshape(chunk, k * kk)  # (C, K*kk)
+            it = np.broadcast_to(np.repeat(np.arange(k), kk), (chunk, k * kk))  # (C, K*kk)
+            parts.append(merge_candidates(ids, sc, it, n, sub))
+        return SearchResult(
+            ids=np.concatenate([p.ids for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+            interest=np.concatenate([p.interest for p in parts]),
+        )
