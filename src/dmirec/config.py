@@ -86,6 +86,7 @@ class Config:
     denoiser: str = "attention"  # attention | mlp
     denoiser_blocks: int = 1
     denoiser_heads: int = 2
+    denoiser_residual: bool = True  # head predicts a correction to v_t / sqrt(abar_t): starts as the identity
     step_token: bool = True
     recon_weight: float = 0.1
     no_noise: bool = False  # ablation: same denoiser, t=0
@@ -184,6 +185,8 @@ def _check_ranges(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: config key 'eta' must be in [0, 1], got {cfg.eta}")
     if cfg.start_step > cfg.diffusion_steps:
         raise ConfigError(f"{source}: config key 'start_step' must be <= diffusion_steps")
+    if cfg.reverse_steps > (cfg.start_step or cfg.diffusion_steps):
+        raise ConfigError(f"{source}: config key 'reverse_steps' must be <= start_step (or diffusion_steps)")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
