@@ -44,6 +44,7 @@ class Config:
     routing_axis: str = "positions"  # positions (PyTorch ports) | interests (original TF code)
     label_aware_pow: float = 0.0  # MIND label-aware attention power; 0 = hard argmax read-out
     mind_relu_layer: bool = False
+    routing_renormalise: bool = False  # keep padding out of the routing softmax (reference: off)
 
     # --- REMI training scheme ------------------------------------------------------------------
     hard_negative_beta: float = 0.0  # interest-aware hard-negative weighting; 0 = off
@@ -62,7 +63,7 @@ class Config:
     # --- budget, validation, early stopping ----------------------------------------------------
     max_steps: int = 100_000
     eval_every: int = 500
-    patience: int = 10
+    patience: int = 10  # stop once more than `patience` validations in a row bring no better R@50 (as the reference)
     eval_batch_size: int = 1024
     eval_max_users: int = 0  # 0 = all validation users
     retrieval_backend: str = "torch"  # torch | faiss

@@ -145,7 +145,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
                "train_seq_per_s": cfg.batch_size * window_steps / window_seconds if window_seconds > 0 else None,
                **metrics, "best_step": state["best_step"]}
         rundir.append_metrics(run_dir, row)
-        if state["bad"] >= cfg.patience > 0:
+        if state["bad"] > cfg.patience > 0:  # the reference's `trials > patience`
             state["stopped"] = "patience"
         return row
 
