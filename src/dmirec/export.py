@@ -1,0 +1,91 @@
+"""``dmirec export RUN_DIR BUNDLE_DIR``: turn a training run into a self-contained serving bundle.
+
+The bundle (format in :mod:`dmirec.serve.bundle`) holds the run's best (or last) model weights
+and resolved config, the prepared dataset's raw item ids, the item embeddings, the training
+popularity of every item, the interest vectors of a sample of validation users (so that an
+approximate index can later be measured against exact search) and a manifest with the dmirec,
+torch and format versions and the sha256 of every file. Nothing in it refers back to the run
+directory or the dataset: a server needs only the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.dataset import load_dataset
+from .data.sampler import eval_split
+from .rundir import load_trained_model, read_data_ref
+from .serve.bundle import BundleError, write_bundle
+
+DEFAULT_QUERY_SAMPLE = 1000
+
+
+@torch.no_grad()
+def _query_sample(model, data, seq_len: int, users: int, batch_size: int = 1024) -> np.ndarray:
+    """Interest vectors (S, K, D) of the first ``users`` validation users (test users if none)."""
+    split = "valid" if data.splits["valid"].num_users else "test"
+    ev = eval_split(data.splits[split], seq_len, max_users=users)
+    out = []
+    for s in range(0, len(ev.history), batch_size):
+        hist = torch.from_numpy(ev.history[s:s + batch_size])  # (b, L)
+        mask = torch.from_numpy(ev.mask[s:s + batch_size])  # (b, L)
+        out.append(model.user_vectors(hist, mask).float().cpu().numpy())  # (b, K, D)
+    if not out:
+        k = model.user_vectors(torch.ones(1, seq_len, dtype=torch.long),
+                               torch.ones(1, seq_len, dtype=torch.bool)).shape[1]
+        return np.zeros((0, k, model.embedding_dim), dtype=np.float32)
+    return np.concatenate(out)
+
+
+def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "best",
+                  query_sample: int = DEFAULT_QUERY_SAMPLE, overwrite: bool = False) -> dict[str, Any]:
+    """Export ``run_dir`` (its ``which`` checkpoint: best or last) to ``bundle_dir``; returns the manifest.
+
+    Needs the prepared dataset the run used (``data.json``) for the raw item ids, popularity and
+    validation users. ``query_sample`` validation users' interest vectors are stored for
+    recall measurement.
+    """
+    run_dir = Path(run_dir)
+    model, cfg = load_trained_model(run_dir, which=which, device="cpu")
+    ref = read_data_ref(run_dir)
+    data_path = Path(ref["path"])
+    if not (data_path / "meta.json").exists():
+        raise BundleError(f"{run_dir / 'data.json'}: the run's prepared dataset {data_path} is not there; "
+                          f"it is needed for the raw item ids and popularity")
+    data = load_dataset(data_path)
+    if data.num_items != int(ref["num_items"]):
+        raise BundleError(f"{data_path}: has {data.num_items} items but the run was trained on {ref['num_items']}")
+    model.eval()
+    items = model.item_embeddings().detach().float().cpu().numpy()  # (N + 1, D)
+    popularity = data.item_popularity("train")  # (N + 1,)
+    queries = _query_sample(model, data, cfg.seq_len, query_sample)  # (S, K, D)
+    result_path = run_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    info = {
+        "dataset": {"name": data.name, "num_items": data.num_items, "prepared_path": str(data_path)},
+        "source": {
+            "run_dir": str(run_dir.resolve()),
+            "checkpoint": which,
+            "valid_recall@50": result.get("valid_recall@50"),
+            "best_step": result.get("best_step"),
+            "test": result.get("test"),
+        },
+    }
+    return write_bundle(bundle_dir, model_state=model.state_dict(), config=cfg, item_ids=data.item_ids,
+                        item_embeddings=items, popularity=popularity, query_sample=queries, info=info,
+                        overwrite=overwrite)
+
+
+def export_cmd(args) -> int:
+    """CLI entry: ``args.run_dir``, ``args.bundle_dir``; optional ``which``, ``query_sample``, ``overwrite``."""
+    manifest = export_bundle(args.run_dir, args.bundle_dir, which=getattr(args, "which", "best"),
+                             query_sample=getattr(args, "query_sample", DEFAULT_QUERY_SAMPLE),
+                             overwrite=getattr(args, "overwrite", False))
+    print(f"exported {manifest['model']} ({manifest['num_items']} items, D={manifest['embedding_dim']}, "
+          f"K={manifest['num_interests']}, {manifest['query_sample_users']} sample users) to {args.bundle_dir}")
+    return 0

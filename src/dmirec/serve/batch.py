@@ -1,0 +1,459 @@
+"""``dmirec recommend BUNDLE --input LOG --output candidates.parquet -n 200``: batch candidates.
+
+Every user of an interaction log gets the top-n items the online service would return for the
+user's whole log as history: the user's rows are ordered by timestamp (stable: ties keep file
+order), ids not in the catalogue are dropped, and the last ``seq_len`` known items are the model
+input; a user with no known item gets the most popular items (interest -1). Output: a Parquet
+file with one row per candidate, columns ``user`` (str), ``rank`` (int32, 1-based), ``item``
+(str, raw id), ``score`` (float32), ``interest`` (int32), users in input order.
+
+Streaming and memory bound. CSV/TSV (plain or gzip), RecBole ``.inter`` and Parquet inputs are
+read in record batches (``pyarrow.csv.open_csv`` / ``ParquetFile.iter_batches``), never whole.
+They must have each user's rows contiguous ("grouped by user", as the shared datasets are); a
+user whose rows reappear after another user's is an error naming the user and the row.
+Completed users are scored ``chunk_users`` at a time and each chunk is written as its own
+Parquet row group, so memory holds at most: the bundle, one input batch (``batch_rows`` rows),
+the rows of the user in progress, ``chunk_users`` users' histories and ``chunk_users * n``
+candidates, and 8 bytes per user seen (a 64-bit hash of each user id, to detect users that
+reappear; a hash collision, probability about U^2 / 2^65, would be reported as a reappearing
+user, never produce wrong output). ComiRec split folders are read whole by
+:func:`dmirec.data.readers.read_log` (they are the small published splits); their bound is the
+size of the three split files. The output is written to a temporary file and renamed when
+complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .bundle import Bundle, load_bundle
+
+OUTPUT_SCHEMA = pa.schema([
+    ("user", pa.string()),
+    ("rank", pa.int32()),
+    ("item", pa.string()),
+    ("score", pa.float32()),
+    ("interest", pa.int32()),
+])
+
+
+class BatchInputError(ValueError):
+    """The interaction log cannot be streamed; the message names the file and the row."""
+
+
+@dataclass
+class LogBatch:
+    users: np.ndarray  # (R,) object array of str
+    items: np.ndarray  # (R,) object array of str
+    timestamps: np.ndarray  # (R,) int64 or float64
+    first_row: int  # 1-based data row number of the first row (header not counted)
+
+
+# ----------------------------------------------------------------------------------------------
+# streaming readers
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _first_line(path: Path) -> str:
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        return fh.readline().rstrip("\r\n")
+
+
+def _infer_format(path: Path) -> str:
+    from ..data.readers import infer_format
+
+    return infer_format(path)
+
+
+def _parse_timestamps(values: np.ndarray, path: Path, first_row: int) -> np.ndarray:
+    num = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
+    arr = num.to_numpy()
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    arr = arr.astype(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise BatchInputError(f"{path}, data row {first_row + i}: timestamp {values[i]!r} is not a number")
+    return arr
+
+
+def _check_ids(users: np.ndarray, items: np.ndarray, path: Path, first_row: int) -> None:
+    for name, col in (("user", users), ("item", items)):
+        empty = col == ""
+        if np.any(empty):
+            raise BatchInputError(f"{path}, data row {first_row + int(np.argmax(empty))}: empty {name} id")
+
+
+def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: bool,
+                    batch_rows: int) -> Iterator[LogBatch]:
+    import pyarrow.csv as pacsv
+
+    first = _first_line(path)
+    if first.strip() == "":
+        raise BatchInputError(f"{path}: empty file or blank first line")
+    quoting = csv.QUOTE_NONE if recbole else csv.QUOTE_MINIMAL
+    fields = next(csv.reader([first], delimiter=sep, quoting=quoting))
+    if recbole:
+        fields = [f.split(":", 1)[0] for f in fields]
+    names = [c for c in cols.values() if isinstance(c, str)]
+    if recbole or any(c in fields for c in names):
+        header = True
+    else:
+        tpos = cols["timestamp"] if isinstance(cols["timestamp"], int) else 2
+        try:
+            float(fields[tpos])
+            header = False
+        except (ValueError, IndexError):
+            header = True
+    if header:
+        missing = [c for c in cols.values() if isinstance(c, str) and c not in fields]
+        if missing:
+            raise BatchInputError(f"{path}, line 1: missing column(s) {', '.join(map(repr, missing))} "
+                                  f"(the header has: {', '.join(fields)})")
+        column_names = [f"c{j}" for j in range(len(fields))]
+        pos = {r: (c if isinstance(c, int) else fields.index(c)) for r, c in cols.items()}
+    else:
+        defaults = {"user": 0, "item": 1, "timestamp": 2}
+        pos = {r: (c if isinstance(c, int) else defaults[r]) for r, c in cols.items()}
+        column_names = [f"c{j}" for j in range(len(fields))]
+        if max(pos.values()) >= len(fields):
+            raise BatchInputError(f"{path}, line 1: expected at least {max(pos.values()) + 1} fields "
+                                  f"(user, item, timestamp without a header), found {len(fields)}")
+    want = {r: f"c{p}" for r, p in pos.items()}
+    read_opts = pacsv.ReadOptions(column_names=column_names, skip_rows=1 if header else 0,
+                                  block_size=1 << 22)
+    parse_opts = pacsv.ParseOptions(delimiter=sep, quote_char=False if recbole else '"')
+    conv_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in column_names},
+                                     include_columns=list(dict.fromkeys(want.values())),
+                                     strings_can_be_null=False)
+    stream = pa.input_stream(str(path), compression="gzip" if _is_gzip(path) else None)
+    try:
+        reader = pacsv.open_csv(stream, read_options=read_opts, parse_options=parse_opts,
+                                convert_options=conv_opts)
+    except pa.ArrowInvalid as exc:
+        raise BatchInputError(f"{path}: cannot parse ({exc})") from None
+    row = 1
+    while True:
+        try:
+            rb = reader.read_next_batch()
+        except StopIteration:
+            break
+        except pa.ArrowInvalid as exc:
+            raise BatchInputError(f"{path}: cannot parse near data row {row} ({exc})") from None
+        for start in range(0, rb.num_rows, batch_rows):
+            part = rb.slice(start, batch_rows)
+            users = part.column(want["user"]).to_numpy(zero_copy_only=False).astype(object)
+            items = part.column(want["item"]).to_numpy(zero_copy_only=False).astype(object)
+            raw_ts = part.column(want["timestamp"]).to_numpy(zero_copy_only=False).astype(object)
+            _check_ids(users, items, path, row)
+            yield LogBatch(users, items, _parse_timestamps(raw_ts, path, row), row)
+            row += part.num_rows
+
+
+def _arrow_ids(col: pa.Array) -> np.ndarray:
+    if pa.types.is_floating(col.type):
+        vals = col.to_numpy(zero_copy_only=False)
+        if np.all(vals == np.trunc(vals)):
+            return vals.astype(np.int64).astype(str).astype(object)
+        return vals.astype(str).astype(object)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        col = col.cast(pa.string())
+    return col.to_numpy(zero_copy_only=False).astype(object)
+
+
+def _arrow_times(col: pa.Array) -> np.ndarray:
+    if pa.types.is_timestamp(col.type):
+        ns = col.cast(pa.timestamp("ns")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        return ns // 10**9 if np.all(ns % 10**9 == 0) else ns / 1e9
+    if pa.types.is_integer(col.type):
+        return col.to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_floating(col.type):
+        return col.to_numpy(zero_copy_only=False).astype(np.float64)
+    return col.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
+
+
+def _iter_parquet(path: Path, cols: dict[str, str], batch_rows: int) -> Iterator[LogBatch]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise BatchInputError(f"{path}: not a Parquet file ({exc})") from None
+    missing = [c for c in cols.values() if c not in pf.schema_arrow.names]
+    if missing:
+        raise BatchInputError(f"{path}: missing column(s) {', '.join(map(repr, missing))} "
+                              f"(the file has: {', '.join(pf.schema_arrow.names)})")
+    row = 1
+    for rb in pf.iter_batches(batch_size=batch_rows, columns=list(dict.fromkeys(cols.values()))):
+        for role in ("user", "item", "timestamp"):
+            nulls = rb.column(cols[role]).null_count
+            if nulls:
+                i = int(np.argmax(rb.column(cols[role]).is_null().to_numpy(zero_copy_only=False)))
+                raise BatchInputError(f"{path}, row {row + i}: missing {role}")
+        users = _arrow_ids(rb.column(cols["user"]))
+        items = _arrow_ids(rb.column(cols["item"]))
+        ts = _arrow_times(rb.column(cols["timestamp"]))
+        if ts.dtype == object:
+            ts = _parse_timestamps(ts, path, row)
+        _check_ids(users, items, path, row)
+        yield LogBatch(users, items, ts, row)
+        row += rb.num_rows
+
+
+def _iter_comirec(path: Path, batch_rows: int) -> Iterator[LogBatch]:
+    from ..data.readers import read_log
+
+    split = read_log(path, format="comirec")
+    frames = [split.splits[s] for s in ("train", "valid", "test") if len(split.splits[s])]
+    df = pd.concat(frames, ignore_index=True)
+
+    def mapped(values: np.ndarray, table: pd.DataFrame | None) -> np.ndarray:
+        if table is None:
+            return values.astype(str).astype(object)
+        lookup = pd.Series(table["raw"].to_numpy(), index=table["new"].to_numpy())
+        out = lookup.reindex(values).to_numpy(dtype=object)
+        missing = pd.isna(out)
+        out[missing] = values[missing].astype(str)
+        return out
+
+    users = mapped(df["user"].to_numpy(), split.user_map)
+    items = mapped(df["item"].to_numpy(), split.item_map)
+    ts = df["timestamp"].to_numpy(dtype=np.int64)
+    for s in range(0, len(df), batch_rows):
+        yield LogBatch(users[s:s + batch_rows], items[s:s + batch_rows], ts[s:s + batch_rows], s + 1)
+
+
+def iter_log(path: str | Path, format: str | None = None, *, user_col: str | int = "user_id",
+             item_col: str | int = "item_id", time_col: str | int = "timestamp", sep: str | None = None,
+             batch_rows: int = 65_536) -> Iterator[LogBatch]:
+    """Stream an interaction log as :class:`LogBatch` es (formats as :func:`dmirec.data.readers.read_log`)."""
+    path = Path(path)
+    if not path.exists():
+        raise BatchInputError(f"{path}: no such file")
+    fmt = format or _infer_format(path)
+    cols = {"user": user_col, "item": item_col, "timestamp": time_col}
+    if fmt == "csv":
+        if sep is None:
+            sep = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
+        return _iter_delimited(path, sep, cols, False, batch_rows)
+    if fmt == "recbole":
+        return _iter_delimited(path, "\t", cols, True, batch_rows)
+    if fmt == "parquet":
+        return _iter_parquet(path, cols, batch_rows)
+    if fmt == "comirec":
+        return _iter_comirec(path, batch_rows)
+    raise BatchInputError(f"{path}: unknown format {fmt!r}; expected csv, parquet, recbole or comirec")
+
+
+# ----------------------------------------------------------------------------------------------
+# grouping
+
+
+class _SeenUsers:
+    """Set of 64-bit user-id hashes as a few sorted runs merged geometrically (8 bytes per user)."""
+
+    def __init__(self) -> None:
+        self.runs: list[np.ndarray] = []
+
+    def contains(self, h: np.ndarray) -> np.ndarray:
+        hit = np.zeros(len(h), dtype=bool)
+        for run in self.runs:
+            pos = np.searchsorted(run, h)
+            pos = np.minimum(pos, len(run) - 1)
+            hit |= run[pos] == h
+        return hit
+
+    def add(self, h: np.ndarray) -> None:
+        if len(h) == 0:
+            return
+        self.runs.append(np.sort(h))
+        while len(self.runs) >= 2 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            b = self.runs.pop()
+            a = self.runs.pop()
+            self.runs.append(np.sort(np.concatenate([a, b]), kind="stable"))
+
+
+def _hash(users: np.ndarray) -> np.ndarray:
+    return pd.util.hash_array(np.asarray(users, dtype=object), categorize=False)
+
+
+@dataclass
+class _Pending:
+    user: str
+    row: int
+    ids: list[np.ndarray] = field(default_factory=list)
+    ts: list[np.ndarray] = field(default_factory=list)
+
+    def sequence(self) -> np.ndarray:
+        ids = np.concatenate(self.ids)
+        ts = np.concatenate(self.ts)
+        order = np.argsort(ts, kind="stable")
+        seq = ids[order]
+        return seq[seq > 0]
+
+
+def iter_user_sequences(batches: Iterator[LogBatch], item_index: pd.Index, path: Path
+                        ) -> Iterator[tuple[str, np.ndarray, int, int]]:
+    """Yield (user, time-ordered known item ids, rows, unknown rows) per user, in input order.
+
+    Raises :class:`BatchInputError` when a user's rows are not contiguous.
+    """
+    seen = _SeenUsers()
+    pending: _Pending | None = None
+    for batch in batches:
+        users = batch.users
+        if len(users) == 0:
+            continue
+        ids = item_index.get_indexer(batch.items).astype(np.int64) + 1  # (R,) 0 = unknown
+        change = np.flatnonzero(users[1:] != users[:-1]) + 1
+        starts = np.concatenate([[0], change])
+        ends = np.concatenate([change, [len(users)]])
+        cont = pending is not None and users[0] == pending.user
+        new_starts = starts[1:] if cont else starts
+        if len(new_starts):
+            new_users = users[new_starts]
+            h = _hash(new_users)
+            again = seen.contains(h)
+            uniq, first, counts = np.unique(h, return_index=True, return_counts=True)
+            if again.any() or (counts > 1).any():
+                if again.any():
+                    j = int(np.argmax(again))
+                else:
+                    dup = uniq[counts > 1][0]
+                    j = int(np.flatnonzero(h == dup)[1])
+                raise BatchInputError(
+                    f"{path}, data row {batch.first_row + int(new_starts[j])}: user {new_users[j]!r} appears again "
+                    f"after its rows ended; batch recommendation streams the log and needs each user's rows "
+                    f"contiguous (sort or group the log by user first)")
+            seen.add(h)
+        for g, (s, e) in enumerate(zip(starts, ends)):
+            if g == 0 and cont:
+                pending.ids.append(ids[s:e])
+                pending.ts.append(batch.timestamps[s:e])
+                continue
+            if pending is not None:
+                seq = pending.sequence()
+                rows = sum(len(x) for x in pending.ids)
+                yield pending.user, seq, rows, rows - len(seq)
+            pending = _Pending(users[s], batch.first_row + int(s), [ids[s:e]], [batch.timestamps[s:e]])
+    if pending is not None:
+        seq = pending.sequence()
+        rows = sum(len(x) for x in pending.ids)
+        yield pending.user, seq, rows, rows - len(seq)
+
+
+# ----------------------------------------------------------------------------------------------
+# the batch job
+
+
+def recommend_batch(bundle_dir: str | Path | Bundle, input: str | Path, output: str | Path, n: int = 200,
+                    format: str | None = None, chunk_users: int = 4096, *, exclude_history: bool = False,
+                    progress: bool = True, user_col: str | int = "user_id", item_col: str | int = "item_id",
+                    time_col: str | int = "timestamp", sep: str | None = None,
+                    batch_rows: int = 65_536) -> dict[str, Any]:
+    """Write top-``n`` candidates for every user of ``input`` to the Parquet file ``output``.
+
+    Returns statistics: users, rows, unknown_rows, fallback_users, candidates, row_groups,
+    seconds, users_per_second, output.
+    """
+    from tqdm.auto import tqdm
+
+    n, chunk_users = int(n), int(chunk_users)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if chunk_users < 1:
+        raise ValueError(f"chunk_users must be >= 1, got {chunk_users}")
+    # without an index, exact search by faiss' flat index: several times faster than the torch
+    # reference for thousands of users at a time (equal up to float rounding)
+    bundle = bundle_dir if isinstance(bundle_dir, Bundle) else load_bundle(bundle_dir, exact_backend="faiss")
+    input, output = Path(input), Path(output)
+    item_index = pd.Index(bundle.item_ids)
+    raw_items = np.asarray([""] + bundle.item_ids, dtype=object)  # (N + 1,) raw id by item id
+    batches = iter_log(input, format, user_col=user_col, item_col=item_col, time_col=time_col, sep=sep,
+                       batch_rows=batch_rows)
+    stats = {"users": 0, "rows": 0, "unknown_rows": 0, "fallback_users": 0, "candidates": 0, "row_groups": 0}
+    start = time.perf_counter()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.{os.getpid()}.tmp"
+    writer = pq.ParquetWriter(tmp, OUTPUT_SCHEMA)
+    bar = tqdm(unit="user", disable=not progress, desc="recommend", dynamic_ncols=True)
+    users: list[str] = []
+    seqs: list[np.ndarray] = []
+
+    def flush() -> None:
+        if not users:
+            return
+        res, fallback = bundle.recommend_ids(seqs, n, exclude_history)
+        valid = res.ids > 0  # (B, n)
+        counts = valid.sum(axis=1)  # (B,)
+        rank = np.broadcast_to(np.arange(1, n + 1, dtype=np.int32), res.ids.shape)[valid]
+        table = pa.table({
+            "user": pa.array(np.repeat(np.asarray(users, dtype=object), counts), type=pa.string()),
+            "rank": pa.array(rank, type=pa.int32()),
+            "item": pa.array(raw_items[res.ids[valid]], type=pa.string()),
+            "score": pa.array(res.scores[valid], type=pa.float32()),
+            "interest": pa.array(res.interest[valid].astype(np.int32), type=pa.int32()),
+        }, schema=OUTPUT_SCHEMA)
+        writer.write_table(table, row_group_size=max(1, table.num_rows))
+        stats["candidates"] += table.num_rows
+        stats["row_groups"] += 1
+        stats["fallback_users"] += int(fallback.sum())
+        bar.update(len(users))
+        users.clear()
+        seqs.clear()
+
+    try:
+        for user, seq, rows, unknown in iter_user_sequences(batches, item_index, input):
+            users.append(user)
+            seqs.append(seq)
+            stats["users"] += 1
+            stats["rows"] += rows
+            stats["unknown_rows"] += unknown
+            if len(users) >= chunk_users:
+                flush()
+        flush()
+        writer.close()
+        os.replace(tmp, output)
+    except BaseException:
+        writer.close()
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    stats.update(seconds=round(seconds, 3), users_per_second=round(stats["users"] / seconds, 1) if seconds else None,
+                 output=str(output), n=n, exclude_history=exclude_history)
+    return stats
+
+
+def recommend_cmd(args) -> int:
+    """CLI entry: ``args.bundle_dir``, ``args.input``, ``args.output``, ``args.n``; optional ``format``,
+    ``chunk_users``, ``exclude_history``, ``progress``."""
+    stats = recommend_batch(args.bundle_dir, args.input, args.output, args.n, getattr(args, "format", None),
+                            getattr(args, "chunk_users", None) or 4096,
+                            exclude_history=bool(getattr(args, "exclude_history", False)),
+                            progress=getattr(args, "progress", True))
+    print(f"{stats['users']} users ({stats['rows']} rows, {stats['unknown_rows']} unknown items, "
+          f"{stats['fallback_users']} on the popularity fallback) -> {stats['candidates']} candidates in "
+          f"{stats['output']} ({stats['seconds']:.1f} s, {stats['users_per_second']} users/s)")
+    return 0
+
+
+__all__ = ["OUTPUT_SCHEMA", "BatchInputError", "LogBatch", "iter_log", "iter_user_sequences",
+           "recommend_batch", "recommend_cmd"]
