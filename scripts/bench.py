@@ -65,8 +65,10 @@ def prepared(dataset: str) -> Path:
     return out
 
 
-def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list[str]) -> dict:
-    tag = f"{dataset}-{model}-s{seed}"
+def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list[str],
+            name: str | None = None, group: str = "main") -> dict:
+    label = name or model
+    tag = f"{dataset}-{label}-s{seed}"
     result_file = RESULTS / f"{tag}.json"
     if result_file.exists():
         print(f"[skip] {tag}: {result_file} exists")
@@ -87,7 +89,10 @@ def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list
         cmd += extra
     print(f"[run] {tag}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd)
+    # One thread per run, so that two benchmark lanes can share the 2-core machine without
+    # oversubscription; clean throughput numbers come from scripts/bench_speed.py instead.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "1")}
+    proc = subprocess.Popen(cmd, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if status != 0:
@@ -96,14 +101,15 @@ def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
     valid = [r for r in rows if r["split"] == "valid"]
     record = {
-        "dataset": dataset, "model": model, "seed": seed, "config": config, "extra": extra,
+        "dataset": dataset, "model": model, "name": label, "group": group, "seed": seed, "config": config,
+        "extra": extra,
         "command": " ".join(["dmirec"] + cmd[3:]),
         "steps": result["steps"], "best_step": result["best_step"], "stopped": result["stopped"],
         "valid_recall@50": result["valid_recall@50"], "test": result["test"],
         "train_seq_per_s": result["train_seq_per_s"],
         "valid_pass_s": statistics.median(r["seconds"] for r in valid) if valid else None,
         "wall_s_last_call": wall, "peak_rss_mb_last_call": usage.ru_maxrss / 1024,
-        "resumed": cmd[3:5] == ["train", "--resume"], "machine": machine(),
+        "resumed": cmd[3:5] == ["train", "--resume"], "machine": {**machine(), "torch_threads": int(env["OMP_NUM_THREADS"])},
     }
     RESULTS.mkdir(exist_ok=True)
     result_file.write_text(json.dumps(record, indent=2))
@@ -114,11 +120,12 @@ def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list
 def cmd_run(args: argparse.Namespace) -> None:
     suite = yaml.safe_load((ROOT / "configs" / "bench" / f"{args.suite}.yaml").read_text())
     for entry in suite["runs"]:
-        key = f"{entry['dataset']}/{entry['model']}"
+        key = f"{entry['dataset']}/{entry.get('name', entry['model'])}"
         if args.only and not (key == args.only or entry["dataset"] == args.only):
             continue
         for seed in entry.get("seeds", [2021]):
-            run_one(entry["dataset"], entry["model"], seed, entry.get("config"), entry.get("extra", []))
+            run_one(entry["dataset"], entry["model"], seed, entry.get("config"), entry.get("extra", []),
+                    entry.get("name"), entry.get("group", suite.get("group", "main")))
 
 
 if __name__ == "__main__":

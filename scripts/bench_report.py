@@ -48,9 +48,11 @@ def _fmt(values: list[float]) -> str:
 
 def write_report(results_dir: Path, out: Path) -> None:
     records = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    records = [r for r in records if "dataset" in r]  # skip speed/serve files
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
-        groups[(r["dataset"], r["model"])].append(r)
+        if r.get("group", "main") == "main":
+            groups[(r["dataset"], r.get("name", r["model"]))].append(r)
     refs = reference_rows()
     machines = {json.dumps(r["machine"], sort_keys=True) for r in records}
     lines = ["# Benchmarks", "",
@@ -100,8 +102,97 @@ def write_report(results_dir: Path, out: Path) -> None:
                 lines.append(f"- `{rs[0]['command']}`" + (" (seeds " + ",".join(str(r['seed']) for r in rs) + ")"
                                                           if len(rs) > 1 else ""))
         lines.append("")
+    lines += _other_groups(records)
+    lines += _speed_section(results_dir / "speed.json")
+    lines += _serve_section(results_dir)
     notes = ROOT / "configs" / "bench" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out} from {len(records)} runs")
+
+
+def _other_groups(records: list[dict]) -> list[str]:
+    """Tuning runs (validation Recall@50 only: choices are made on it) and ablations (test metrics)."""
+    lines: list[str] = []
+    tuning = [r for r in records if r.get("group") == "tuning"]
+    if tuning:
+        lines += ["## DMI tuning (validation users only, 1 seed)", "",
+                  "Settings are chosen by the best validation Recall@50 of the best checkpoint; test numbers "
+                  "of these runs are not shown.", "",
+                  "| dataset | run | overrides | steps (best) | valid R@50 |", "|---|---|---|---|---|"]
+        for r in sorted(tuning, key=lambda r: (r["dataset"], r["name"])):
+            lines.append(f"| {r['dataset']} | {r['name']} | `{' '.join(r['extra']) or '(config)'}` | "
+                         f"{r['steps']} ({r['best_step']}) | {r['valid_recall@50']:.4f} |")
+        lines.append("")
+    ablation = [r for r in records if r.get("group") == "ablation"]
+    if ablation:
+        lines += ["## DMI ablations (1 seed, same step budget and early stopping)", "",
+                  "| dataset | variant | overrides | steps (best) | valid R@50 | test R@20 | test R@50 | test HR@50 "
+                  "| test NDCG@50 std |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(ablation, key=lambda r: (r["dataset"], r["name"])):
+            t = r["test"]
+            lines.append(f"| {r['dataset']} | {r['name']} | `{' '.join(r['extra']) or '(config)'}` | "
+                         f"{r['steps']} ({r['best_step']}) | {r['valid_recall@50']:.4f} | {t['recall@20']:.4f} | "
+                         f"{t['recall@50']:.4f} | {t['hitrate@50']:.4f} | {t['ndcg@50']:.4f} |")
+        lines.append("")
+    return lines
+
+
+def _speed_section(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    m = d["machine"]
+    lines = ["## Training and inference speed (`python scripts/bench_speed.py`, machine otherwise idle)", "",
+             f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
+             f"{d['steps']} timed steps after a warm-up, batch 128, reference settings per dataset; "
+             f"wall time of the whole script {d['wall_s']:.0f} s. The per-run seq/s in the tables above "
+             "were measured while other jobs shared the machine; these are the clean numbers.", "",
+             "| dataset | " + " | ".join(NAMES.get(k, k) for k in next(iter(d["train_seq_per_s"].values()))) + " |",
+             "|---|" + "---|" * len(next(iter(d["train_seq_per_s"].values())))]
+    for ds, speeds in d["train_seq_per_s"].items():
+        lines.append(f"| {ds} (train seq/s) | " + " | ".join(f"{v:,.0f}" for v in speeds.values()) + " |")
+    lines += ["", "DMI inference per 1,000 test users (interests + refinement with S reverse steps + exact top-50 "
+              "retrieval over the whole catalogue; S=0 is the backbone alone), best of 3:", "",
+              "| dataset | S=0 | S=1 | S=5 | S=10 |", "|---|---|---|---|---|"]
+    for ds, by_s in d["dmi_inference_ms_per_1000_users"].items():
+        lines.append(f"| {ds} | " + " | ".join(f"{by_s[k]:.0f} ms" for k in ("0", "1", "5", "10")) + " |")
+    lines.append("")
+    return lines
+
+
+def _serve_section(results_dir: Path) -> list[str]:
+    path = results_dir / "serve.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    lines = ["## Serving (`scripts/bench_serving.sh`)", "",
+             "Real uvicorn server on loopback, open-loop HTTP load generator (asyncio + httpx, latency from the "
+             "scheduled send time), server pinned to one core and the generator to the other, n=50, one "
+             "server thread.", "",
+             "| bundle | index | recall@50 vs exact (merged / per interest / worst user) | rate (req/s) | achieved "
+             "| p50 ms | p95 ms | p99 ms | errors | server CPU ms/req |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, entry in d.items():
+        idx = entry["metadata"].get("index") or {}
+        rec = idx.get("recall") or {}
+        if idx:
+            recall = (f"{rec.get('merged', float('nan')):.4f} / {rec.get('per_interest', float('nan')):.4f} / "
+                      f"{rec.get('merged_min', float('nan')):.2f}") if rec else "n/a"
+            kind = f"{idx.get('kind')} {json.dumps(idx.get('params', {}))}"
+        else:
+            recall, kind = "exact", "none (exact search)"
+        for row in entry["results"]:
+            lines.append(f"| {label} | {kind} | {recall} | {row['rate']:.0f} | {row['achieved_rps']:.1f} | "
+                         f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | "
+                         f"{row.get('server_cpu_ms_per_request', float('nan')):.1f} |")
+    batch = results_dir / "batch.json"
+    if batch.exists():
+        b = json.loads(batch.read_text())
+        lines += ["", "Batch candidates (`dmirec recommend`):", "", "| bundle | users | n | users/s | peak RSS (MB) |",
+                  "|---|---|---|---|---|"]
+        for label, e in b.items():
+            lines.append(f"| {label} | {e['users']:,} | {e['n']} | {e['users_per_second']:,.0f} | "
+                         f"{e['peak_rss_mb']:,.0f} |")
+    lines.append("")
+    return lines

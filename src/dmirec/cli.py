@@ -111,37 +111,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_bundle
+    from .export import export_cmd
 
-    export_bundle(args.run_dir, args.bundle_dir)
-    print(f"bundle written to {args.bundle_dir}")
-    return 0
+    return export_cmd(args)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .serve.index import build_index
+    from .serve.index import index_cmd
 
-    opts = {k: v for k, v in vars(args).items() if k in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe",
-                                                         "recall_n") and v is not None}
-    info = build_index(args.bundle_dir, args.kind, **opts)
-    print(json.dumps(info, indent=2))
-    return 0
+    return index_cmd(args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve.app import run_server
+    from .serve.app import serve_cmd
 
-    run_server(args.bundle_dir, host=args.host, port=args.port)
-    return 0
+    return serve_cmd(args)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from .serve.batch import recommend_batch
+    from .serve.batch import recommend_cmd
 
-    stats = recommend_batch(args.bundle_dir, args.input, args.output, n=args.n, format=args.format,
-                            chunk_users=args.chunk_users)
-    print(json.dumps(stats, indent=2))
-    return 0
+    return recommend_cmd(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run as a self-contained serving bundle")
     p.add_argument("run_dir")
     p.add_argument("bundle_dir")
+    p.add_argument("--checkpoint", dest="which", choices=["best", "last"], default="best")
+    p.add_argument("--query-sample", type=int, default=1000, help="validation users whose interests are stored")
+    p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("index", help="build a faiss index in a bundle and measure its recall")
     p.add_argument("bundle_dir")
@@ -195,11 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nlist", type=int, default=None)
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--recall-n", type=int, default=None)
+    p.add_argument("--train-size", type=int, default=None, help="IVF: vectors used to train the coarse quantiser")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
 
     p = sub.add_parser("serve", help="answer recommendation requests over HTTP")
     p.add_argument("bundle_dir")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threads", type=int, default=1, help="torch/faiss threads per request")
+    p.add_argument("--log-level", default="info")
 
     p = sub.add_parser("recommend", help="batch candidates for every user of an interaction log")
     p.add_argument("bundle_dir")
@@ -208,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=200)
     p.add_argument("--format", choices=["csv", "parquet", "recbole", "comirec"], default=None)
     p.add_argument("--chunk-users", type=int, default=4096)
+    p.add_argument("--exclude-history", action="store_true")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
 
 
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = {"prepare": cmd_prepare, "evaluate": cmd_evaluate, "demo": cmd_demo, "export": cmd_export,
                    "index": cmd_index, "serve": cmd_serve, "recommend": cmd_recommend}[args.command]
         return handler(args)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"dmirec {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

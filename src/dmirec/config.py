@@ -79,7 +79,7 @@ class Config:
     noise_kind: str = "gaussian"  # gaussian | dim_mask
     normalize_scale: bool = True  # diffuse v0 / running RMS, rescale after
     start_step: int = 0  # T' (0 = T)
-    reverse_steps: int = 0  # S (0 = T')
+    reverse_steps: int = 1  # S (0 = T'); one step by default: the step training runs (see README, DMI)
     stochastic_reverse: bool = False
     eta: float = 0.2
     prune: str = "topm"  # topm | threshold | none
