@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCH = (ROOT / ".." / "shared" / "BENCHMARKS.md").resolve()
 NAMES = {"comirec-sa": "ComiRec-SA", "comirec-dr": "ComiRec-DR", "mind": "MIND", "remi": "REMI",
-         "youtube-dnn": "YouTube-DNN", "most-popular": "Most-popular", "dmi": "DMI"}
+         "youtube-dnn": "YouTube-DNN", "most-popular": "Most-popular", "dmi": "DMI",
+         "dmi-sa": "DMI on ComiRec-SA"}
 KEYS = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "ndcg_comirec@20",
         "ndcg_comirec@50"]
 
@@ -60,8 +61,8 @@ def write_report(results_dir: Path, out: Path) -> None:
              "`python scripts/bench.py run SUITE` writes (suites in `configs/bench/`). Do not edit by hand.",
              "", "Protocol: ComiRec/REMI splits prepared from `../shared/datasets/*/interactions.csv` by "
              "`dmirec prepare` (byte-identical to the shared split files), exact full-catalogue retrieval, "
-             "test users, best validation checkpoint (valid Recall@50, early stopping after 10 validations "
-             "without improvement, validation every 500 steps). Mean ± sample standard deviation over seeds "
+             "test users, best validation checkpoint (valid Recall@50, validation every 500 steps, stop when more "
+             "than 10 validations in a row bring no better valid Recall@50, as the reference code does). Mean ± sample standard deviation over seeds "
              "where there are several. NDCG 'std' is the standard definition, 'ComiRec' the variant papers print.",
              ""]
     lines.append("## Machine")
@@ -69,7 +70,8 @@ def write_report(results_dir: Path, out: Path) -> None:
     for m in machines:
         md = json.loads(m)
         lines.append(f"- {md['cpu']}, {md['cores']} cores, {md['mem_gib']} GiB, Python {md['python']}, "
-                     f"torch {md['torch']} ({md['torch_threads']} threads), {md['os']}")
+                     f"torch {md['torch']}, {md['torch_threads']} torch thread(s) per training run (two runs shared the "
+                     f"machine at a time, so per-run seq/s are not clean speed numbers), {md['os']}")
     lines.append("")
     for dataset in sorted({d for d, _ in groups}):
         lines += [f"## {dataset}", "",
@@ -94,15 +96,17 @@ def write_report(results_dir: Path, out: Path) -> None:
             seeds = ",".join(str(r["seed"]) for r in rs)
             lines.append(f"| {NAMES.get(model, model)} | {seeds} | {steps} | {stops} | " + " | ".join(metric_cells)
                          + f" | {speed:,.0f} | {vpass:.2f} | {wall:,.0f} | {rss:,.0f} | {ref_cell} |")
+        lines += _targets(dataset, groups, refs)
         lines.append("")
         lines.append("Commands:")
         lines.append("")
         for (ds, model), rs in sorted(groups.items(), key=lambda kv: kv[0][1]):
             if ds == dataset:
-                lines.append(f"- `{rs[0]['command']}`" + (" (seeds " + ",".join(str(r['seed']) for r in rs) + ")"
+                lines.append(f"- `{rs[0]['command'].replace(str(ROOT) + '/', '')}`" + (" (seeds " + ",".join(str(r['seed']) for r in rs) + ")"
                                                           if len(rs) > 1 else ""))
         lines.append("")
     lines += _other_groups(records)
+    lines += _eval_variants_section(results_dir / "dmi_eval_variants.json")
     lines += _speed_section(results_dir / "speed.json")
     lines += _serve_section(results_dir)
     notes = ROOT / "configs" / "bench" / "NOTES.md"
@@ -196,3 +200,47 @@ def _serve_section(results_dir: Path) -> list[str]:
                          f"{e['peak_rss_mb']:,.0f} |")
     lines.append("")
     return lines
+
+
+def _eval_variants_section(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    lines = ["## DMI evaluation-time variants (`scripts/dmi_eval_variants.py`, same weights, no retraining)", ""]
+    for label, entry in json.loads(path.read_text()).items():
+        lines += [f"`{label}` ({entry['checkpoint']} checkpoint, step {entry['step']}), {entry['split']} users:", "",
+                  "| evaluation | R@20 | R@50 | HR@50 | NDCG@50 std |", "|---|---|---|---|---|"]
+        for r in entry["rows"]:
+            lines.append(f"| {r['variant']} | {r['recall@20']:.4f} | {r['recall@50']:.4f} | {r['hitrate@50']:.4f} | "
+                         f"{r['ndcg@50']:.4f} |")
+        lines.append("")
+    return lines
+
+
+def _targets(dataset: str, groups: dict, refs: dict) -> list[str]:
+    """The issues' acceptance checks, computed: baselines vs the reference, DMI vs REMI."""
+    out = ["", "Checks (test Recall@50):", ""]
+    for name in ("comirec-sa", "comirec-dr", "mind", "remi"):
+        rs = groups.get((dataset, name))
+        ref = refs.get((dataset, NAMES[name]), [])
+        if not rs or not ref:
+            continue
+        vals = [r["test"]["recall@50"] for r in rs]
+        mean = statistics.mean(vals)
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        best_ref = max(float(x["R@50"]) for x in ref)
+        verdict = "meets" if mean - sd >= best_ref else "does NOT meet"
+        out.append(f"- {NAMES[name]}: mean - sd = {mean - sd:.4f} over {len(vals)} seed(s) vs reference {best_ref:.4f}: "
+                   f"{verdict} the reference")
+    dmi, remi = groups.get((dataset, "dmi")), groups.get((dataset, "remi"))
+    if dmi and remi:
+        d = [r["test"]["recall@50"] for r in dmi]
+        m = [r["test"]["recall@50"] for r in remi]
+        ref = [float(x["R@50"]) for x in refs.get((dataset, "REMI"), [])]
+        bar = 1.05 * max([statistics.mean(m)] + ref)
+        sd = max(statistics.stdev(d) if len(d) > 1 else 0.0, statistics.stdev(m) if len(m) > 1 else 0.0)
+        gap = statistics.mean(d) - statistics.mean(m)
+        out.append(f"- DMI target 1: mean {statistics.mean(d):.4f} >= 1.05 x max(REMI mean, reference REMI) = {bar:.4f}: "
+                   f"{'met' if statistics.mean(d) >= bar else 'NOT met'}")
+        out.append(f"- DMI target 2: DMI mean - REMI mean = {gap:+.4f} > 2 x max seed sd = {2 * sd:.4f}: "
+                   f"{'met' if gap > 2 * sd else 'NOT met'}")
+    return out if len(out) > 3 else []

@@ -157,7 +157,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         save_last()
 
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not cfg.progress, unit="step",
-               dynamic_ncols=True, desc=f"{cfg.model}")
+               dynamic_ncols=True, desc=f"{cfg.model}", mininterval=1.0)
     window_loss, window_steps, window_seconds = 0.0, 0, 0.0
     model.train()
     while trainable and state["stopped"] is None and state["step"] < cfg.max_steps:

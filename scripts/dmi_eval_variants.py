@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""Evaluate one trained DMI checkpoint under several evaluation-time settings (no retraining).
+
+    python scripts/dmi_eval_variants.py RUN_DIR [--split valid] [--label NAME]
+
+Settings compared on the same weights: the run's own, the reverse chain at several (T', S),
+stochastic reverse, the no-noise path, and eta = 0 (the backbone alone). This isolates what the
+evaluation procedure does from what training does. Results are added to
+bench_results/dmi_eval_variants.json under ``--label`` (read by `scripts/bench.py report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from dmirec import rundir
+from dmirec.data.dataset import load_dataset
+from dmirec.evaluate import evaluate_model
+from dmirec.models import build_model
+
+VARIANTS = [
+    ("as trained", {}),
+    ("T'=10, S=1", {"start_step": 10, "reverse_steps": 1}),
+    ("T'=10, S=5", {"start_step": 10, "reverse_steps": 5}),
+    ("T'=10, S=10", {"start_step": 10, "reverse_steps": 10}),
+    ("T'=5, S=1", {"start_step": 5, "reverse_steps": 1}),
+    ("T'=1, S=1", {"start_step": 1, "reverse_steps": 1}),
+    ("T'=10, S=1, stochastic", {"start_step": 10, "reverse_steps": 1, "stochastic_reverse": True}),
+    ("no noise (t=0)", {"no_noise": True}),
+    ("eta=0 (backbone)", {"eta": 0.0}),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--split", default="valid", choices=["valid", "test"])
+    parser.add_argument("--label", default=None)
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "bench_results"
+                        / "dmi_eval_variants.json")
+    args = parser.parse_args()
+    cfg = rundir.read_config(args.run_dir)
+    if cfg.model != "dmi":
+        raise SystemExit(f"{args.run_dir} is a {cfg.model} run, not dmi")
+    data = load_dataset(rundir.read_data_ref(args.run_dir)["path"])
+    ckpt = rundir.load_checkpoint(args.run_dir / "checkpoints" / f"{args.checkpoint}.pt")
+    rows = []
+    for name, over in VARIANTS:
+        variant = cfg.replace(**over)
+        if variant.reverse_steps > (variant.start_step or variant.diffusion_steps):
+            continue
+        torch.manual_seed(0)
+        model = build_model(variant, data.num_items, data.item_popularity())
+        model.load_state_dict(ckpt["model"])
+        model.eval()
+        metrics = evaluate_model(model, data, args.split, variant.seq_len)
+        rows.append({"variant": name, "overrides": over, **{k: metrics[k] for k in
+                                                           ("recall@20", "recall@50", "hitrate@50", "ndcg@50")}})
+        print(f"{name:<28} R@20 {metrics['recall@20']:.4f}  R@50 {metrics['recall@50']:.4f}", flush=True)
+    label = args.label or args.run_dir.name
+    store = json.loads(args.out.read_text()) if args.out.exists() else {}
+    store[label] = {"run_dir": str(args.run_dir), "checkpoint": args.checkpoint, "step": ckpt.get("step"),
+                    "split": args.split, "rows": rows}
+    args.out.parent.mkdir(exist_ok=True)
+    args.out.write_text(json.dumps(store, indent=2))
+
+
+if __name__ == "__main__":
+    main()
