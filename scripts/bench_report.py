@@ -7,7 +7,6 @@ so that every row can be compared with them; nothing is typed in by hand.
 from __future__ import annotations
 
 import json
-import re
 import statistics
 from collections import defaultdict
 from pathlib import Path

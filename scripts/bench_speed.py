@@ -17,19 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench import DATA, RESULTS, ROOT, machine, prepared
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import TrainSampler, eval_split
-from dmirec.losses import NegativeSampler, sampled_softmax_loss
+from dmirec.losses import NegativeSampler
 from dmirec.models import build_model
-from dmirec.models.remi import routing_regularizer
 from dmirec.retrieval import search
-from dmirec.train import _optimizer, make_config
+from dmirec.train import make_optimizer, batch_loss, make_config
 
 MODELS = ["comirec-sa", "remi", "comirec-dr", "mind", "youtube-dnn", "dmi"]
 
@@ -42,18 +39,13 @@ def train_speed(dataset: str, model_name: str, steps: int, warmup: int = 30) -> 
     sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=0)
     negatives = NegativeSampler(data.num_items, cfg.negative_sampler)
     gen = torch.Generator().manual_seed(1)
-    opt = _optimizer(model, cfg)
+    opt = make_optimizer(model, cfg)
     model.train()
 
     def step() -> None:
         b = sampler.sample()
         h, m, t = torch.from_numpy(b.history), torch.from_numpy(b.mask), torch.from_numpy(b.target)
-        out = model.train_forward(h, m, t)
-        loss = sampled_softmax_loss(out.user, t, negatives.sample(cfg.num_negatives, gen), model.item_embeddings(),
-                                    None, cfg.remove_accidental_hits, cfg.hard_negative_beta)
-        if cfg.routing_reg > 0:
-            loss = loss + cfg.routing_reg * routing_regularizer(out.weights, cfg.embedding_dim)
-        loss = loss + out.aux_loss
+        loss = batch_loss(model, cfg, h, m, t, negatives, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

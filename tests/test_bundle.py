@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,42 +11,21 @@ import torch
 
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import eval_split
-from dmirec.data.synthetic import make_planted_dataset
 from dmirec.export import export_bundle
 from dmirec.retrieval import search
 from dmirec.rundir import load_trained_model
 from dmirec.serve import BundleError, load_bundle, read_manifest, verify_bundle
 from dmirec.serve.bundle import FORMAT_VERSION, REQUIRED_FILES, sha256_file
 from dmirec.serve.index import build_index
-from dmirec.train import make_config, train
-
-TINY = {"embedding_dim": 16, "max_steps": 50, "eval_every": 50, "batch_size": 64, "num_negatives": 64,
-        "progress": False, "device": "cpu", "seq_len": 10}
 
 
-def trained_run(tmp_path_factory) -> tuple[Path, Path]:
-    """(dataset dir, run dir) of a 50-step ComiRec-SA run on planted data, shared by the test files."""
-    base = tmp_path_factory.getbasetemp() / "serve_tiny_run"
-    data, run = base / "data", base / "run"
-    if not (run / "result.json").exists():
-        shutil.rmtree(base, ignore_errors=True)
-        make_planted_dataset(data, num_users=600, num_items=200, num_clusters=10)
-        train(make_config("comirec-sa", overrides=TINY), data, run)
-    return data, run
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread, as the server runs (tiny matmuls on a shared machine); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return trained_run(tmp_path_factory)
+def run(tiny_serving_run):
+    return tiny_serving_run
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ compared with offline scoring (the model plus exact retrieval, computed here dir
 from __future__ import annotations
 
 import itertools
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,42 +27,21 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from dmirec.data.dataset import load_dataset
-from dmirec.data.synthetic import make_planted_dataset
 from dmirec.export import export_bundle
 from dmirec.retrieval import search
 from dmirec.rundir import load_trained_model
 from dmirec.serve import load_bundle
 from dmirec.serve.app import MAX_N, create_app
 from dmirec.serve.batch import BatchInputError, recommend_batch
-from dmirec.train import make_config, train
-
-TINY = {"embedding_dim": 16, "max_steps": 50, "eval_every": 50, "batch_size": 64, "num_negatives": 64,
-        "progress": False, "device": "cpu", "seq_len": 10}
 
 
-def trained_run(tmp_path_factory) -> tuple[Path, Path]:
-    """(dataset dir, run dir) of a 50-step ComiRec-SA run on planted data, shared by the test files."""
-    base = tmp_path_factory.getbasetemp() / "serve_tiny_run"
-    data, run = base / "data", base / "run"
-    if not (run / "result.json").exists():
-        shutil.rmtree(base, ignore_errors=True)
-        make_planted_dataset(data, num_users=600, num_items=200, num_clusters=10)
-        train(make_config("comirec-sa", overrides=TINY), data, run)
-    return data, run
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Serving runs one intra-op thread per request (as run_server sets); restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    data_dir, run_dir = trained_run(tmp_path_factory)
+def env(tmp_path_factory, tiny_serving_run):
+    data_dir, run_dir = tiny_serving_run
     bundle_dir = tmp_path_factory.mktemp("serve") / "bundle"
     export_bundle(run_dir, bundle_dir, query_sample=30)
     model, cfg = load_trained_model(run_dir)

@@ -2,12 +2,10 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from dmirec import rundir
-from dmirec.data.dataset import load_dataset
 from dmirec.data.synthetic import make_planted_dataset
 from dmirec.evaluate import evaluate_run
 from dmirec.losses import NegativeSampler, sampled_softmax_loss

@@ -68,12 +68,25 @@ def make_config(model: str | None = None, yaml_paths: list[str | Path] = (), ove
     return build_config(yaml_paths, overrides, base=base)
 
 
-def _optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     groups = model.param_groups(cfg) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
     groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
     # The fused kernel is the same Adam update in one pass over each tensor; about 1.5-2x faster steps
     # on CPU for these small models, where the optimiser touches the whole item table every step.
     return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def batch_loss(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+               negatives: NegativeSampler, neg_gen: torch.Generator) -> torch.Tensor:
+    """The training objective of one batch: sampled softmax (+ REMI routing regulariser) + model aux loss."""
+    out = model.train_forward(history, mask, target)
+    neg_ids = negatives.sample(cfg.num_negatives, neg_gen)  # (S,)
+    log_probs = negatives.log_probs if cfg.logq_correction else None
+    loss = sampled_softmax_loss(out.user, target, neg_ids, model.item_embeddings(), log_probs,
+                                cfg.remove_accidental_hits, cfg.hard_negative_beta)
+    if cfg.routing_reg > 0:
+        loss = loss + cfg.routing_reg * routing_regularizer(out.weights, cfg.embedding_dim)
+    return loss + out.aux_loss
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False,
@@ -94,9 +107,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=cfg.seed)
     negatives = NegativeSampler(data.num_items, cfg.negative_sampler, device)
     neg_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    log_probs = negatives.log_probs if cfg.logq_correction else None
     trainable = getattr(model, "trainable", True) and cfg.max_steps > 0
-    optimizer = _optimizer(model, cfg) if trainable else None
+    optimizer = make_optimizer(model, cfg) if trainable else None
     valid_set = eval_split(data.splits["valid"], cfg.seq_len, cfg.eval_max_users)
     ckpt_dir = run_dir / "checkpoints"
     state = {"step": 0, "best": -1.0, "best_step": 0, "bad": 0, "train_seconds": 0.0, "sequences": 0,
@@ -166,13 +178,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         history = torch.from_numpy(batch.history).to(device)  # (B, L)
         mask = torch.from_numpy(batch.mask).to(device)  # (B, L)
         target = torch.from_numpy(batch.target).to(device)  # (B,)
-        out = model.train_forward(history, mask, target)
-        neg_ids = negatives.sample(cfg.num_negatives, neg_gen)  # (S,)
-        loss = sampled_softmax_loss(out.user, target, neg_ids, model.item_embeddings(), log_probs,
-                                    cfg.remove_accidental_hits, cfg.hard_negative_beta)
-        if cfg.routing_reg > 0:
-            loss = loss + cfg.routing_reg * routing_regularizer(out.weights, cfg.embedding_dim)
-        loss = loss + out.aux_loss
+        loss = batch_loss(model, cfg, history, mask, target, negatives, neg_gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
