@@ -112,6 +112,7 @@ def write_report(results_dir: Path, out: Path) -> None:
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
     out.write_text("\n".join(lines) + "\n")
+    _update_readme(groups, records)
     print(f"wrote {out} from {len(records)} runs")
 
 
@@ -243,3 +244,33 @@ def _targets(dataset: str, groups: dict, refs: dict) -> list[str]:
         out.append(f"- DMI target 2: DMI mean - REMI mean = {gap:+.4f} > 2 x max seed sd = {2 * sd:.4f}: "
                    f"{'met' if gap > 2 * sd else 'NOT met'}")
     return out if len(out) > 3 else []
+
+
+README_BEGIN = "<!-- results:begin (written by scripts/bench.py report) -->"
+README_END = "<!-- results:end -->"
+
+
+def _update_readme(groups: dict, records: list[dict]) -> None:
+    """Replace the marked block of README.md with the compact results and ablation tables."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return
+    lines = [README_BEGIN, "", "Test users, mean ± sd over the seeds (the seeds column counts them); NDCG is the standard definition; full tables, wall times, "
+             "machine and commands in [`BENCHMARKS.md`](BENCHMARKS.md).", "",
+             "| dataset | model | seeds | R@20 | R@50 | HR@20 | HR@50 | NDCG@20 | NDCG@50 |", "|---|---|---|---|---|---|---|---|---|"]
+    for (ds, name), rs in sorted(groups.items()):
+        keys = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50"]
+        lines.append(f"| {ds} | {NAMES.get(name, name)} | {len(rs)} | "
+                     + " | ".join(_fmt([r["test"][k] for r in rs]) for k in keys) + " |")
+    ablation = [r for r in records if r.get("group") == "ablation"]
+    if ablation:
+        lines += ["", "Ablations (1 seed; test users):", "", "| dataset | variant | overrides | valid R@50 | test R@50 |",
+                  "|---|---|---|---|---|"]
+        for r in sorted(ablation, key=lambda r: (r["dataset"], r["name"])):
+            lines.append(f"| {r['dataset']} | {r['name']} | `{' '.join(r['extra'])}` | {r['valid_recall@50']:.4f} | "
+                         f"{r['test']['recall@50']:.4f} |")
+    lines += ["", README_END]
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    readme.write_text(head + "\n".join(lines) + tail)
