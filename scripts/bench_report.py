@@ -121,7 +121,7 @@ def _other_groups(records: list[dict]) -> list[str]:
     lines: list[str] = []
     tuning = [r for r in records if r.get("group") == "tuning"]
     if tuning:
-        lines += ["## DMI tuning (validation users only, 1 seed)", "",
+        lines += ["## Tuning on validation users (1 seed): DMI settings, REMI beta", "",
                   "Settings are chosen by the best validation Recall@50 of the best checkpoint; test numbers "
                   "of these runs are not shown.", "",
                   "| dataset | run | overrides | steps (best) | valid R@50 |", "|---|---|---|---|---|"]
