@@ -89,7 +89,7 @@ class Config:
     denoiser_heads: int = 2
     denoiser_residual: bool = True  # head predicts a correction to v_t / sqrt(abar_t): starts as the identity
     step_token: bool = True
-    recon_weight: float = 0.1
+    recon_weight: float = 1.0  # tuned on beauty validation users (0.1 first); configs/bench/dmi_tune.yaml
     no_noise: bool = False  # ablation: same denoiser, t=0
     train_chain: bool = False  # unroll the reverse chain from t in training
     refiner_lr_scale: float = 1.0
