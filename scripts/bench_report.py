@@ -158,7 +158,7 @@ def _speed_section(path: Path) -> list[str]:
     for ds, speeds in d["train_seq_per_s"].items():
         lines.append(f"| {ds} (train seq/s) | " + " | ".join(f"{v:,.0f}" for v in speeds.values()) + " |")
     lines += ["", "DMI inference per 1,000 test users (interests + refinement with S reverse steps + exact top-50 "
-              "retrieval over the whole catalogue; S=0 is the backbone alone), best of 3:", "",
+              "retrieval over the whole catalogue; S=0 is the backbone alone), best of 7:", "",
               "| dataset | S=0 | S=1 | S=5 | S=10 |", "|---|---|---|---|---|"]
     for ds, by_s in d["dmi_inference_ms_per_1000_users"].items():
         lines.append(f"| {ds} | " + " | ".join(f"{by_s[k]:.0f} ms" for k in ("0", "1", "5", "10")) + " |")

@@ -59,7 +59,7 @@ def train_speed(dataset: str, model_name: str, steps: int, warmup: int = 30) -> 
 
 
 @torch.no_grad()
-def inference_ms_per_1000(dataset: str, reverse_steps: int, repeats: int = 3) -> float:
+def inference_ms_per_1000(dataset: str, reverse_steps: int, repeats: int = 7) -> float:
     """Interests + refinement with S reverse steps (S=0: no refinement, eta=0) + exact top-50 retrieval."""
     data = load_dataset(DATA / dataset)
     over = {"progress": False, "reverse_steps": reverse_steps} if reverse_steps else {"progress": False, "eta": 0.0}
