@@ -180,7 +180,7 @@ def _serve_section(results_dir: Path) -> list[str]:
     for label, entry in d.items():
         idx = entry["metadata"].get("index") or {}
         rec = idx.get("recall") or {}
-        if idx:
+        if idx and idx.get("kind") != "exact":
             recall = (f"{rec.get('merged', float('nan')):.4f} / {rec.get('per_interest', float('nan')):.4f} / "
                       f"{rec.get('merged_min', float('nan')):.2f}") if rec else "n/a"
             kind = f"{idx.get('kind')} {json.dumps(idx.get('params', {}))}"
