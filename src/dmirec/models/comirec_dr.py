@@ -20,6 +20,10 @@ from .routing import CapsuleRouting, label_aware_readout
 
 
 class ComiRecDR(RetrievalModel):
+    # what distinguishes the capsule models (MIND subclasses this with its own two)
+    bilinear = "per_position"
+    init_logits = "zeros"
+
     def __init__(self, num_items: int, embedding_dim: int = 64, num_interests: int = 4, seq_len: int = 20,
                  routing_iters: int = 3, routing_axis: str = "positions", label_aware_pow: float = 0.0,
                  relu_layer: bool = False, renormalise: bool = False):
@@ -27,8 +31,8 @@ class ComiRecDR(RetrievalModel):
         self.num_interests = num_interests
         self.seq_len = seq_len
         self.label_aware_pow = label_aware_pow
-        self.routing = CapsuleRouting(embedding_dim, num_interests, seq_len, bilinear="per_position",
-                                      routing_iters=routing_iters, axis=routing_axis, init_logits="zeros",
+        self.routing = CapsuleRouting(embedding_dim, num_interests, seq_len, bilinear=self.bilinear,
+                                      routing_iters=routing_iters, axis=routing_axis, init_logits=self.init_logits,
                                       relu_layer=relu_layer, renormalise=renormalise)
         reference_init(self)
 
