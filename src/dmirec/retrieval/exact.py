@@ -175,14 +175,9 @@ class ExactTorchSearch:
     @torch.no_grad()
     def search(self, queries: Any, n: int, exclude: Any = None) -> SearchResult:
         """Top n items per user (see :class:`SearchResult`); ``exclude``: ``as_exclude_csr``."""
-        n = int(n)
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        q = as_queries(queries).to(self.device)  # (B, K, D)
-        batch, k, dim = q.shape
-        if dim != self.dim:
-            raise ValueError(f"queries have D={dim} but items have D={self.dim}")
-        excl = as_exclude_csr(exclude, batch, self.num_items)
+        q, n, excl = check_search_args(queries, n, exclude, self.dim, self.num_items)
+        q = q.to(self.device)  # (B, K, D)
+        batch, k, _ = q.shape
         if batch == 0 or self.num_items == 0 or k == 0:
             return _empty_result(batch, n)
 
@@ -245,6 +240,18 @@ class ExactTorchSearch:
             best_sc.cpu().numpy().astype(np.float32),
             best_it.cpu().numpy().astype(np.int64),
         )
+
+
+def check_search_args(queries: Any, n: Any, exclude: Any, dim: int, num_items: int
+                      ) -> tuple[torch.Tensor, int, "ExcludeCSR | None"]:
+    """Validate the arguments every backend's ``search`` takes: (queries (B, K, D), n, exclusions)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    q = as_queries(queries)  # (B, K, D)
+    if q.shape[2] != dim:
+        raise ValueError(f"queries have D={q.shape[2]} but items have D={dim}")
+    return q, n, as_exclude_csr(exclude, q.shape[0], num_items)
 
 
 def brute_force_scores(queries: Any, items: Any) -> tuple[np.ndarray, np.ndarray]:

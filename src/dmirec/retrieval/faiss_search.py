@@ -27,9 +27,8 @@ from dmirec.retrieval.exact import (
     ExcludeCSR,
     SearchResult,
     _empty_result,
-    as_exclude_csr,
     as_items,
-    as_queries,
+    check_search_args,
 )
 
 __all__ = ["FaissSearch", "merge_candidates"]
@@ -144,14 +143,9 @@ class FaissSearch:
 
     def search(self, queries: Any, n: int, exclude: Any = None) -> SearchResult:
         """Top n items per user; see :class:`SearchResult`. ``exclude``: see ``as_exclude_csr``."""
-        n = int(n)
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        q = as_queries(queries).cpu().numpy()  # (B, K, D)
-        batch, k, dim = q.shape
-        if dim != self.dim:
-            raise ValueError(f"queries have D={dim} but items have D={self.dim}")
-        excl = as_exclude_csr(exclude, batch, self.num_items)
+        q, n, excl = check_search_args(queries, n, exclude, self.dim, self.num_items)
+        q = q.cpu().numpy()  # (B, K, D)
+        batch, k, _ = q.shape
         if batch == 0 or self.num_items == 0 or k == 0:
             return _empty_result(batch, n)
 
@@ -162,7 +156,7 @@ class FaissSearch:
             extra = int(np.diff(sub.indptr).max()) if sub is not None else 0
             kk = min(self.num_items, n + extra)
             chunk = u1 - u0
-            flat = np.ascontiguousarray(q[u0:u1].reshape(chunk * k, dim))  # (C*K, D)
+            flat = np.ascontiguousarray(q[u0:u1].reshape(chunk * k, self.dim))  # (C*K, D)
             dist, lab = self.index.search(flat, kk)  # (C*K, kk) each
             ids = np.where(lab >= 0, lab + 1, -1).reshape(chunk, k * kk)  # (C, K*kk)
             sc = dist.astype(np.float32).reshape(chunk, k * kk)  # (C, K*kk)
