@@ -10,13 +10,7 @@ from hypothesis import strategies as st
 from dmirec.diffusion import Denoiser, NoiseSchedule, prune_items
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread, above all on a shared machine; restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is fastest
 
 
 # ---- schedule ---------------------------------------------------------------------------------

@@ -25,9 +25,9 @@ pruned history items plus a step token, rescaled by ``c``, and fused with the or
   the ``train_calls`` buffer, so the count survives checkpoints) run the backbone without
   gradient and hand out a detached item table, so only the refiner learns; the backbone's Adam
   state starts when it is released. ``param_groups`` gives the refiner its own learning rate.
-* The denoiser's head is residual and zero-initialised by default (``denoiser_residual``, read
-  with ``getattr`` until the config has the key): an untrained DMI serves its backbone's
-  interests, and training learns a correction around the identity.
+* The denoiser's head is residual and zero-initialised by default (``denoiser_residual``): an
+  untrained DMI serves its backbone's interests, and training learns a correction around the
+  identity.
 
 The item table is the backbone's (``item_embeddings()`` returns it; it is not registered twice).
 Under DMI every backbone is read out by the hard argmax of DESIGN.md 7 (MIND's optional
