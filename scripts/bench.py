@@ -86,7 +86,8 @@ def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list
                         "--progress=false"]
         if config:
             cmd += ["--config", str(ROOT / config)]
-        cmd += extra
+        # {seed} and {runs} in a suite's extra arguments: this run's seed, the bench_runs directory
+        cmd += [arg.format(seed=seed, runs=RUNS) for arg in extra]
     print(f"[run] {tag}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     # One thread per run, so that two benchmark lanes can share the 2-core machine without

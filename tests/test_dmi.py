@@ -290,3 +290,34 @@ def test_dmi_end_to_end_beats_random_and_eta_zero_is_remi(planted, tmp_path):
     remi = train(make_config("remi", overrides={**SMALL, "max_steps": 100}), planted, tmp_path / "remi")
     strip = lambda r: {k: v for k, v in r["test"].items() if k != "seconds"}
     assert strip(plain) == strip(remi)
+
+
+def test_refiner_trained_after_a_finished_backbone(planted, tmp_path):
+    """``init_from`` + a frozen backbone: two-stage DMI starts exactly at its backbone and keeps it."""
+    from dmirec import rundir
+
+    remi = train(make_config("remi", overrides={**SMALL, "max_steps": 100}), planted, tmp_path / "remi")
+    over = {**SMALL, "max_steps": 200, "init_from": str(tmp_path / "remi"), "freeze_backbone_steps": 10**6}
+    train(make_config("dmi", overrides=over), planted, tmp_path / "after")
+    rows = [r for r in rundir.read_metrics(tmp_path / "after") if r["split"] == "valid"]
+    # step 0 is the warm start: the untrained refiner is the identity, so it scores as the backbone
+    assert rows[0]["step"] == 0
+    assert rows[0]["recall@50"] == pytest.approx(remi["valid_recall@50"], abs=1e-9)
+    source = rundir.load_checkpoint(tmp_path / "remi" / "checkpoints" / "best.pt")["model"]
+    for name in ("last.pt", "best.pt"):
+        state = rundir.load_checkpoint(tmp_path / "after" / "checkpoints" / name)["model"]
+        assert all(torch.equal(state[f"backbone.{k}"], v) for k, v in source.items()), name
+    last = rundir.load_checkpoint(tmp_path / "after" / "checkpoints" / "last.pt")["model"]
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in last.items() if k.startswith("denoiser.head"))
+
+
+def test_init_from_errors_name_the_source(planted, tmp_path):
+    from dmirec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="init_from.*no checkpoint"):
+        train(make_config("dmi", overrides={**SMALL, "init_from": str(tmp_path / "nowhere")}), planted,
+              tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    train(make_config("comirec-dr", overrides={**SMALL, "max_steps": 10, "eval_every": 10}), planted, tmp_path / "dr")
+    with pytest.raises(ConfigError, match=r"init_from.*dr/checkpoints/best\.pt.*does not fit"):
+        train(make_config("dmi", overrides={**SMALL, "init_from": str(tmp_path / "dr")}), planted, tmp_path / "b")

@@ -94,6 +94,10 @@ class Config:
     train_chain: bool = False  # unroll the reverse chain from t in training
     refiner_lr_scale: float = 1.0
     freeze_backbone_steps: int = 0
+    # warm start: a run directory (its checkpoints/best.pt) or a checkpoint file whose model is
+    # loaded before step 0: into the backbone under DMI (train the refiner after the backbone),
+    # into the whole model otherwise; the start is validated as step 0
+    init_from: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import rundir
-from .config import Config, build_config
+from .config import Config, ConfigError, build_config
 from .data.dataset import load_dataset
 from .data.sampler import TrainSampler, eval_split
 from .evaluate import METRIC_NS, evaluate_model
@@ -89,6 +89,26 @@ def batch_loss(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask:
     return loss + out.aux_loss
 
 
+def warm_start(model: torch.nn.Module, cfg: Config, device: torch.device) -> Path:
+    """Load ``cfg.init_from`` (a run directory's best checkpoint, or a checkpoint file) into the
+    model, or into its backbone when the model is a wrapper (DMI); returns the checkpoint path."""
+    source = Path(cfg.init_from)
+    ckpt_path = source / "checkpoints" / "best.pt" if source.is_dir() else source
+    if not ckpt_path.is_file():
+        raise ConfigError(f"config key 'init_from': no checkpoint at {ckpt_path}")
+    ckpt = rundir.load_checkpoint(ckpt_path, map_location=device)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise ConfigError(f"config key 'init_from': {ckpt_path} is not a dmirec checkpoint (no 'model' entry)")
+    target = getattr(model, "backbone", model)
+    try:
+        target.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        what = f"the {cfg.backbone} backbone of {cfg.model}" if target is not model else cfg.model
+        raise ConfigError(f"config key 'init_from': the model in {ckpt_path} does not fit {what} "
+                          f"(different model, sizes or catalogue): {err}") from None
+    return ckpt_path
+
+
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool = False,
           callback: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` on the prepared dataset ``data_dir``; returns the test metrics.
@@ -104,6 +124,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     np.random.seed(cfg.seed % (2**32))
     popularity = data.item_popularity("train")
     model = build_model(cfg, data.num_items, popularity).to(device)
+    if cfg.init_from and not resume:  # before anything is written: a bad source leaves no run behind
+        warm_start(model, cfg, device)
     sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=cfg.seed)
     negatives = NegativeSampler(data.num_items, cfg.negative_sampler, device)
     neg_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -163,6 +185,9 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
             state["stopped"] = "patience"
         return row
 
+    if cfg.init_from and trainable and state["step"] == 0 and not (ckpt_dir / "best.pt").exists():
+        validate(0.0, 0, 0.0)  # the warm start itself is a candidate: training must beat it on validation
+        save_last()
     if not trainable and state["step"] == 0 and not (ckpt_dir / "best.pt").exists():
         validate(0.0, 0, 0.0)
         state["stopped"] = "nothing to train"
