@@ -12,6 +12,7 @@ a resumed run retraces exactly the steps an uninterrupted one would have taken.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -87,6 +88,14 @@ def batch_loss(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask:
     if cfg.routing_reg > 0:
         loss = loss + cfg.routing_reg * routing_regularizer(out.weights, cfg.embedding_dim)
     return loss + out.aux_loss
+
+
+def _bar_interval() -> float:
+    """Seconds between progress-bar refreshes: 1 on a terminal, 30 when stderr is a log file."""
+    try:
+        return 1.0 if sys.stderr.isatty() else 30.0
+    except (AttributeError, ValueError):
+        return 30.0
 
 
 def warm_start(model: torch.nn.Module, cfg: Config, device: torch.device) -> Path:
@@ -194,7 +203,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         save_last()
 
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not cfg.progress, unit="step",
-               dynamic_ncols=True, desc=f"{cfg.model}", mininterval=1.0)
+               dynamic_ncols=True, desc=f"{cfg.model}", mininterval=_bar_interval())
     window_loss, window_steps, window_seconds = 0.0, 0, 0.0
     model.train()
     while trainable and state["stopped"] is None and state["step"] < cfg.max_steps:
