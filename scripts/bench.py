@@ -14,6 +14,7 @@ bench_runs/ (not committed), prepared data in bench_data/ (not committed).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -66,12 +67,31 @@ def prepared(dataset: str) -> Path:
 
 
 def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list[str],
-            name: str | None = None, group: str = "main") -> dict:
+            name: str | None = None, group: str = "main") -> dict | None:
     label = name or model
     tag = f"{dataset}-{label}-s{seed}"
     result_file = RESULTS / f"{tag}.json"
     if result_file.exists():
         print(f"[skip] {tag}: {result_file} exists")
+        return json.loads(result_file.read_text())
+    # two benchmark lanes may list the same run: whoever holds its lock runs it, the other skips it
+    RUNS.mkdir(parents=True, exist_ok=True)
+    lock = open(RUNS / f".{tag}.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"[skip] {tag}: another bench process is running it")
+        lock.close()
+        return None
+    try:
+        return _run_locked(tag, dataset, model, seed, config, extra, name, group, result_file)
+    finally:
+        lock.close()
+
+
+def _run_locked(tag: str, dataset: str, model: str, seed: int, config: str | None, extra: list[str],
+                name: str | None, group: str, result_file: Path) -> dict:
+    if result_file.exists():  # finished by another lane while this one waited for the lock
         return json.loads(result_file.read_text())
     run_dir = RUNS / tag
     data = prepared(dataset)
