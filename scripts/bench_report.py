@@ -106,6 +106,7 @@ def write_report(results_dir: Path, out: Path) -> None:
         lines.append("")
     lines += _other_groups(records)
     lines += _eval_variants_section(results_dir / "dmi_eval_variants.json")
+    lines += _correction_section(results_dir / "dmi_correction.json")
     lines += _speed_section(results_dir / "speed.json")
     lines += _serve_section(results_dir)
     notes = ROOT / "configs" / "bench" / "NOTES.md"
@@ -214,6 +215,22 @@ def _eval_variants_section(path: Path) -> list[str]:
                          f"{r['ndcg@50']:.4f} |")
         lines.append("")
     return lines
+
+
+def _correction_section(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    lines = ["## How much the trained refiner changes its backbone (`scripts/dmi_correction.py`)", "",
+             "Best checkpoint of each run, validation users: relative change `||u_k - V_k|| / ||V_k||` of the "
+             "fused interests against the backbone's, their cosine, and the overlap of the merged top-50 lists "
+             "served with and without refinement (eta = 0).", "",
+             "| run | eta | no noise | change (mean) | change (p90) | cosine | top-50 overlap | users whose top-50 changes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, e in sorted(json.loads(path.read_text()).items()):
+        lines.append(f"| {label} | {e['eta']} | {e['no_noise']} | {e['relative_change_mean']:.4f} | "
+                     f"{e['relative_change_p90']:.4f} | {e['cosine_mean']:.4f} | {e['top50_overlap_mean']:.4f} | "
+                     f"{e['users_top50_changed']:.3f} |")
+    return lines + [""]
 
 
 def _targets(dataset: str, groups: dict, refs: dict) -> list[str]:
