@@ -84,53 +84,69 @@ def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list
         lock.close()
         return None
     try:
-        return _run_locked(tag, dataset, model, seed, config, extra, name, group, result_file)
+        return _run_locked(tag, dataset, model, seed, config, extra, label, group, result_file)
     finally:
         lock.close()
 
 
 def _run_locked(tag: str, dataset: str, model: str, seed: int, config: str | None, extra: list[str],
-                name: str | None, group: str, result_file: Path) -> dict:
+                label: str, group: str, result_file: Path) -> dict:
     if result_file.exists():  # finished by another lane while this one waited for the lock
         return json.loads(result_file.read_text())
     run_dir = RUNS / tag
     data = prepared(dataset)
-    if (run_dir / "checkpoints" / "last.pt").exists():
-        cmd = DMIREC + ["train", "--resume", str(run_dir)]
-    else:
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
-        cmd = DMIREC + ["train", "--data", str(data), "--model", model, "--out", str(run_dir), "--seed", str(seed),
-                        "--progress=false"]
-        if config:
-            cmd += ["--config", str(ROOT / config)]
-        # {seed} and {runs} in a suite's extra arguments: this run's seed, the bench_runs directory
-        cmd += [arg.format(seed=seed, runs=RUNS) for arg in extra]
-    print(f"[run] {tag}: {' '.join(cmd)}", flush=True)
-    start = time.perf_counter()
-    # One thread per run, so that two benchmark lanes can share the 2-core machine without
-    # oversubscription; clean throughput numbers come from scripts/bench_speed.py instead.
+    fresh = DMIREC + ["train", "--data", str(data), "--model", model, "--out", str(run_dir), "--seed", str(seed),
+                      "--progress=false"]
+    if config:
+        fresh += ["--config", str(ROOT / config)]
+    # {seed} and {runs} in a suite's extra arguments: this run's seed, the bench_runs directory
+    fresh += [arg.format(seed=seed, runs=RUNS) for arg in extra]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "1")}
-    proc = subprocess.Popen(cmd, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        sys.exit(f"{tag} failed with status {status}")
+    if (run_dir / "result.json").exists():
+        # trained to the end, but its record was never written (the bench process died first):
+        # record it without retraining; wall time = the run's own training + evaluation seconds
+        # (start-up excluded), peak RSS unknown
+        cmd = fresh
+        done = json.loads((run_dir / "result.json").read_text())
+        evals = [json.loads(l).get("seconds") or 0.0 for l in (run_dir / "metrics.jsonl").read_text().splitlines()
+                 if l.strip()]
+        wall = done["train_seconds"] + sum(evals)
+        rss, recovered = None, True
+        print(f"[recover] {tag}: {run_dir / 'result.json'} exists; recording it", flush=True)
+    else:
+        recovered = False
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            cmd = DMIREC + ["train", "--resume", str(run_dir)]
+        else:
+            if run_dir.exists():
+                import shutil
+
+                shutil.rmtree(run_dir)
+            cmd = fresh
+        print(f"[run] {tag}: {' '.join(cmd)}", flush=True)
+        start = time.perf_counter()
+        # One thread per run, so that two benchmark lanes can share the 2-core machine without
+        # oversubscription; clean throughput numbers come from scripts/bench_speed.py instead.
+        proc = subprocess.Popen(cmd, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        rss = usage.ru_maxrss / 1024
+        if status != 0:
+            sys.exit(f"{tag} failed with status {status}")
     result = json.loads((run_dir / "result.json").read_text())
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
     valid = [r for r in rows if r["split"] == "valid"]
     record = {
         "dataset": dataset, "model": model, "name": label, "group": group, "seed": seed, "config": config,
         "extra": extra,
-        "command": " ".join(["dmirec"] + cmd[3:]),
+        "command": " ".join(["dmirec"] + fresh[3:]),
         "steps": result["steps"], "best_step": result["best_step"], "stopped": result["stopped"],
         "valid_recall@50": result["valid_recall@50"], "test": result["test"],
         "train_seq_per_s": result["train_seq_per_s"],
         "valid_pass_s": statistics.median(r["seconds"] for r in valid) if valid else None,
-        "wall_s_last_call": wall, "peak_rss_mb_last_call": usage.ru_maxrss / 1024,
-        "resumed": cmd[3:5] == ["train", "--resume"], "machine": {**machine(), "torch_threads": int(env["OMP_NUM_THREADS"])},
+        "wall_s_last_call": wall, "peak_rss_mb_last_call": rss,
+        "resumed": cmd[3:5] == ["train", "--resume"], "recovered": recovered,
+        "machine": {**machine(), "torch_threads": int(env["OMP_NUM_THREADS"])},
     }
     RESULTS.mkdir(exist_ok=True)
     result_file.write_text(json.dumps(record, indent=2))

@@ -91,10 +91,11 @@ def write_report(results_dir: Path, out: Path) -> None:
                 r["train_seq_per_s"] for r in rs) else 0.0
             vpass = statistics.mean(r["valid_pass_s"] for r in rs if r["valid_pass_s"] is not None)
             wall = statistics.mean(r["wall_s_last_call"] for r in rs)
-            rss = max(r["peak_rss_mb_last_call"] for r in rs)
+            rss_known = [r["peak_rss_mb_last_call"] for r in rs if r["peak_rss_mb_last_call"] is not None]
+            rss = f"{max(rss_known):,.0f}" if rss_known else "n/a"
             seeds = ",".join(str(r["seed"]) for r in rs)
             lines.append(f"| {NAMES.get(model, model)} | {seeds} | {steps} | {stops} | " + " | ".join(metric_cells)
-                         + f" | {speed:,.0f} | {vpass:.2f} | {wall:,.0f} | {rss:,.0f} | {ref_cell} |")
+                         + f" | {speed:,.0f} | {vpass:.2f} | {wall:,.0f} | {rss} | {ref_cell} |")
         lines += _targets(dataset, groups, refs)
         lines.append("")
         lines.append("Commands:")
