@@ -136,13 +136,26 @@ def _other_groups(records: list[dict]) -> list[str]:
         lines += ["## DMI ablations (1 seed, same step budget and early stopping)", "",
                   "| dataset | variant | overrides | steps (best) | valid R@50 | test R@20 | test R@50 | test HR@50 "
                   "| test NDCG@50 std |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(ablation, key=lambda r: (r["dataset"], r["name"])):
+        for r in _with_defaults(ablation, records):
             t = r["test"]
-            lines.append(f"| {r['dataset']} | {r['name']} | `{' '.join(r['extra']) or '(config)'}` | "
+            label = _ablation_label(r)
+            lines.append(f"| {r['dataset']} | {label} | `{' '.join(r['extra']) or '(config)'}` | "
                          f"{r['steps']} ({r['best_step']}) | {r['valid_recall@50']:.4f} | {t['recall@20']:.4f} | "
                          f"{t['recall@50']:.4f} | {t['hitrate@50']:.4f} | {t['ndcg@50']:.4f} |")
         lines.append("")
     return lines
+
+
+def _with_defaults(ablation: list[dict], records: list[dict]) -> list[dict]:
+    """Ablation runs sorted per dataset, each dataset's default DMI run of the same seed first."""
+    seeds = {(a["dataset"], a["seed"]) for a in ablation}
+    defaults = [r for r in records if r.get("group", "main") == "main" and r.get("name") == "dmi"
+                and (r["dataset"], r["seed"]) in seeds]
+    return sorted(defaults + ablation, key=lambda r: (r["dataset"], r["name"] != "dmi", r["name"]))
+
+
+def _ablation_label(r: dict) -> str:
+    return f"**default** (seed {r['seed']})" if r["name"] == "dmi" else r["name"]
 
 
 def _speed_section(path: Path) -> list[str]:
@@ -289,8 +302,9 @@ def _update_readme(groups: dict, records: list[dict]) -> None:
     if ablation:
         lines += ["", "Ablations (1 seed; test users):", "", "| dataset | variant | overrides | valid R@50 | test R@50 |",
                   "|---|---|---|---|---|"]
-        for r in sorted(ablation, key=lambda r: (r["dataset"], r["name"])):
-            lines.append(f"| {r['dataset']} | {r['name']} | `{' '.join(r['extra'])}` | {r['valid_recall@50']:.4f} | "
+        for r in _with_defaults(ablation, records):
+            lines.append(f"| {r['dataset']} | {_ablation_label(r)} | `{' '.join(r['extra']) or '(config)'}` | "
+                         f"{r['valid_recall@50']:.4f} | "
                          f"{r['test']['recall@50']:.4f} |")
     lines += ["", README_END]
     head, rest = text.split(README_BEGIN, 1)
