@@ -5,8 +5,10 @@
     python scripts/bench.py report                               # BENCHMARKS.md from bench_results/*.json
 
 A suite is a YAML file in configs/bench/ listing runs (dataset, model, seeds, config file). Each run
-is one `dmirec train` subprocess (one at a time: the machine has 2 cores), so its wall time and
-peak RSS are its own. A killed run is resumed with `dmirec train --resume` on the next call.
+is one `dmirec train` subprocess with one torch thread, so its wall time and peak RSS are its own;
+two `bench.py run` processes ("lanes") can share the 2-core machine, and a lock file per run
+keeps them from running the same one. A killed run is resumed with `dmirec train --resume` on the
+next call; a run that finished training but lost its record is recorded without retraining.
 Results land in bench_results/DATASET-MODEL-sSEED.json (committed), run directories in
 bench_runs/ (not committed), prepared data in bench_data/ (not committed).
 """
