@@ -143,7 +143,33 @@ def _other_groups(records: list[dict]) -> list[str]:
                          f"{r['steps']} ({r['best_step']}) | {r['valid_recall@50']:.4f} | {t['recall@20']:.4f} | "
                          f"{t['recall@50']:.4f} | {t['hitrate@50']:.4f} | {t['ndcg@50']:.4f} |")
         lines.append("")
+        lines += _ablation_correlations(_with_defaults(ablation, records))
     return lines
+
+
+def _pearson(xs: list[float], ys: list[float]) -> float:
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else float("nan")
+
+
+def _ablation_correlations(rows: list[dict]) -> list[str]:
+    """Per dataset, over its ablation rows (default included): how test Recall@50 moves with the
+    validation Recall@50 and with the step at which early stopping kept the checkpoint."""
+    lines = []
+    for ds in sorted({r["dataset"] for r in rows}):
+        rs = [r for r in rows if r["dataset"] == ds]
+        if len(rs) < 3:
+            continue
+        test = [r["test"]["recall@50"] for r in rs]
+        lines.append(f"- {ds}, {len(rs)} rows: Pearson r of test R@50 with valid R@50 "
+                     f"{_pearson([r['valid_recall@50'] for r in rs], test):.2f}, with the best step "
+                     f"{_pearson([float(r['best_step']) for r in rs], test):.2f}; test R@50 "
+                     f"{min(test):.4f}-{max(test):.4f}.")
+    head = ["Across each dataset's rows (one seed each, so this describes the runs, it tests nothing):", ""]
+    return head + lines + [""] if lines else []
 
 
 def _with_defaults(ablation: list[dict], records: list[dict]) -> list[dict]:
