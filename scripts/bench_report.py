@@ -147,12 +147,12 @@ def _other_groups(records: list[dict]) -> list[str]:
     return lines
 
 
-def _pearson(xs: list[float], ys: list[float]) -> float:
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx = sum((x - mx) ** 2 for x in xs)
-    syy = sum((y - my) ** 2 for y in ys)
-    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else float("nan")
+def _correlation(xs: list[float], ys: list[float]) -> float:
+    """Pearson r, NaN where one side is constant."""
+    try:
+        return statistics.correlation(xs, ys)
+    except statistics.StatisticsError:
+        return float("nan")
 
 
 def _ablation_correlations(rows: list[dict]) -> list[str]:
@@ -165,8 +165,8 @@ def _ablation_correlations(rows: list[dict]) -> list[str]:
             continue
         test = [r["test"]["recall@50"] for r in rs]
         lines.append(f"- {ds}, {len(rs)} rows: Pearson r of test R@50 with valid R@50 "
-                     f"{_pearson([r['valid_recall@50'] for r in rs], test):.2f}, with the best step "
-                     f"{_pearson([float(r['best_step']) for r in rs], test):.2f}; test R@50 "
+                     f"{_correlation([r['valid_recall@50'] for r in rs], test):.2f}, with the best step "
+                     f"{_correlation([float(r['best_step']) for r in rs], test):.2f}; test R@50 "
                      f"{min(test):.4f}-{max(test):.4f}.")
     head = ["Across each dataset's rows (one seed each, so this describes the runs, it tests nothing):", ""]
     return head + lines + [""] if lines else []
