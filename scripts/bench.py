@@ -3,6 +3,7 @@
 
     python scripts/bench.py run SUITE [--only DATASET[/MODEL]]   # resumable: finished runs are skipped
     python scripts/bench.py report                               # BENCHMARKS.md from bench_results/*.json
+    python scripts/bench.py reproduce TAG [TAG ...]              # retrain recorded runs, compare metrics
 
 A suite is a YAML file in configs/bench/ listing runs (dataset, model, seeds, config file). Each run
 is one `dmirec train` subprocess with one torch thread, so its wall time and peak RSS are its own;
@@ -56,6 +57,27 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem_gib, "python": platform.python_version(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "os": platform.platform()}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """sha256 over the prepared arrays and meta.json: the exact data a number was measured on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(data_dir.glob("*.npy")) + [data_dir / "meta.json"]:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def prepared(dataset: str) -> Path:
@@ -149,6 +171,9 @@ def _run_locked(tag: str, dataset: str, model: str, seed: int, config: str | Non
         "wall_s_last_call": wall, "peak_rss_mb_last_call": rss,
         "resumed": cmd[3:5] == ["train", "--resume"], "recovered": recovered,
         "machine": {**machine(), "torch_threads": int(env["OMP_NUM_THREADS"])},
+        # frozen: enough to rerun this number exactly after defaults change
+        "resolved_config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+        "commit": git_commit(), "data_fingerprint": data_fingerprint(data),
     }
     RESULTS.mkdir(exist_ok=True)
     result_file.write_text(json.dumps(record, indent=2))
@@ -167,6 +192,52 @@ def cmd_run(args: argparse.Namespace) -> None:
                     entry.get("name"), entry.get("group", suite.get("group", "main")))
 
 
+def cmd_reproduce(tags: list[str]) -> None:
+    """Retrain recorded runs from their frozen config (or their command when the record predates
+    frozen configs) into bench_runs/TAG and compare every test metric with the record; writes
+    bench_results/reproduce/TAG.json. The record itself is never changed."""
+    out_dir = RESULTS / "reproduce"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for tag in tags:
+        record = json.loads((RESULTS / f"{tag}.json").read_text())
+        run_dir = RUNS / tag
+        data = prepared(record["dataset"])
+        if not (run_dir / "result.json").exists():
+            if (run_dir / "checkpoints" / "last.pt").exists():
+                cmd = DMIREC + ["train", "--resume", str(run_dir)]
+            else:
+                cmd = DMIREC + ["train", "--data", str(data), "--out", str(run_dir), "--progress=false"]
+                if record.get("resolved_config"):
+                    frozen = RUNS / f".{tag}.frozen.yaml"
+                    frozen.write_text(yaml.safe_dump({k: v for k, v in record["resolved_config"].items()
+                                                      if k != "progress"}))
+                    cmd += ["--config", str(frozen)]
+                else:
+                    cmd += ["--model", record["model"], "--seed", str(record["seed"])]
+                    if record.get("config"):
+                        cmd += ["--config", str(ROOT / record["config"])]
+                    cmd += [a.format(seed=record["seed"], runs=RUNS) for a in record.get("extra", [])]
+            print(f"[reproduce] {tag}: {' '.join(cmd)}", flush=True)
+            start = time.perf_counter()
+            env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "1")}
+            subprocess.run(cmd, env=env, check=True)
+            wall = time.perf_counter() - start
+        else:
+            wall = None
+        result = json.loads((run_dir / "result.json").read_text())
+        diffs = {k: result["test"][k] - v for k, v in record["test"].items()
+                 if k != "seconds" and isinstance(v, (int, float)) and k in result["test"]}
+        worst = max((abs(d) for d in diffs.values()), default=0.0)
+        row = {"tag": tag, "recorded": record["test"], "rerun": result["test"], "diff": diffs,
+               "max_abs_diff": worst, "same_steps": result["steps"] == record["steps"]
+               and result["best_step"] == record["best_step"],
+               "resolved_config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+               "commit": git_commit(), "data_fingerprint": data_fingerprint(data), "wall_s": wall,
+               "machine": machine()}
+        (out_dir / f"{tag}.json").write_text(json.dumps(row, indent=2))
+        print(f"[reproduce] {tag}: max |test metric diff| {worst:.2e}, same steps: {row['same_steps']}", flush=True)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -174,9 +245,13 @@ if __name__ == "__main__":
     p.add_argument("suite")
     p.add_argument("--only", default=None)
     p = sub.add_parser("report")
+    p = sub.add_parser("reproduce")
+    p.add_argument("tags", nargs="+")
     args = parser.parse_args()
     if args.cmd == "run":
         cmd_run(args)
+    elif args.cmd == "reproduce":
+        cmd_reproduce(args.tags)
     else:
         from bench_report import write_report  # scripts/bench_report.py
 

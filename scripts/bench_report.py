@@ -263,11 +263,11 @@ def _correction_section(path: Path) -> list[str]:
     lines = ["## How much the trained refiner changes its backbone (`scripts/dmi_correction.py`)", "",
              "Best checkpoint of each run, validation users: relative change `||u_k - V_k|| / ||V_k||` of the "
              "fused interests against the backbone's, their cosine, and the overlap of the merged top-50 lists "
-             "served with and without refinement (eta = 0).", "",
-             "| run | eta | no noise | change (mean) | change (p90) | cosine | top-50 overlap | users whose top-50 changes |",
+             "served with and without refinement (fusion weight 0).", "",
+             "| run | fusion weight | no noise | change (mean) | change (p90) | cosine | top-50 overlap | users whose top-50 changes |",
              "|---|---|---|---|---|---|---|---|"]
     for label, e in sorted(json.loads(path.read_text()).items()):
-        lines.append(f"| {label} | {e['eta']} | {e['no_noise']} | {e['relative_change_mean']:.4f} | "
+        lines.append(f"| {label} | {e.get('fusion_weight', e.get('eta'))} | {e['no_noise']} | {e['relative_change_mean']:.4f} | "
                      f"{e['relative_change_p90']:.4f} | {e['cosine_mean']:.4f} | {e['top50_overlap_mean']:.4f} | "
                      f"{e['users_top50_changed']:.3f} |")
     return lines + [""]

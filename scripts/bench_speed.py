@@ -60,9 +60,9 @@ def train_speed(dataset: str, model_name: str, steps: int, warmup: int = 30) -> 
 
 @torch.no_grad()
 def inference_ms_per_1000(dataset: str, reverse_steps: int, repeats: int = 7) -> float:
-    """Interests + refinement with S reverse steps (S=0: no refinement, eta=0) + exact top-50 retrieval."""
+    """Interests + refinement with S reverse steps (S=0: no refinement, fusion weight 0) + exact top-50 retrieval."""
     data = load_dataset(DATA / dataset)
-    over = {"progress": False, "reverse_steps": reverse_steps} if reverse_steps else {"progress": False, "eta": 0.0}
+    over = {"progress": False, "reverse_steps": reverse_steps} if reverse_steps else {"progress": False, "fusion_weight": 0.0}
     if reverse_steps:
         over["start_step"] = 10
     cfg = make_config("dmi", [ROOT / "configs" / dataset / "dmi.yaml"], over)

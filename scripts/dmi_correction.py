@@ -6,7 +6,7 @@
 For each DMI run (its best checkpoint), on one split's users: the relative size of the fusion's
 change ``||u_k - V_k|| / ||V_k||`` (mean and 90th percentile over users and interests), the mean
 cosine between ``u_k`` and ``V_k``, the mean overlap of the merged top-50 lists served with and
-without refinement (``eta = 0``: the backbone alone), and the share of users whose top-50 list
+without refinement (``fusion_weight = 0``: the backbone alone), and the share of users whose top-50 list
 changes at all. A refiner that learned nothing shows a change near 0 and an overlap near 1.
 Results are added to bench_results/dmi_correction.json (read by `scripts/bench.py report`).
 """
@@ -21,10 +21,8 @@ import numpy as np
 import torch
 
 from dmirec import rundir
-from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import eval_split
-from dmirec.evaluate import user_vectors
-from dmirec.models import build_model
+from dmirec.evaluate import load_run, user_vectors
 from dmirec.retrieval import search
 
 N = 50
@@ -34,14 +32,11 @@ def correction_stats(run_dir: Path, split: str) -> dict:
     cfg = rundir.read_config(run_dir)
     if cfg.model != "dmi":
         raise SystemExit(f"{run_dir} is a {cfg.model} run, not dmi")
-    data = load_dataset(rundir.read_data_ref(run_dir)["path"])
     state = rundir.load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    eval_set = eval_split(data.splits[split], cfg.seq_len)
     vectors, items = {}, None
-    for label, over in (("refined", {}), ("backbone", {"eta": 0.0})):
-        model = build_model(cfg.replace(**over), data.num_items, data.item_popularity())
-        model.load_state_dict(state["model"])
-        model.eval()
+    for label, over in (("refined", {}), ("backbone", {"fusion_weight": 0.0})):
+        model, _, data = load_run(run_dir, "best", overrides=over)
+        eval_set = eval_split(data.splits[split], cfg.seq_len)
         vectors[label] = user_vectors(model, eval_set)  # (U, K, D)
         items = model.item_embeddings().detach().float().numpy()
     u, v = vectors["refined"], vectors["backbone"]
@@ -51,7 +46,7 @@ def correction_stats(run_dir: Path, split: str) -> dict:
     top_v = search(v, items, N).ids
     overlap = np.array([len(set(a.tolist()) & set(b.tolist())) / N for a, b in zip(top_u, top_v)])
     return {"run_dir": str(run_dir), "split": split, "users": int(len(u)), "step": state.get("step"),
-            "eta": cfg.eta, "no_noise": cfg.no_noise, "relative_change_mean": float(rel.mean()),
+            "fusion_weight": cfg.fusion_weight, "no_noise": cfg.no_noise, "relative_change_mean": float(rel.mean()),
             "relative_change_p90": float(np.quantile(rel, 0.9)), "cosine_mean": float(cos.mean()),
             "top50_overlap_mean": float(overlap.mean()), "users_top50_changed": float((overlap < 1).mean())}
 

@@ -4,7 +4,7 @@
     python scripts/dmi_eval_variants.py RUN_DIR [--split valid] [--label NAME]
 
 Settings compared on the same weights: the run's own, the reverse chain at several (T', S),
-stochastic reverse, the no-noise path, and eta = 0 (the backbone alone). This isolates what the
+stochastic reverse, the no-noise path, and fusion weight 0 (the backbone alone). This isolates what the
 evaluation procedure does from what training does. Results are added to
 bench_results/dmi_eval_variants.json under ``--label`` (read by `scripts/bench.py report`).
 """
@@ -18,9 +18,7 @@ from pathlib import Path
 import torch
 
 from dmirec import rundir
-from dmirec.data.dataset import load_dataset
-from dmirec.evaluate import evaluate_model
-from dmirec.models import build_model
+from dmirec.evaluate import evaluate_model, load_run
 
 VARIANTS = [
     ("as trained", {}),
@@ -29,9 +27,9 @@ VARIANTS = [
     ("T'=10, S=10", {"start_step": 10, "reverse_steps": 10}),
     ("T'=5, S=1", {"start_step": 5, "reverse_steps": 1}),
     ("T'=1, S=1", {"start_step": 1, "reverse_steps": 1}),
-    ("T'=10, S=1, stochastic", {"start_step": 10, "reverse_steps": 1, "stochastic_reverse": True}),
+    ("T'=10, S=1, stochastic", {"start_step": 10, "reverse_steps": 1, "sampler": "ancestral"}),
     ("no noise (t=0)", {"no_noise": True}),
-    ("eta=0 (backbone)", {"eta": 0.0}),
+    ("fusion weight 0 (backbone)", {"fusion_weight": 0.0}),
 ]
 
 
@@ -47,17 +45,13 @@ def main() -> None:
     cfg = rundir.read_config(args.run_dir)
     if cfg.model != "dmi":
         raise SystemExit(f"{args.run_dir} is a {cfg.model} run, not dmi")
-    data = load_dataset(rundir.read_data_ref(args.run_dir)["path"])
     ckpt = rundir.load_checkpoint(args.run_dir / "checkpoints" / f"{args.checkpoint}.pt")
     rows = []
     for name, over in VARIANTS:
-        variant = cfg.replace(**over)
-        if variant.reverse_steps > (variant.start_step or variant.diffusion_steps):
+        if over.get("reverse_steps", cfg.reverse_steps) > (over.get("start_step", cfg.start_step) or cfg.diffusion_steps):
             continue
         torch.manual_seed(0)
-        model = build_model(variant, data.num_items, data.item_popularity())
-        model.load_state_dict(ckpt["model"])
-        model.eval()
+        model, variant, data = load_run(args.run_dir, args.checkpoint, overrides=over)
         metrics = evaluate_model(model, data, args.split, variant.seq_len)
         rows.append({"variant": name, "overrides": over, **{k: metrics[k] for k in
                                                            ("recall@20", "recall@50", "hitrate@50", "ndcg@50")}})

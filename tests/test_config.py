@@ -31,7 +31,7 @@ def test_unknown_key_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("batch_size", "abc"), ("batch_size", "1.5"), ("lr", "fast"),
-                                       ("logq_correction", "maybe"), ("model", 3), ("eta", "2")])
+                                       ("logq_correction", "maybe"), ("model", 3), ("fusion_weight", "2")])
 def test_wrong_type_or_range_is_named(key, value):
     with pytest.raises(ConfigError, match=key):
         from_dict({key: value})

@@ -206,30 +206,29 @@ def test_pruning_never_keeps_padding(data, length, m, rule):
 @pytest.mark.parametrize("step_token", [True, False])
 def test_denoiser_shapes_masking_and_identity_start(kind, step_token):
     torch.manual_seed(0)
-    den = Denoiser(8, heads=2, blocks=2, kind=kind, step_token=step_token, steps=10)
+    den = Denoiser(8, heads=2, blocks=2, kind=kind, step_token=step_token)
     v, t = torch.randn(6, 8), torch.randint(0, 11, (6,))
     keys, kmask = torch.randn(6, 4, 8), torch.rand(6, 4) > 0.5
     kmask[0] = False  # a row with no real key at all
-    skip = torch.randn(6, 8)
-    assert torch.equal(den(v, t, keys, kmask, skip=skip), skip)  # zero-initialised residual head
+    assert torch.equal(den(v, t, keys, kmask), torch.zeros(6, 8))  # zero-initialised head
     with torch.no_grad():
         den.head.weight.normal_()
         den.head.bias.normal_()
-    out = den(v, t, keys, kmask, skip=skip)
+    out = den(v, t, keys, kmask)
     assert out.shape == (6, 8) and torch.isfinite(out).all()
     other = torch.where(kmask.unsqueeze(-1), keys, torch.randn(6, 4, 8) * 100)
-    assert torch.equal(den(v, t, other, kmask, skip=skip), out)  # masked keys are invisible
+    assert torch.equal(den(v, t, other, kmask), out)  # masked keys are invisible
     out.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in den.parameters() if p.grad is not None)
     if kind == "attention":
-        assert not torch.allclose(den(v, t, keys + torch.randn(6, 4, 8), kmask, skip=skip)[1:], out[1:])
+        assert not torch.allclose(den(v, t, keys + torch.randn(6, 4, 8), kmask)[1:], out[1:])
     else:
-        assert torch.equal(den(v, t, keys + torch.randn(6, 4, 8), kmask, skip=skip), out)  # the MLP ignores the items
+        assert torch.equal(den(v, t, keys + torch.randn(6, 4, 8), kmask), out)  # the MLP ignores the items
 
 
 def test_denoiser_plain_head_predicts_v0_directly():
     torch.manual_seed(0)
-    den = Denoiser(8, heads=4, blocks=1, residual_head=False)
+    den = Denoiser(8, heads=4, blocks=1, zero_init_head=False)
     v = torch.randn(3, 8)
     out = den(v, torch.tensor(5), torch.randn(3, 2, 8))
     assert out.shape == (3, 8) and not torch.allclose(out, v)

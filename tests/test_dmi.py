@@ -19,7 +19,7 @@ BACKBONE_MODULES = {"comirec-sa": "dmirec.models.comirec_sa", "comirec-dr": "dmi
 
 ABLATIONS = {
     "default": {},
-    "no_diffusion": {"eta": 0.0},
+    "no_diffusion": {"fusion_weight": 0.0},
     "no_noise": {"no_noise": True},
     "T1": {"diffusion_steps": 1},
     "no_pruning": {"prune": "none"},
@@ -28,13 +28,13 @@ ABLATIONS = {
     "no_step_token": {"step_token": False},
     "no_step_token_mlp": {"step_token": False, "denoiser": "mlp"},
     "dim_mask": {"noise_kind": "dim_mask"},
-    "stochastic": {"stochastic_reverse": True},
+    "stochastic": {"sampler": "ancestral"},
     "strided": {"diffusion_steps": 12, "start_step": 8, "reverse_steps": 3},
     "cosine": {"schedule": "cosine", "noise_scale": 0.5},
     "train_chain": {"train_chain": True, "reverse_steps": 4},
-    "train_chain_stochastic_mask": {"train_chain": True, "stochastic_reverse": True, "noise_kind": "dim_mask"},
+    "train_chain_stochastic_mask": {"train_chain": True, "sampler": "ancestral", "noise_kind": "dim_mask"},
     "raw_scale": {"normalize_scale": False},
-    "eta1_two_blocks": {"eta": 1.0, "denoiser_blocks": 2},
+    "eta1_two_blocks": {"fusion_weight": 1.0, "denoiser_blocks": 2},
     "frozen": {"freeze_backbone_steps": 1, "refiner_lr_scale": 0.1},
     "big_m_and_K": {"prune_m": 20, "num_interests": 5},
 }
@@ -122,7 +122,7 @@ def test_param_groups_split_backbone_and_refiner():
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_eta_zero_is_the_backbone_exactly(backbone):
     pytest.importorskip(BACKBONE_MODULES[backbone])
-    model, _ = make_dmi({"eta": 0.0}, backbone=backbone)
+    model, _ = make_dmi({"fusion_weight": 0.0}, backbone=backbone)
     perturb_refiner(model)
     history, mask, target = batch()
     torch.manual_seed(4)  # MIND's routing is stochastic
@@ -140,7 +140,7 @@ def test_eta_zero_is_the_backbone_exactly(backbone):
                                        {"start_step": 4, "reverse_steps": 2}])
 def test_untrained_refiner_is_the_identity(overrides):
     """The residual head starts at zero: at initialisation DMI serves the backbone's interests."""
-    model, _ = make_dmi({"eta": 0.5, **overrides})
+    model, _ = make_dmi({"fusion_weight": 0.5, **overrides})
     model.eval()
     history, mask, _ = batch()
     assert torch.allclose(model.user_vectors(history, mask), model.interests(history, mask)[0], atol=1e-6)
@@ -148,7 +148,7 @@ def test_untrained_refiner_is_the_identity(overrides):
 
 @pytest.mark.parametrize("stochastic", [False, True])
 def test_evaluation_is_deterministic(stochastic):
-    model, _ = make_dmi({"stochastic_reverse": stochastic})
+    model, _ = make_dmi({"sampler": "ancestral" if stochastic else "posterior_mean"})
     perturb_refiner(model).eval()
     history, mask, _ = batch()
     torch.manual_seed(0)
@@ -158,24 +158,25 @@ def test_evaluation_is_deterministic(stochastic):
     assert torch.equal(a, b)
     assert not torch.allclose(a, model.interests(history, mask)[0])  # the refiner did something
     if stochastic:
-        model.stochastic_reverse = False
+        model.process.sampler = "posterior_mean"
         assert not torch.equal(model.user_vectors(history, mask), a)
 
 
 def test_refinement_is_the_documented_chain():
-    """user_vectors = eta * c * chain(v0 / c) + (1 - eta) * V with the deterministic posterior chain."""
-    model, _ = make_dmi({"eta": 0.3, "diffusion_steps": 6, "start_step": 5, "reverse_steps": 2})
+    """user_vectors = w * c * chain(v0 / c) + (1 - w) * V with the deterministic posterior chain."""
+    model, _ = make_dmi({"fusion_weight": 0.3, "diffusion_steps": 6, "start_step": 5, "reverse_steps": 2})
     perturb_refiner(model).eval()
     history, mask, _ = batch()
     with torch.no_grad():
         vecs, weights = model.interests(history, mask)
-        keys, keep = model.memory(weights, history, mask)
+        keys, keep = model.memory(vecs, weights, history, mask)
         c = model.rms
-        s = model.schedule
+        s = model.process.schedule
+        denoise = lambda x, t: model.process.predict_x0(model.denoiser, x, t, keys, keep)
         v = s.mean_coef(5) * vecs / c
-        hat = model.denoise(v, 5, keys, keep)
+        hat = denoise(v, 5)
         v = s.posterior_mean(hat, v, 5, 3)  # grid [5, 3] then 0
-        hat = model.denoise(v, 3, keys, keep)
+        hat = denoise(v, 3)
         expect = 0.3 * c * hat + 0.7 * vecs
         assert torch.allclose(model.user_vectors(history, mask), expect, atol=1e-6)
 
@@ -215,7 +216,7 @@ def test_every_ablation_builds_and_trains_one_step(name):
     opt.step()
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    if cfg.eta > 0:
+    if cfg.fusion_weight > 0:
         assert any(k.startswith("denoiser.") for k in changed)
         assert int(model.train_calls) == 1
     if cfg.freeze_backbone_steps == 0:
@@ -226,7 +227,7 @@ def test_every_ablation_builds_and_trains_one_step(name):
 
 
 def test_frozen_backbone_gets_no_update_for_the_first_steps_then_trains():
-    model, cfg = make_dmi({"freeze_backbone_steps": 2, "eta": 0.5})
+    model, cfg = make_dmi({"freeze_backbone_steps": 2, "fusion_weight": 0.5})
     opt = torch.optim.Adam(model.param_groups(cfg), lr=0.01)
     history, mask, target = batch(7)
 
@@ -246,7 +247,7 @@ def test_frozen_backbone_gets_no_update_for_the_first_steps_then_trains():
         assert not den_same
     assert int(model.train_calls) == 3
     # the counter survives a checkpoint round trip
-    clone, _ = make_dmi({"freeze_backbone_steps": 2, "eta": 0.5}, seed=9)
+    clone, _ = make_dmi({"freeze_backbone_steps": 2, "fusion_weight": 0.5}, seed=9)
     clone.load_state_dict(model.state_dict())
     assert int(clone.train_calls) == 3 and torch.equal(clone.rms, model.rms)
     model.eval()
@@ -280,13 +281,13 @@ def planted(tmp_path_factory):
 
 
 def test_dmi_end_to_end_beats_random_and_eta_zero_is_remi(planted, tmp_path):
-    cfg = make_config("dmi", overrides={**SMALL, "eta": 0.5, "reverse_steps": 5})
+    cfg = make_config("dmi", overrides={**SMALL, "fusion_weight": 0.5, "reverse_steps": 5})
     result = train(cfg, planted, tmp_path / "dmi")
     random_recall_at_20 = 20 / 200
     assert result["test"]["recall@20"] > 3 * random_recall_at_20
     assert result["test"]["hitrate@50"] > 0.9
     # the "no diffusion" ablation trains and scores exactly like its backbone (REMI)
-    plain = train(make_config("dmi", overrides={**SMALL, "eta": 0.0, "max_steps": 100}), planted, tmp_path / "eta0")
+    plain = train(make_config("dmi", overrides={**SMALL, "fusion_weight": 0.0, "max_steps": 100}), planted, tmp_path / "eta0")
     remi = train(make_config("remi", overrides={**SMALL, "max_steps": 100}), planted, tmp_path / "remi")
     strip = lambda r: {k: v for k, v in r["test"].items() if k != "seconds"}
     assert strip(plain) == strip(remi)

@@ -70,6 +70,18 @@ class Config:
     exclude_history: bool = False
     progress: bool = True
 
+    # --- interest bank and the neighbour rule (any model) ----------------------------------------
+    neighbour_alpha: float = 0.0  # query vectors += alpha * cosine-weighted mean of n bank neighbours; 0 = off
+    neighbours: int = 4  # n, for the rule and for DMI's neighbour keys
+    bank_max_users: int = 0  # 0 = every training user in the bank; else a seeded sample of that many
+
+    # --- COIN (baseline) ------------------------------------------------------------------------
+    coin_contrast_weight: float = 10.0  # weight of the bank contrastive loss
+    coin_temperature: float = 0.1
+    coin_bank_sample: int = 40_000  # bank users scored per step for the contrastive loss
+    coin_negatives: int = 2560  # contrastive negatives per example
+    coin_gru_layers: int = 1
+
     # --- DMI refiner ---------------------------------------------------------------------------
     diffusion_steps: int = 10  # T
     schedule: str = "linear"  # linear | cosine
@@ -80,14 +92,19 @@ class Config:
     normalize_scale: bool = True  # diffuse v0 / running RMS, rescale after
     start_step: int = 0  # T' (0 = T)
     reverse_steps: int = 1  # S (0 = T'); one step by default: the step training runs (see README, DMI)
-    stochastic_reverse: bool = False
-    eta: float = 0.2
+    sampler: str = "posterior_mean"  # posterior_mean (deterministic) | ancestral (seeded DDPM steps)
+    prediction: str = "x0_residual"  # x0_residual (a correction to v_t / sqrt(abar_t), starts as the identity) | x0
+    fusion_weight: float = 0.2  # u = w * refined + (1 - w) * coarse; 0 = no diffusion (the backbone)
+    dmi_keys: str = "items"  # comma list of items | neighbours | others: what the denoiser attends to
+    dmi_target: str = "interest"  # interest (rebuild itself, the figure) | next_item (reconstruct the target)
+    dmi_output: str = "fuse"  # fuse (fusion_weight) | extra (K generated vectors as K more queries)
+    cond_dropout: float = 0.0  # next_item: share of training examples whose keys are all masked
+    guidance: float = 1.0  # next_item: classifier-free guidance weight w at evaluation (1 = conditional)
     prune: str = "topm"  # topm | threshold | none
     prune_m: int = 5
     denoiser: str = "attention"  # attention | mlp
     denoiser_blocks: int = 1
     denoiser_heads: int = 2
-    denoiser_residual: bool = True  # head predicts a correction to v_t / sqrt(abar_t): starts as the identity
     step_token: bool = True
     recon_weight: float = 1.0  # tuned on beauty validation users (0.1 first); configs/bench/dmi_tune.yaml
     no_noise: bool = False  # ablation: same denoiser, t=0
@@ -147,7 +164,8 @@ def _coerce(key: str, value: Any) -> Any:
     raise ConfigError(f"config key {key!r}: unsupported field type {want}")
 
 
-_CHOICES = {
+# The one registry of allowed values; modules take their choices from here.
+CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "routing_axis": ("positions", "interests"),
     "negative_sampler": ("uniform", "log_uniform"),
@@ -156,7 +174,16 @@ _CHOICES = {
     "noise_kind": ("gaussian", "dim_mask"),
     "prune": ("topm", "threshold", "none"),
     "denoiser": ("attention", "mlp"),
+    "sampler": ("posterior_mean", "ancestral"),
+    "prediction": ("x0_residual", "x0"),
+    "dmi_target": ("interest", "next_item"),
+    "dmi_output": ("fuse", "extra"),
 }
+DMI_KEY_SOURCES = ("items", "neighbours", "others")
+
+# Keys that were renamed: a clear error instead of "unknown key".
+RENAMED = {"eta": "fusion_weight", "stochastic_reverse": "sampler (posterior_mean | ancestral)",
+           "denoiser_residual": "prediction (x0_residual | x0)"}
 
 
 def from_dict(values: dict[str, Any], source: str = "config") -> Config:
@@ -166,10 +193,12 @@ def from_dict(values: dict[str, Any], source: str = "config") -> Config:
     clean = {}
     for key, value in values.items():
         key = str(key).replace("-", "_")
+        if key in RENAMED:
+            raise ConfigError(f"{source}: config key {key!r} was renamed: use {RENAMED[key]}")
         if key not in _FIELDS:
             raise ConfigError(f"{source}: unknown config key {key!r}")
         clean[key] = _coerce(key, value)
-    for key, allowed in _CHOICES.items():
+    for key, allowed in CHOICES.items():
         if key in clean and clean[key] not in allowed:
             raise ConfigError(f"{source}: config key {key!r} must be one of {allowed}, got {clean[key]!r}")
     cfg = Config(**clean)
@@ -179,15 +208,26 @@ def from_dict(values: dict[str, Any], source: str = "config") -> Config:
 
 def _check_ranges(cfg: Config, source: str) -> None:
     positive = ("embedding_dim", "num_interests", "seq_len", "batch_size", "eval_every",
-                "eval_batch_size", "diffusion_steps", "routing_iters", "prune_m")
+                "eval_batch_size", "diffusion_steps", "routing_iters", "prune_m", "coin_temperature",
+                "coin_bank_sample", "coin_negatives", "coin_gru_layers")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{source}: config key {key!r} must be positive, got {getattr(cfg, key)}")
     for key in ("num_negatives", "max_steps", "patience", "eval_max_users", "start_step", "reverse_steps"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
-    if not 0.0 <= cfg.eta <= 1.0:
-        raise ConfigError(f"{source}: config key 'eta' must be in [0, 1], got {cfg.eta}")
+    for key in ("fusion_weight", "cond_dropout"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise ConfigError(f"{source}: config key {key!r} must be in [0, 1], got {getattr(cfg, key)}")
+    for key in ("neighbour_alpha", "bank_max_users", "guidance", "coin_contrast_weight"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.neighbours <= 0:
+        raise ConfigError(f"{source}: config key 'neighbours' must be positive, got {cfg.neighbours}")
+    keys = [k.strip() for k in cfg.dmi_keys.split(",") if k.strip()]
+    if not keys or len(set(keys)) != len(keys) or any(k not in DMI_KEY_SOURCES for k in keys):
+        raise ConfigError(f"{source}: config key 'dmi_keys' must be a comma list of distinct names from "
+                          f"{DMI_KEY_SOURCES}, got {cfg.dmi_keys!r}")
     if cfg.start_step > cfg.diffusion_steps:
         raise ConfigError(f"{source}: config key 'start_step' must be <= diffusion_steps")
     if cfg.reverse_steps > (cfg.start_step or cfg.diffusion_steps):
@@ -222,15 +262,57 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
+# Config values a model name implies unless the user sets them (a wrapper such as DMI also takes
+# its backbone's). Applied by build_config, the one way a Config is made from names and files.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "remi": {"hard_negative_beta": 1.0, "routing_reg": 100.0},
+    "dmi": {"backbone": "remi"},
+    "coin": {"hard_negative_beta": 1.0, "routing_reg": 100.0, "neighbour_alpha": 0.55, "neighbours": 3},
+    "youtube-dnn": {"num_interests": 1},
+    "most-popular": {"num_interests": 1, "max_steps": 0},
+}
+
+
+def model_defaults(model: str, backbone: str | None = None) -> dict[str, Any]:
+    """Config values implied by a model name (and, for wrappers, by their backbone)."""
+    out: dict[str, Any] = {}
+    own = MODEL_DEFAULTS.get(model, {})
+    if "backbone" in own or backbone is not None:
+        out.update(MODEL_DEFAULTS.get(backbone or own.get("backbone", ""), {}))
+    out.update(own)
+    if backbone is not None:
+        out["backbone"] = backbone
+    out["model"] = model
+    return out
+
+
 def build_config(yaml_paths: list[str | Path] = (), overrides: dict[str, Any] | None = None,
-                 base: dict[str, Any] | None = None) -> Config:
-    """Defaults, then ``base``, then each YAML file in order, then ``overrides``."""
-    merged: dict[str, Any] = dict(base or {})
+                 model: str | None = None) -> Config:
+    """Defaults < the model's defaults < each YAML file in order < ``overrides``.
+
+    The model (and a wrapper's backbone) may be named by ``model``, in ``overrides`` or in a YAML
+    file; the last of these to name it decides whose defaults apply.
+    """
+    overrides = {str(k).replace("-", "_"): v for k, v in (overrides or {}).items()}
+    if model:
+        overrides["model"] = model
+    files = []
     for path in yaml_paths:
         data = load_yaml(path)
         from_dict(data, source=str(path))  # validate each file on its own, naming it in errors
-        merged.update({k.replace("-", "_"): v for k, v in data.items()})
+        files.append({str(k).replace("-", "_"): v for k, v in data.items()})
     if overrides:
         from_dict(dict(overrides), source="command line")
-        merged.update(overrides)
+    chosen, backbone = Config.model, None
+    for layer in files + [overrides]:
+        chosen = layer.get("model", chosen)
+        backbone = layer.get("backbone", backbone)
+    merged = model_defaults(str(chosen), backbone)
+    for layer in files + [overrides]:
+        merged.update(layer)
     return from_dict(merged)
+
+
+def make_config(model: str | None = None, yaml_paths: list[str | Path] = (), overrides: dict | None = None) -> Config:
+    """:func:`build_config` with the model first (the order the command line reads)."""
+    return build_config(yaml_paths, overrides, model=model)

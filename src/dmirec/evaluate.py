@@ -54,13 +54,27 @@ def evaluate_model(model, data: PreparedData, split: str = "valid", seq_len: int
     return metrics
 
 
-def evaluate_run(run_dir: str | Path, split: str = "test", exclude_history: bool | None = None,
-                 backend: str | None = None, which: str = "best", device: str = "cpu") -> dict:
-    """Load a run's checkpoint and its dataset, and evaluate on ``split``."""
+def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu", overrides: dict | None = None):
+    """A run's model (with evaluation-time ``overrides``), config and dataset: (model, cfg, data).
+
+    A model that reads an interest bank its checkpoint does not hold gets one built from the
+    run's training users (deterministic: same weights, same bank)."""
+    from .neighbours import build_bank
     from .rundir import load_trained_model, read_data_ref
 
-    model, cfg = load_trained_model(run_dir, which=which, device=device)
+    model, cfg = load_trained_model(run_dir, which=which, device=device, overrides=overrides)
     data = load_dataset(read_data_ref(Path(run_dir))["path"])
+    bank = getattr(model, "bank", None)
+    if bank is not None and bank.size == 0:
+        build_bank(model, data.splits["train"], cfg.seq_len, cfg.eval_batch_size, device, cfg.bank_max_users, cfg.seed)
+    return model, cfg, data
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", exclude_history: bool | None = None,
+                 backend: str | None = None, which: str = "best", device: str = "cpu",
+                 overrides: dict | None = None) -> dict:
+    """Load a run's checkpoint (with evaluation-time ``overrides``) and its dataset, and evaluate on ``split``."""
+    model, cfg, data = load_run(run_dir, which, device, overrides)
     return evaluate_model(model, data, split, cfg.seq_len, METRIC_NS,
                           backend or cfg.retrieval_backend,
                           cfg.exclude_history if exclude_history is None else exclude_history,

@@ -19,6 +19,7 @@ import torch
 
 from .data.dataset import load_dataset
 from .data.sampler import eval_split
+from .neighbours import build_bank
 from .rundir import load_trained_model, read_data_ref
 from .serve.bundle import BundleError, write_bundle
 
@@ -43,15 +44,17 @@ def _query_sample(model, data, seq_len: int, users: int, batch_size: int = 1024)
 
 
 def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "best",
-                  query_sample: int = DEFAULT_QUERY_SAMPLE, overwrite: bool = False) -> dict[str, Any]:
+                  query_sample: int = DEFAULT_QUERY_SAMPLE, overwrite: bool = False,
+                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export ``run_dir`` (its ``which`` checkpoint: best or last) to ``bundle_dir``; returns the manifest.
 
     Needs the prepared dataset the run used (``data.json``) for the raw item ids, popularity and
     validation users. ``query_sample`` validation users' interest vectors are stored for
-    recall measurement.
+    recall measurement. ``overrides``: evaluation-time config changes (e.g. the neighbour rule);
+    an interest bank the model reads travels in the bundle's weights, checksummed with them.
     """
     run_dir = Path(run_dir)
-    model, cfg = load_trained_model(run_dir, which=which, device="cpu")
+    model, cfg = load_trained_model(run_dir, which=which, device="cpu", overrides=overrides)
     ref = read_data_ref(run_dir)
     data_path = Path(ref["path"])
     if not (data_path / "meta.json").exists():
@@ -60,6 +63,9 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
     data = load_dataset(data_path)
     if data.num_items != int(ref["num_items"]):
         raise BundleError(f"{data_path}: has {data.num_items} items but the run was trained on {ref['num_items']}")
+    if getattr(model, "bank", None) is not None and model.bank.size == 0:
+        build_bank(model, data.splits["train"], cfg.seq_len, cfg.eval_batch_size, "cpu", cfg.bank_max_users,
+                   cfg.seed)
     model.eval()
     items = model.item_embeddings().detach().float().cpu().numpy()  # (N + 1, D)
     popularity = data.item_popularity("train")  # (N + 1,)

@@ -103,16 +103,34 @@ def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def load_trained_model(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"):
-    """Rebuild the model of a run and load its ``best`` (or ``last``) weights. Returns (model, cfg)."""
+def load_trained_model(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu",
+                       overrides: dict[str, Any] | None = None):
+    """Rebuild the model of a run and load its ``best`` (or ``last``) weights. Returns (model, cfg).
+
+    ``overrides`` are evaluation-time config changes (e.g. ``{"neighbour_alpha": 0.5}`` or
+    ``{"fusion_weight": 0.0}``); weights must still fit. An interest bank the checkpoint does not
+    hold (the neighbour rule asked for after training) is left empty: fill it with
+    :func:`dmirec.neighbours.build_bank` (``dmirec.evaluate.load_run`` does).
+    """
     from .models import build_model
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
+    if overrides:
+        cfg = cfg.replace(**overrides)
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt", map_location=device)
     ref = read_data_ref(run_dir)
     popularity = ckpt.get("popularity")
     model = build_model(cfg, int(ref["num_items"]), None if popularity is None else popularity.numpy())
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"])
     model.to(device).eval()
     return model, cfg
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """``load_state_dict``, except that interest-bank entries may be missing or unused (the bank is
+    data the model may or may not carry, not architecture)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing + unexpected if not (k == "bank.vectors" or k == "bank.owners")]
+    if bad:
+        model.load_state_dict(state)  # raises the usual, complete error

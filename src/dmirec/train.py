@@ -22,12 +22,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import rundir
-from .config import Config, ConfigError, build_config
+from .config import Config, ConfigError, make_config, model_defaults  # noqa: F401 (re-exported)
 from .data.dataset import load_dataset
 from .data.sampler import TrainSampler, eval_split
 from .evaluate import METRIC_NS, evaluate_model
 from .losses import NegativeSampler, sampled_softmax_loss
-from .models import MODEL_DEFAULTS, build_model
+from .models import build_model
+from .neighbours import build_bank
 from .models.remi import routing_regularizer
 
 
@@ -39,36 +40,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_defaults(model: str, backbone: str | None = None) -> dict[str, Any]:
-    """Config values implied by a model name (and, for wrappers, by their backbone)."""
-    out: dict[str, Any] = {}
-    own = MODEL_DEFAULTS.get(model, {})
-    if "backbone" in own or backbone is not None:
-        out.update(MODEL_DEFAULTS.get(backbone or own.get("backbone", ""), {}))
-    out.update(own)
-    if backbone is not None:
-        out["backbone"] = backbone
-    out["model"] = model
-    return out
-
-
-def make_config(model: str | None = None, yaml_paths: list[str | Path] = (), overrides: dict | None = None) -> Config:
-    """Defaults < model defaults < YAML files < overrides. ``model`` may also come from YAML."""
-    from .config import load_yaml
-
-    overrides = dict(overrides or {})
-    chosen = model or overrides.get("model")
-    backbone = overrides.get("backbone")
-    for path in yaml_paths:
-        data = load_yaml(path)
-        chosen = model or overrides.get("model") or data.get("model", chosen)
-        backbone = overrides.get("backbone") or data.get("backbone", backbone)
-    if model:
-        overrides["model"] = model
-    base = model_defaults(chosen or Config.model, backbone)
-    return build_config(yaml_paths, overrides, base=base)
-
-
 def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
     groups = model.param_groups(cfg) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
     groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
@@ -78,9 +49,13 @@ def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer
 
 
 def batch_loss(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
-               negatives: NegativeSampler, neg_gen: torch.Generator) -> torch.Tensor:
-    """The training objective of one batch: sampled softmax (+ REMI routing regulariser) + model aux loss."""
-    out = model.train_forward(history, mask, target)
+               negatives: NegativeSampler, neg_gen: torch.Generator, users: torch.Tensor | None = None) -> torch.Tensor:
+    """The training objective of one batch: sampled softmax (+ REMI routing regulariser) + model aux loss.
+
+    ``users (B,)``: the batch's train-split rows, for models that read the interest bank (their
+    own entry is left out)."""
+    out = model.train_forward(history, mask, target, users) if users is not None else \
+        model.train_forward(history, mask, target)
     neg_ids = negatives.sample(cfg.num_negatives, neg_gen)  # (S,)
     log_probs = negatives.log_probs if cfg.logq_correction else None
     loss = sampled_softmax_loss(out.user, target, neg_ids, model.item_embeddings(), log_probs,
@@ -135,6 +110,14 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     model = build_model(cfg, data.num_items, popularity).to(device)
     if cfg.init_from and not resume:  # before anything is written: a bad source leaves no run behind
         warm_start(model, cfg, device)
+    has_bank = getattr(model, "bank", None) is not None
+
+    def refresh_bank() -> None:
+        """The interest bank from the current model (training users only); it is part of the model's
+        state, so checkpoints keep the bank their validation used."""
+        if has_bank:
+            build_bank(model, data.splits["train"], cfg.seq_len, cfg.eval_batch_size, device, cfg.bank_max_users,
+                       cfg.seed)
     sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=cfg.seed)
     negatives = NegativeSampler(data.num_items, cfg.negative_sampler, device)
     neg_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -177,6 +160,7 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         })
 
     def validate(window_loss: float, window_steps: int, window_seconds: float) -> dict:
+        refresh_bank()
         metrics = evaluate_model(model, data, "valid", cfg.seq_len, METRIC_NS, cfg.retrieval_backend,
                                  cfg.exclude_history, cfg.eval_batch_size, device=device, eval_set=valid_set)
         improved = metrics["recall@50"] > state["best"]
@@ -202,6 +186,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         state["stopped"] = "nothing to train"
         save_last()
 
+    if has_bank and model.bank.size == 0:  # a fresh run: training reads the bank from step 1
+        refresh_bank()
     bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not cfg.progress, unit="step",
                dynamic_ncols=True, desc=f"{cfg.model}", mininterval=_bar_interval())
     window_loss, window_steps, window_seconds = 0.0, 0, 0.0
@@ -212,7 +198,8 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         history = torch.from_numpy(batch.history).to(device)  # (B, L)
         mask = torch.from_numpy(batch.mask).to(device)  # (B, L)
         target = torch.from_numpy(batch.target).to(device)  # (B,)
-        loss = batch_loss(model, cfg, history, mask, target, negatives, neg_gen)
+        users = torch.from_numpy(batch.rows).to(device) if has_bank else None  # (B,)
+        loss = batch_loss(model, cfg, history, mask, target, negatives, neg_gen, users)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,21 +1,23 @@
-"""DMI's denoising module: predicts the clean interest ``v0_hat`` from a noised one (DESIGN.md 4).
+"""DMI's denoiser network ``f(x_t, t, keys, key_mask) -> raw prediction`` (a network only).
 
-``attention`` (default): the query is the noised interest ``v_t`` (one token per interest); the
-keys and values are the interest's pruned history items plus one diffusion-step token
-``e_t = MLP(sinusoidal(t))``. ``blocks`` pre-norm blocks of multi-head cross-attention and a
-feed-forward layer, each with a residual connection and LayerNorm, then a linear head that
-predicts ``v0_hat`` (x0-prediction). The residual stream starts at ``v_t`` so the vector's
+``attention`` (default): the query is the noised vector ``x_t`` (one token per interest); the
+keys and values are the conditioning tokens (:mod:`dmirec.diffusion.conditioning`: the
+interest's pruned history items, and optionally neighbour interests, the user's other
+interests) plus one diffusion-step token ``e_t = MLP(sinusoidal(t))``. ``blocks`` pre-norm
+blocks of multi-head cross-attention and a feed-forward layer, each with a residual connection
+and LayerNorm, then a linear head. The residual stream starts at ``x_t`` so the vector's
 magnitude survives the blocks.
 
-``mlp`` (the no-cross-attention ablation): ``v0_hat`` from ``[v_t, e_t]`` alone.
+``mlp`` (the no-cross-attention ablation): the head reads ``[x_t, e_t]`` alone.
 
-``residual_head`` (ours, default on): ``v0_hat = skip + head(h)`` with ``head`` initialised to
-zero, where the caller passes ``skip`` = its identity guess of ``v0`` (``v_t / mean_coef(t)``),
-so an untrained refiner is the identity and training learns a correction around it.
+What the output means (``x0`` itself, or a correction to the identity guess of ``x0``) is the
+diffusion process's prediction type (:class:`dmirec.diffusion.process.DiffusionProcess`);
+``zero_init_head`` starts the head at exactly zero, which makes a residual prediction start as
+the identity.
 
-All B*K interests run as one batch: ``v_t (N, D)``, ``t (N,)``, ``keys (N, M, D)``,
-``key_mask (N, M)`` (True = a real key; masked keys get exactly zero attention, and a row with
-no real key and no step token attends to nothing).
+All rows run as one batch: ``x_t (N, D)``, ``t (N,)``, ``keys (N, M, D)``, ``key_mask (N, M)``
+(True = a real key; masked keys get exactly zero attention, and a row with no real key and no
+step token attends to nothing).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class Denoiser(nn.Module):
     """x0-predicting denoiser of DMI; see the module docstring for the variants."""
 
     def __init__(self, dim: int, heads: int = 2, blocks: int = 1, kind: str = "attention", step_token: bool = True,
-                 steps: int = 10, residual_head: bool = True, ff_factor: int = 4):
+                 zero_init_head: bool = True, ff_factor: int = 4):
         super().__init__()
         if kind not in ("attention", "mlp"):
             raise ValueError(f"unknown denoiser kind {kind!r}")
@@ -106,9 +108,7 @@ class Denoiser(nn.Module):
             raise ValueError(f"denoiser blocks must be positive, got {blocks}")
         self.dim = dim
         self.kind = kind
-        self.steps = steps
         self.use_step_token = step_token
-        self.residual_head = residual_head
         self.step_emb = StepEmbedding(dim) if step_token else None
         if kind == "attention":
             self.blocks = nn.ModuleList([DenoiserBlock(dim, heads, ff_factor) for _ in range(blocks)])
@@ -120,17 +120,13 @@ class Denoiser(nn.Module):
                 layers += [nn.Linear(width, width), nn.GELU()]
             self.mlp = nn.Sequential(*layers)
             self.head = nn.Linear(width, dim)
-        if residual_head:
+        if zero_init_head:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
     def forward(self, v_t: torch.Tensor, t: torch.Tensor, keys: torch.Tensor | None = None,
-                key_mask: torch.Tensor | None = None, skip: torch.Tensor | None = None) -> torch.Tensor:
-        """``v_t (N, D)``, ``t (N,)`` steps, ``keys (N, M, D)``, ``key_mask (N, M)`` -> ``v0_hat (N, D)``.
-
-        ``skip (N, D)`` is the identity guess added to the head when ``residual_head`` (defaults
-        to ``v_t``); it is ignored otherwise.
-        """
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``v_t (N, D)``, ``t (N,)`` steps, ``keys (N, M, D)``, ``key_mask (N, M)`` -> ``(N, D)``."""
         n = v_t.shape[0]
         step = self.step_emb(t.expand(n) if t.dim() == 0 else t) if self.step_emb is not None else None  # (N, D)
         if self.kind == "mlp":
@@ -152,38 +148,4 @@ class Denoiser(nn.Module):
             for block in self.blocks:
                 x = block(x, memory, mem_mask)  # (N, D)
             out = self.head(x)  # (N, D)
-        if self.residual_head:
-            out = out + (v_t if skip is None else skip)
         return out  # (N, D)
-
-
-def prune_items(weights: torch.Tensor, mask: torch.Tensor, rule: str = "topm", m: int = 5
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Item pruning (DESIGN.md 3): which history positions guide each interest.
-
-    weights (B, K, L) item-to-interest weights; mask (B, L) True on real items. Returns
-    ``index (B, K, M)`` history positions and ``keep (B, K, M)`` True where the position is a
-    real, selected item. Padded positions are never kept, whatever their weight.
-
-    * ``topm``: the ``m`` real positions with the largest ``W_k`` (fewer when the history is
-      shorter; ``M = min(m, L)``), in descending weight order.
-    * ``threshold``: real positions with ``W_k > 1 / L_valid`` (``M = L``), plus the top one so
-      that no interest of a non-empty history is left without items (uniform weights pass none).
-    * ``none``: every real position (``M = L``, ``index = 0..L-1``).
-    """
-    b, k, length = weights.shape
-    valid = mask.unsqueeze(1).expand(b, k, length)  # (B, K, L)
-    if rule == "none":
-        index = torch.arange(length, device=weights.device).expand(b, k, length)  # (B, K, L)
-        return index, valid
-    scores = weights.detach().masked_fill(~valid, float("-inf"))  # (B, K, L)
-    if rule == "topm":
-        top, index = scores.topk(min(m, length), dim=-1)  # (B, K, M)
-        return index, valid.gather(-1, index)
-    if rule == "threshold":
-        top, index = scores.sort(dim=-1, descending=True, stable=True)  # (B, K, L)
-        n_valid = mask.sum(-1).clamp(min=1).to(weights.dtype).view(b, 1, 1)  # (B, 1, 1)
-        keep = valid.gather(-1, index) & (top > 1.0 / n_valid)  # (B, K, L)
-        keep[..., 0] = valid.gather(-1, index[..., :1]).squeeze(-1)  # the top real item always
-        return index, keep
-    raise ValueError(f"unknown pruning rule {rule!r}")

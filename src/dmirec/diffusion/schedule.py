@@ -210,15 +210,25 @@ class NoiseSchedule(nn.Module):
 
     def reverse(self, v_start: torch.Tensor, denoise_fn: Callable[[torch.Tensor, int], torch.Tensor],
                 start: int = 0, count: int = 0, stochastic: bool = False,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Run the chain from ``v_start`` (the state at step ``start``) down to step 0.
+                generator: torch.Generator | None = None, first: torch.Tensor | None = None) -> torch.Tensor:
+        """The reverse chain, the only one in the package: from ``v_start`` down to step 0.
 
-        ``denoise_fn(v_t, t)`` returns ``v0_hat``; the result is the last ``v0_hat`` (the step to
-        0 returns it exactly).
+        The chain visits :meth:`timesteps` ``(start, count)`` and jumps from the last entry to 0;
+        ``denoise_fn(v_t, t)`` returns ``v0_hat``, and the result is the last ``v0_hat`` (the step
+        to 0 returns it exactly). ``first (B,)``, when given, is each row's start index into the
+        grid: a row stays as it is until its start is reached (training a chain from a start
+        drawn per example), and no denoiser call is made while no row has started.
         """
         grid = self.timesteps(start, count)
         v = v_start
         for i, t in enumerate(grid):
             t_prev = grid[i + 1] if i + 1 < len(grid) else 0
-            v = self.step(denoise_fn(v, t), v, t, t_prev, stochastic=stochastic, generator=generator)
+            if first is None:
+                v = self.step(denoise_fn(v, t), v, t, t_prev, stochastic=stochastic, generator=generator)
+                continue
+            active = first <= i  # (B,)
+            if not bool(active.any()):
+                continue
+            stepped = self.step(denoise_fn(v, t), v, t, t_prev, stochastic=stochastic, generator=generator)
+            v = torch.where(active.view((-1,) + (1,) * (v.dim() - 1)), stepped, v)
         return v

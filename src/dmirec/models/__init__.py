@@ -3,7 +3,9 @@
 Each entry maps a model name to ``builder(cfg, num_items, popularity) -> RetrievalModel``;
 ``popularity`` is the (N + 1,) training interaction count per item (used by most-popular).
 Training-scheme options (REMI's hard negatives and routing regularisation) are config keys,
-so ``remi`` is ComiRec-SA with those keys set by :data:`MODEL_DEFAULTS`.
+so ``remi`` is ComiRec-SA with those keys set by :data:`dmirec.config.MODEL_DEFAULTS`.
+A model whose config asks for an interest bank (the neighbour rule, DMI's neighbour keys, COIN)
+gets one attached here (:func:`attach_bank`).
 """
 
 from __future__ import annotations
@@ -49,10 +51,16 @@ def _most_popular(cfg: Config, num_items: int, popularity: np.ndarray) -> Retrie
     return MostPopular(num_items, popularity)
 
 
+def _coin(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
+    from .coin import COIN
+
+    return COIN.from_config(cfg, num_items)
+
+
 def _dmi(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
     from .dmi import DMI
 
-    backbone = build_model(cfg.replace(model=cfg.backbone), num_items, popularity)
+    backbone = build_model(cfg.replace(model=cfg.backbone, neighbour_alpha=0.0), num_items, popularity)
     return DMI.from_config(cfg, backbone)
 
 
@@ -63,16 +71,25 @@ REGISTRY: dict[str, Builder] = {
     "mind": _mind,
     "youtube-dnn": _youtube_dnn,
     "most-popular": _most_popular,
+    "coin": _coin,
     "dmi": _dmi,
 }
 
-# Config values a model name implies unless the user sets them (applied by train before YAML).
-MODEL_DEFAULTS: dict[str, dict] = {
-    "remi": {"hard_negative_beta": 1.0, "routing_reg": 100.0},
-    "dmi": {"backbone": "remi"},
-    "youtube-dnn": {"num_interests": 1},
-    "most-popular": {"num_interests": 1, "max_steps": 0},
-}
+def needs_bank(cfg: Config) -> bool:
+    """Whether the model of ``cfg`` reads an interest bank."""
+    keys = [k.strip() for k in cfg.dmi_keys.split(",")]
+    return cfg.neighbour_alpha > 0 or cfg.model == "coin" or (cfg.model == "dmi" and "neighbours" in keys)
+
+
+def attach_bank(model: RetrievalModel, cfg: Config) -> RetrievalModel:
+    """Give ``model`` an (empty) interest bank and the neighbour rule's settings."""
+    from ..neighbours import InterestBank
+
+    k = getattr(model, "num_interests", None) or cfg.num_interests
+    model.bank = InterestBank(model.embedding_dim, k)
+    model.neighbour_alpha = cfg.neighbour_alpha
+    model.neighbours = cfg.neighbours
+    return model
 
 
 def build_model(cfg: Config, num_items: int, popularity: np.ndarray | None = None) -> RetrievalModel:
@@ -81,7 +98,8 @@ def build_model(cfg: Config, num_items: int, popularity: np.ndarray | None = Non
         raise ValueError(f"unknown model {cfg.model!r}; choose one of {sorted(REGISTRY)}")
     if popularity is None:
         popularity = np.zeros(num_items + 1, dtype=np.int64)
-    return REGISTRY[cfg.model](cfg, num_items, popularity)
+    model = REGISTRY[cfg.model](cfg, num_items, popularity)
+    return attach_bank(model, cfg) if needs_bank(cfg) else model
 
 
-__all__ = ["REGISTRY", "MODEL_DEFAULTS", "build_model", "RetrievalModel", "TrainOutput", "argmax_readout"]
+__all__ = ["REGISTRY", "build_model", "attach_bank", "needs_bank", "RetrievalModel", "TrainOutput", "argmax_readout"]

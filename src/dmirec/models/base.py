@@ -6,7 +6,14 @@ vectors and the item-to-interest weights:
     interests(history, mask) -> V (B, K, D), W (B, K, L)
     item_embeddings()        -> (N + 1, D), row 0 is the padding item and is never retrieved
     user_vectors(history, mask) -> (B, K, D), the vectors used as retrieval queries
-    train_forward(history, mask, target) -> TrainOutput
+    train_forward(history, mask, target, users=None) -> TrainOutput
+    bank_interests(history, mask) -> (B, K, D), what the interest bank stores for a training user
+
+Any model may carry an interest bank (``model.bank``, :mod:`dmirec.neighbours`, attached by
+:func:`dmirec.models.build_model` when the config asks for one); its query vectors then get the
+neighbour rule with ``model.neighbour_alpha`` and ``model.neighbours``. ``users`` in
+``train_forward`` are the batch's train-split row ids, so that a model reading the bank can
+leave the user's own entry out.
 
 Models know nothing about training loops, files or HTTP.
 """
@@ -56,9 +63,22 @@ class RetrievalModel(nn.Module):
         return self.item_emb.weight  # (N + 1, D)
 
     def user_vectors(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.with_neighbours(self.interests(history, mask)[0])  # (B, K, D)
+
+    def bank_interests(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.interests(history, mask)[0]  # (B, K, D)
 
-    def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> TrainOutput:
+    def with_neighbours(self, vecs: torch.Tensor) -> torch.Tensor:
+        """The neighbour rule on query vectors (the vectors themselves without a bank or with alpha 0)."""
+        bank = getattr(self, "bank", None)
+        if bank is None:
+            return vecs
+        from ..neighbours import neighbour_rule
+
+        return neighbour_rule(vecs, bank, self.neighbour_alpha, self.neighbours)
+
+    def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+                      users: torch.Tensor | None = None) -> TrainOutput:
         vecs, weights = self.interests(history, mask)  # (B, K, D), (B, K, L)
         target_emb = self.item_emb(target)  # (B, D)
         user = argmax_readout(vecs, target_emb)  # (B, D)

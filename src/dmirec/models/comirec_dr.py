@@ -46,7 +46,8 @@ class ComiRecDR(RetrievalModel):
         emb = self.item_emb(history)  # (B, L, D)
         return self.routing(emb, mask)  # (B, K, D), (B, K, L)
 
-    def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> TrainOutput:
+    def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+                      users: torch.Tensor | None = None) -> TrainOutput:
         vecs, weights = self.interests(history, mask)  # (B, K, D), (B, K, L)
         target_emb = self.item_emb(target)  # (B, D)
         if self.label_aware_pow > 0:

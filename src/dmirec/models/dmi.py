@@ -1,37 +1,37 @@
 """DMI: diffusion refinement of the interests of any multi-interest backbone.
 
 Le et al., "Diffusion Model for Interest Refinement in Multi-Interest Recommendation", 2025
-(arXiv 2502.05561); the spec this follows is DESIGN.md 1-8.
+(arXiv 2502.05561); docs/design.md says what we follow and what is our own choice.
 
-The backbone gives coarse interests ``V (B, K, D)`` and item-to-interest weights ``W (B, K, L)``.
-Each interest is diffused (``v0 = stopgrad(V_k) / c`` with ``c`` a detached running RMS when
-``normalize_scale``), denoised by a cross-attention denoiser whose keys are the interest's own
-pruned history items plus a step token, rescaled by ``c``, and fused with the original:
-``u_k = eta * v0_hat_k + (1 - eta) * V_k`` (the skip path keeps the backbone's gradient).
+This module only wires three separate pieces to a backbone: the diffusion process
+(:class:`~dmirec.diffusion.DiffusionProcess`: noising, prediction type, training draws,
+sampling), the denoiser network (:class:`~dmirec.diffusion.Denoiser`) and its conditioning
+sources (:mod:`dmirec.diffusion.conditioning`). What it adds itself:
 
-* Training: ``t ~ U{1..T}`` per example and one denoiser call (``train_chain``: a start step is
-  drawn from the evaluation grid and the chain is unrolled from it to 0, the exact computation
-  evaluation runs); ``t = 0`` and no noise under ``no_noise``. Argmax read-out of ``u`` against
-  the target, and ``aux_loss = recon_weight * mean((v0_hat - stopgrad(v0))^2)`` in the
-  normalised space. ``TrainOutput.weights`` is the backbone's ``W`` (REMI's routing regulariser).
-* Evaluation / serving (:meth:`user_vectors`): deterministic by default, starting from the
-  noise-free mean ``mean_coef(T') v0`` and taking S posterior-mean steps to 0; with
-  ``stochastic_reverse`` the start and the steps are drawn from a generator seeded identically
-  on every call. ``no_noise``: one denoiser call at ``t = 0`` on ``v0``.
-* ``eta = 0`` short-circuits to the backbone (no refiner call anywhere): the ablation "no
-  diffusion" is the backbone itself, bit for bit.
+* **Scale.** The process runs on ``x0 = stopgrad(V_k) / c`` with ``c`` a detached running RMS of
+  the interests (``normalize_scale``), and its output is rescaled by ``c``.
+* **Keys** (``dmi_keys``, a comma list): ``items`` (the interest's pruned history items; the
+  figure), ``neighbours`` (the n nearest interests of other training users from the interest
+  bank, the user's own entry left out in training), ``others`` (the user's other K-1
+  interests). The step token is the denoiser's own.
+* **What is reconstructed** (``dmi_target``): ``interest`` (the figure: the interest rebuilds
+  itself, ``recon_weight * mse(x0_hat, x0)``), or ``next_item``: from the noised interest and its
+  keys the denoiser reconstructs the target item's embedding (``recon_weight * mse`` of the
+  selected interest's output against ``e_target / c``, the selected interest being the
+  backbone's argmax against the target); condition dropout (``cond_dropout``: all keys of an
+  example masked) in training and classifier-free guidance ``guidance`` (w) at evaluation:
+  ``g = g_uncond + w (g_cond - g_uncond)``, so w = 1 is the conditional output exactly.
+* **Output** (``dmi_output``): ``fuse``: ``u_k = fusion_weight * c x0_hat_k + (1 - fusion_weight) V_k``
+  (the skip path is not detached: it is the backbone's gradient route); ``extra``: the K
+  generated vectors are K more queries next to the K interests (2K lists merged as usual, and
+  the training read-out picks among all 2K).
+* **Freezing.** The first ``freeze_backbone_steps`` training-mode calls (counted in the
+  ``train_calls`` buffer, which survives checkpoints) run the backbone without gradient and hand
+  out a detached item table. ``param_groups`` gives the refiner its own learning rate.
 
-* ``freeze_backbone_steps = F``: the first F training-mode ``train_forward`` calls (counted in
-  the ``train_calls`` buffer, so the count survives checkpoints) run the backbone without
-  gradient and hand out a detached item table, so only the refiner learns; the backbone's Adam
-  state starts when it is released. ``param_groups`` gives the refiner its own learning rate.
-* The denoiser's head is residual and zero-initialised by default (``denoiser_residual``): an
-  untrained DMI serves its backbone's interests, and training learns a correction around the
-  identity.
-
-The item table is the backbone's (``item_embeddings()`` returns it; it is not registered twice).
-Under DMI every backbone is read out by the hard argmax of DESIGN.md 7 (MIND's optional
-label-aware read-out applies only to MIND itself, i.e. to ``eta = 0``).
+``fusion_weight = 0`` short-circuits to the backbone (no refiner call): the ablation "no diffusion"
+is the backbone itself, bit for bit. Under DMI every backbone is read out by the hard argmax.
+The item table is the backbone's (not registered twice).
 """
 
 from __future__ import annotations
@@ -40,81 +40,99 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion import Denoiser, NoiseSchedule, prune_items
+from ..config import CHOICES, DMI_KEY_SOURCES
+from ..diffusion import Denoiser, DiffusionProcess, NoiseSchedule, concat_sources, other_interests, pruned_items
 from .base import RetrievalModel, TrainOutput, argmax_readout
 
-# the residual head's identity guess is v_t / mean_coef(t); floor the divisor so very noisy
-# steps (e.g. the end of a cosine schedule) do not blow the noise up
-_MIN_SKIP_COEF = 0.1
+KEY_SOURCES = DMI_KEY_SOURCES
+TARGETS = CHOICES["dmi_target"]
+OUTPUTS = CHOICES["dmi_output"]
+
+
+def parse_keys(text: str) -> tuple[str, ...]:
+    """``"items,neighbours"`` -> ``("items", "neighbours")``; unknown or repeated names are errors."""
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in keys if k not in KEY_SOURCES]
+    if not keys or bad or len(set(keys)) != len(keys):
+        raise ValueError(f"dmi_keys must be a comma list of distinct names from {KEY_SOURCES}, got {text!r}")
+    return keys
 
 
 class DMI(RetrievalModel):
-    def __init__(self, backbone: RetrievalModel, schedule: NoiseSchedule, denoiser: Denoiser, *, eta: float = 0.2,
-                 prune: str = "topm", prune_m: int = 5, start_step: int = 0, reverse_steps: int = 0,
-                 stochastic_reverse: bool = False, recon_weight: float = 0.1, no_noise: bool = False,
-                 train_chain: bool = False, normalize_scale: bool = True, freeze_backbone_steps: int = 0,
-                 refiner_lr_scale: float = 1.0, seed: int = 0, rms_momentum: float = 0.95):
+    def __init__(self, backbone: RetrievalModel, process: DiffusionProcess, denoiser: Denoiser, *,
+                 fusion_weight: float, keys: tuple[str, ...], prune: str, prune_m: int, neighbours: int,
+                 target: str, output: str, recon_weight: float, cond_dropout: float, guidance: float,
+                 normalize_scale: bool, freeze_backbone_steps: int, refiner_lr_scale: float,
+                 rms_momentum: float = 0.95):
         nn.Module.__init__(self)  # not RetrievalModel.__init__: the item table is the backbone's
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
-        if prune not in ("topm", "threshold", "none"):
-            raise ValueError(f"unknown pruning rule {prune!r}")
+        if not 0.0 <= fusion_weight <= 1.0:
+            raise ValueError(f"fusion_weight must be in [0, 1], got {fusion_weight}")
+        if target not in TARGETS or output not in OUTPUTS:
+            raise ValueError(f"dmi_target must be one of {TARGETS} and dmi_output one of {OUTPUTS}")
         self.backbone = backbone
         self.num_items = backbone.num_items
         self.embedding_dim = backbone.embedding_dim
         self.num_interests = getattr(backbone, "num_interests", None)
         self.seq_len = getattr(backbone, "seq_len", None)
-        self.schedule = schedule
+        self.process = process
         self.denoiser = denoiser
-        self.eta = eta
+        self.fusion_weight = fusion_weight
+        self.keys = keys
         self.prune = prune
         self.prune_m = prune_m
-        self.grid = schedule.timesteps(start_step, reverse_steps)  # descending steps of the chain
-        self.stochastic_reverse = stochastic_reverse
+        self.num_neighbours = neighbours
+        self.target = target
+        self.output = output
         self.recon_weight = recon_weight
-        self.no_noise = no_noise
-        self.train_chain = train_chain
+        self.cond_dropout = cond_dropout
+        self.guidance = guidance
         self.normalize_scale = normalize_scale
         self.freeze_backbone_steps = freeze_backbone_steps
         self.refiner_lr_scale = refiner_lr_scale
-        self.seed = seed
         self.rms_momentum = rms_momentum
         self.register_buffer("rms", torch.ones(()))  # running RMS of the interests (c)
         self.register_buffer("rms_ready", torch.zeros((), dtype=torch.bool))
         self.register_buffer("train_calls", torch.zeros((), dtype=torch.long))  # training-mode train_forward calls
-        self._backbone_frozen = False  # set by each train_forward
 
     @classmethod
     def from_config(cls, cfg, backbone: RetrievalModel) -> "DMI":
         schedule = NoiseSchedule(cfg.diffusion_steps, cfg.schedule, cfg.beta_start, cfg.beta_end, cfg.noise_scale,
                                  cfg.noise_kind)
+        process = DiffusionProcess(schedule, cfg.prediction, cfg.start_step, cfg.reverse_steps, cfg.sampler,
+                                   cfg.no_noise, cfg.train_chain, cfg.seed)
         denoiser = Denoiser(backbone.embedding_dim, cfg.denoiser_heads, cfg.denoiser_blocks, cfg.denoiser,
-                            cfg.step_token, cfg.diffusion_steps,
-                            residual_head=cfg.denoiser_residual)
-        return cls(backbone, schedule, denoiser, eta=cfg.eta, prune=cfg.prune, prune_m=cfg.prune_m,
-                   start_step=cfg.start_step, reverse_steps=cfg.reverse_steps,
-                   stochastic_reverse=cfg.stochastic_reverse, recon_weight=cfg.recon_weight, no_noise=cfg.no_noise,
-                   train_chain=cfg.train_chain, normalize_scale=cfg.normalize_scale,
-                   freeze_backbone_steps=cfg.freeze_backbone_steps, refiner_lr_scale=cfg.refiner_lr_scale,
-                   seed=cfg.seed)
+                            cfg.step_token, zero_init_head=cfg.prediction == "x0_residual")
+        return cls(backbone, process, denoiser, fusion_weight=cfg.fusion_weight, keys=parse_keys(cfg.dmi_keys),
+                   prune=cfg.prune, prune_m=cfg.prune_m, neighbours=cfg.neighbours, target=cfg.dmi_target,
+                   output=cfg.dmi_output, recon_weight=cfg.recon_weight, cond_dropout=cfg.cond_dropout,
+                   guidance=cfg.guidance, normalize_scale=cfg.normalize_scale,
+                   freeze_backbone_steps=cfg.freeze_backbone_steps, refiner_lr_scale=cfg.refiner_lr_scale)
 
     # ---- the contract ---------------------------------------------------------------------------
     @property
     def item_emb(self) -> nn.Embedding:
         return self.backbone.item_emb
 
+    def backbone_frozen(self) -> bool:
+        """True in training mode while the first ``freeze_backbone_steps`` train_forward calls run
+        (``train_calls`` is counted at the start of each call, so the whole step agrees)."""
+        return self.training and 0 < self.freeze_backbone_steps and int(self.train_calls) <= self.freeze_backbone_steps
+
     def item_embeddings(self) -> torch.Tensor:
         table = self.backbone.item_embeddings()  # (N + 1, D)
-        return table.detach() if self.training and self._backbone_frozen else table
+        return table.detach() if self.backbone_frozen() else table
 
     def interests(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone's coarse interests and weights (the refined ones are :meth:`user_vectors`)."""
         return self.backbone.interests(history, mask)  # (B, K, D), (B, K, L)
 
+    def bank_interests(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.backbone.interests(history, mask)[0]  # (B, K, D): the bank holds coarse interests
+
     def user_vectors(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.eta == 0.0:
-            return self.backbone.user_vectors(history, mask)  # (B, K, D)
-        return self.refine(history, mask)["user"]
+        if self.fusion_weight == 0.0:
+            return self.with_neighbours(self.backbone.interests(history, mask)[0])  # (B, K, D)
+        return self.with_neighbours(self.refine(history, mask)["user"])
 
     def param_groups(self, cfg) -> list[dict]:
         """Backbone parameters at ``cfg.lr``, refiner parameters at ``cfg.lr * refiner_lr_scale``."""
@@ -137,91 +155,74 @@ class DMI(RetrievalModel):
             self.rms.copy_(batch_rms)
             self.rms_ready.fill_(True)
 
-    def memory(self, weights: torch.Tensor, history: torch.Tensor, mask: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The denoiser's keys: pruned history item embeddings (B*K, M, D) and their mask (B*K, M)."""
-        index, keep = prune_items(weights, mask, self.prune, self.prune_m)  # (B, K, M), (B, K, M)
-        b, k, m = index.shape
-        ids = history.gather(1, index.reshape(b, k * m)).reshape(b, k, m)  # (B, K, M)
-        keys = self.item_embeddings()[ids]  # (B, K, M, D)
-        return keys.reshape(b * k, m, -1), keep.reshape(b * k, m)
+    def memory(self, vecs: torch.Tensor, weights: torch.Tensor, history: torch.Tensor, mask: torch.Tensor,
+               users: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoiser's keys from every configured source: (B*K, M, D) and their mask (B*K, M)."""
+        sources = []
+        for name in self.keys:
+            if name == "items":
+                sources.append(pruned_items(self.item_embeddings(), history, mask, weights, self.prune, self.prune_m))
+            elif name == "neighbours":
+                bank = getattr(self, "bank", None)
+                if bank is None:
+                    raise RuntimeError("dmi_keys has 'neighbours' but the model carries no interest bank")
+                nb, _, found = bank.neighbours(vecs.detach(), self.num_neighbours, users)  # (B, K, n, D), (B, K, n)
+                sources.append((nb.to(vecs.dtype), found))
+            else:
+                sources.append(other_interests(vecs))
+        return concat_sources(sources)
 
-    def denoise(self, v_t: torch.Tensor, t: torch.Tensor | int, keys: torch.Tensor, keep: torch.Tensor
-                ) -> torch.Tensor:
-        """``v0_hat`` for every interest: ``v_t (B, K, D)``, ``t`` int or per example ``(B,)``."""
-        b, k, d = v_t.shape
-        t = torch.as_tensor(t, dtype=torch.long, device=v_t.device).expand(b)  # (B,)
-        skip = v_t / self.schedule.mean_coef(t, v_t).clamp(min=_MIN_SKIP_COEF)  # (B, K, D)
-        t_rows = t.repeat_interleave(k)  # (B*K,)
-        out = self.denoiser(v_t.reshape(b * k, d), t_rows, keys, keep, skip=skip.reshape(b * k, d))  # (B*K, D)
-        return out.view(b, k, d)
+    def _guided(self, run, keys: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance around ``run(keys, keep) -> x0_hat`` (w = 1: the conditional output)."""
+        cond = run(keys, keep)
+        if self.target != "next_item" or self.guidance == 1.0:
+            return cond
+        uncond = run(keys, torch.zeros_like(keep))
+        return uncond + self.guidance * (cond - uncond)
 
-    def refine(self, history: torch.Tensor, mask: torch.Tensor, vecs: torch.Tensor | None = None,
-               weights: torch.Tensor | None = None, generator: torch.Generator | None = None) -> dict:
-        """The evaluation-time refinement: ``{"user", "coarse", "weights", "v0_hat"}``, each (B, K, ·).
+    def _outputs(self, vecs: torch.Tensor, x0_hat: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Fusion (B, K, D) or the interests plus the generated vectors as extra queries (B, 2K, D)."""
+        if self.output == "extra":
+            return torch.cat([vecs, x0_hat * c], dim=1)
+        return self.fusion_weight * (x0_hat * c) + (1 - self.fusion_weight) * vecs
 
-        Deterministic unless ``stochastic_reverse`` (then seeded by ``seed`` on every call unless
-        a ``generator`` is given). ``v0_hat`` is in the interests' own scale.
+    def refine(self, history: torch.Tensor, mask: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        """The evaluation-time refinement: ``{"user", "coarse", "weights", "v0_hat"}``.
+
+        ``user`` is (B, K, D) (or (B, 2K, D) with ``dmi_output=extra``); ``v0_hat`` is the
+        process's output in the interests' own scale.
         """
-        if vecs is None or weights is None:
-            vecs, weights = self.backbone.interests(history, mask)  # (B, K, D), (B, K, L)
+        vecs, weights = self.backbone.interests(history, mask)  # (B, K, D), (B, K, L)
         c = self.scale()
-        v0 = vecs.detach() / c  # (B, K, D)
-        keys, keep = self.memory(weights, history, mask)
-        if self.no_noise:
-            v0_hat = self.denoise(v0, 0, keys, keep)  # (B, K, D)
-        else:
-            if self.stochastic_reverse and generator is None:
-                generator = torch.Generator(device=v0.device).manual_seed(self.seed)
-            v = self.schedule.start_state(v0, self.grid[0], self.stochastic_reverse, generator)  # (B, K, D)
-            v0_hat = self.schedule.reverse(v, lambda x, t: self.denoise(x, t, keys, keep), self.grid[0],
-                                           len(self.grid), self.stochastic_reverse, generator)  # (B, K, D)
-        v0_hat = v0_hat * c
-        user = self.eta * v0_hat + (1 - self.eta) * vecs  # (B, K, D)
-        return {"user": user, "coarse": vecs, "weights": weights, "v0_hat": v0_hat}
+        keys, keep = self.memory(vecs, weights, history, mask)
+        x0 = vecs.detach() / c  # (B, K, D)
+        x0_hat = self._guided(lambda k, m: self.process.sample(self.denoiser, x0, k, m, generator), keys, keep)
+        return {"user": self._outputs(vecs, x0_hat, c), "coarse": vecs, "weights": weights, "v0_hat": x0_hat * c}
 
-    def _train_chain(self, v0: torch.Tensor, keys: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Unroll the evaluation grid from a start drawn per example; returns the final v0_hat."""
-        b = v0.shape[0]
-        grid = torch.tensor(self.grid + [0], dtype=torch.long, device=v0.device)  # (S + 1,)
-        first = torch.randint(0, len(self.grid), (b,), device=v0.device)  # (B,) start index into the grid
-        v = self.schedule.add_noise(v0, grid[first])  # (B, K, D)
-        for i in range(len(self.grid)):
-            active = first <= i  # (B,)
-            if not bool(active.any()):
-                continue
-            t = grid[i].expand(b)  # (B,)
-            v0_hat = self.denoise(v, t, keys, keep)  # (B, K, D)
-            stepped = self.schedule.step(v0_hat, v, t, grid[i + 1], stochastic=self.stochastic_reverse)
-            v = torch.where(active.view(b, 1, 1), stepped, v)  # (B, K, D)
-        return v  # after the jump to 0 this is the last v0_hat
-
-    def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> TrainOutput:
-        if self.eta == 0.0:
+    def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+                      users: torch.Tensor | None = None) -> TrainOutput:
+        if self.fusion_weight == 0.0:
             return self.backbone.train_forward(history, mask, target)
-        self._backbone_frozen = self.training and int(self.train_calls) < self.freeze_backbone_steps
         if self.training:
             self.train_calls += 1
-        if self._backbone_frozen:
-            with torch.no_grad():
-                vecs, weights = self.backbone.interests(history, mask)  # (B, K, D), (B, K, L)
-        else:
-            vecs, weights = self.backbone.interests(history, mask)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen()):
+            vecs, weights = self.backbone.interests(history, mask)  # (B, K, D), (B, K, L)
         if self.normalize_scale and self.training:
             self._update_scale(vecs)
         c = self.scale()
-        v0 = vecs.detach() / c  # (B, K, D)
-        keys, keep = self.memory(weights, history, mask)
-        b = v0.shape[0]
-        if self.no_noise:
-            v0_hat = self.denoise(v0, 0, keys, keep)  # (B, K, D)
-        elif self.train_chain:
-            v0_hat = self._train_chain(v0, keys, keep)
-        else:
-            t = torch.randint(1, self.schedule.steps + 1, (b,), device=v0.device)  # (B,)
-            v0_hat = self.denoise(self.schedule.add_noise(v0, t), t, keys, keep)
-        recon = F.mse_loss(v0_hat, v0)
-        user_vecs = self.eta * (v0_hat * c) + (1 - self.eta) * vecs  # (B, K, D)
+        keys, keep = self.memory(vecs, weights, history, mask, users)
+        if self.cond_dropout > 0 and self.training:
+            drop = torch.rand(vecs.shape[0], device=vecs.device) < self.cond_dropout  # (B,)
+            keep = keep & ~drop.repeat_interleave(vecs.shape[1]).unsqueeze(1)  # (B*K, M)
+        x0 = vecs.detach() / c  # (B, K, D)
+        x0_hat = self.process.training_sample(self.denoiser, x0, keys, keep)  # (B, K, D)
         target_emb = self.item_embeddings()[target]  # (B, D)
+        if self.target == "interest":
+            recon = F.mse_loss(x0_hat, x0)
+        else:  # the backbone's selected interest reconstructs the target item
+            chosen = torch.einsum("bkd,bd->bk", vecs.detach(), target_emb.detach()).argmax(1)  # (B,)
+            rows = torch.arange(vecs.shape[0], device=vecs.device)
+            recon = F.mse_loss(x0_hat[rows, chosen], target_emb.detach() / c)
+        user_vecs = self._outputs(vecs, x0_hat, c)  # (B, K or 2K, D)
         user = argmax_readout(user_vecs, target_emb)  # (B, D)
         return TrainOutput(user=user, interests=user_vecs, weights=weights, aux_loss=self.recon_weight * recon)

@@ -49,6 +49,7 @@ class MostPopular(RetrievalModel):
         weights = (m / m.sum(dim=1, keepdim=True).clamp(min=1.0)).unsqueeze(1)  # (B, 1, L)
         return self.scores.new_ones(b, 1, 1), weights  # (B, 1, 1), (B, 1, L)
 
-    def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> TrainOutput:
+    def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+                      users: torch.Tensor | None = None) -> TrainOutput:
         vecs, weights = self.interests(history, mask)  # (B, 1, 1), (B, 1, L)
         return TrainOutput(user=vecs[:, 0], interests=vecs, weights=weights, aux_loss=vecs.new_zeros(()))

@@ -1,0 +1,139 @@
+"""The interest bank and the training-free neighbour rule (collaborative information).
+
+The bank holds the K interests of training users, each computed from the user's last
+``seq_len`` training items, and answers exact nearest-neighbour queries by cosine similarity.
+As in COIN (Collaborative Interest Modeling, RecSys 2025) a bank *entry* is a user: its score
+for a query interest is the best cosine over the user's K interests, the top-n users are the
+neighbours, and each contributes that best-matching interest (so two neighbours never come from
+one user).
+
+The neighbour rule refines every interest ``v_k`` of any model without training::
+
+    v_k' = v_k + alpha * sum_m c_m u_m / sum_m c_m      (c_m the cosines of the n neighbours u_m)
+
+``alpha = 0`` returns the vectors unchanged (exactly). The bank is a module with buffers, so it
+lives in the model's state dict: checkpoints and serving bundles carry it and ``/recommend``
+gives exactly what ``evaluate`` measures. Search is blocked over the bank (``block`` entries at a
+time) so memory stays ``O(queries x block)`` whatever the bank's size; ``max_users`` caps the bank
+with a seeded sample of training users.
+
+Padding never enters: a user with no training items has no entry, and a query that finds fewer
+than n entries (tiny banks, exclusions) marks the missing neighbours as not found.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data.dataset import Sequences
+from .data.sampler import gather_windows
+
+
+class InterestBank(nn.Module):
+    """Training users' interests ``vectors (U, K, D)`` and their row ids in the train split ``owners (U,)``."""
+
+    def __init__(self, dim: int, num_interests: int):
+        super().__init__()
+        self.register_buffer("vectors", torch.zeros(0, num_interests, dim))  # (U, K, D)
+        self.register_buffer("owners", torch.zeros(0, dtype=torch.long))  # (U,) train-split row ids
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a bank's size is data, not architecture: take the stored shape before copying
+        for name in ("vectors", "owners"):
+            stored = state_dict.get(prefix + name)
+            if stored is not None:
+                setattr(self, name, torch.empty_like(stored, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def size(self) -> int:
+        return int(self.owners.numel())
+
+    def set(self, vectors: torch.Tensor, owners: torch.Tensor) -> None:
+        self.vectors = vectors.detach().float().to(self.vectors.device)  # (U, K, D)
+        self.owners = owners.to(self.owners.device, torch.long)  # (U,)
+
+    def search(self, queries: torch.Tensor, n: int, exclude: torch.Tensor | None = None, block: int = 8192
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top-n bank users for each query ``(Q, D)`` by their best cosine over the K interests.
+
+        ``exclude (Q,)``: a train-split row id per query whose entry must not be returned (the
+        query user itself in training; -1 for none). Returns ``vectors (Q, n, D)`` (each neighbour's
+        best-matching interest), ``sims (Q, n)`` and ``found (Q, n)`` (False where fewer than n
+        entries qualify; those rows of ``vectors`` and ``sims`` are 0).
+        """
+        q, d = queries.shape
+        unit_q = nn.functional.normalize(queries.detach().float(), dim=-1)  # (Q, D)
+        best_s = torch.full((q, 0), float("-inf"), device=queries.device)
+        best_u = torch.zeros(q, 0, dtype=torch.long, device=queries.device)
+        best_k = torch.zeros(q, 0, dtype=torch.long, device=queries.device)
+        for start in range(0, self.size, block):
+            vecs = self.vectors[start:start + block]  # (b, K, D)
+            unit = nn.functional.normalize(vecs, dim=-1)  # (b, K, D)
+            sims = torch.einsum("qd,bkd->qbk", unit_q, unit)  # (Q, b, K)
+            top_s, top_k = sims.max(dim=2)  # (Q, b) each user's best interest
+            if exclude is not None:
+                own = self.owners[start:start + block].unsqueeze(0) == exclude.unsqueeze(1)  # (Q, b)
+                top_s = top_s.masked_fill(own, float("-inf"))
+            users = torch.arange(start, start + vecs.shape[0], device=queries.device).expand(q, -1)  # (Q, b)
+            best_s = torch.cat([best_s, top_s], dim=1)
+            best_u = torch.cat([best_u, users], dim=1)
+            best_k = torch.cat([best_k, top_k], dim=1)
+            keep = min(n, best_s.shape[1])
+            best_s, pos = best_s.topk(keep, dim=1)  # (Q, keep)
+            best_u, best_k = best_u.gather(1, pos), best_k.gather(1, pos)
+        found = torch.isfinite(best_s)  # (Q, m), m <= n
+        vectors = self.vectors[best_u, best_k] * found.unsqueeze(-1)  # (Q, m, D)
+        sims = torch.where(found, best_s, torch.zeros_like(best_s))
+        missing = n - best_s.shape[1]
+        if missing:  # a bank smaller than n
+            vectors = torch.cat([vectors, vectors.new_zeros(q, missing, d)], dim=1)
+            sims = torch.cat([sims, sims.new_zeros(q, missing)], dim=1)
+            found = torch.cat([found, found.new_zeros(q, missing)], dim=1)
+        return vectors, sims, found
+
+    def neighbours(self, vecs: torch.Tensor, n: int, exclude: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per interest: ``vecs (B, K, D)`` -> neighbours (B, K, n, D), sims (B, K, n), found (B, K, n)."""
+        b, k, d = vecs.shape
+        ex = None if exclude is None else exclude.repeat_interleave(k)  # (B*K,)
+        nb, sims, found = self.search(vecs.reshape(b * k, d), n, ex)
+        return nb.view(b, k, n, d), sims.view(b, k, n), found.view(b, k, n)
+
+
+def neighbour_rule(vecs: torch.Tensor, bank: InterestBank, alpha: float, n: int) -> torch.Tensor:
+    """``v_k + alpha * (cosine-weighted mean of the n neighbour interests)``: (B, K, D)."""
+    if alpha == 0.0 or bank.size == 0:
+        return vecs
+    nb, sims, found = bank.neighbours(vecs, n)  # (B, K, n, D), (B, K, n), (B, K, n)
+    weights = sims * found  # (B, K, n)
+    total = weights.sum(-1, keepdim=True)  # (B, K, 1)
+    mean = (weights.unsqueeze(-1) * nb).sum(2) / total.where(total != 0, torch.ones_like(total))  # (B, K, D)
+    return vecs + alpha * mean.to(vecs.dtype)
+
+
+@torch.no_grad()
+def build_bank(model, train: Sequences, seq_len: int, batch_size: int = 1024, device: str | torch.device = "cpu",
+               max_users: int = 0, seed: int = 0) -> None:
+    """Fill ``model.bank`` with ``model.bank_interests`` of every training user's last ``seq_len`` items.
+
+    ``max_users > 0`` keeps a seeded sample of that many users (same sample on every rebuild).
+    """
+    rows = np.flatnonzero(train.lengths > 0)  # users with at least one training item
+    if max_users and max_users < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_users, replace=False))
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        history, mask = gather_windows(train, chunk, train.lengths[chunk], seq_len)  # (b, L)
+        hist = torch.from_numpy(history).to(device)
+        msk = torch.from_numpy(mask).to(device)
+        out.append(model.bank_interests(hist, msk).float())  # (b, K, D)
+    model.train(was_training)
+    dim, k = model.bank.vectors.shape[2], model.bank.vectors.shape[1]
+    vectors = torch.cat(out) if out else torch.zeros(0, k, dim, device=device)
+    model.bank.set(vectors, torch.from_numpy(rows).long())
