@@ -1,6 +1,7 @@
 """Config: defaults, YAML and --key=value layering, and errors that name the key."""
 
 import pytest
+import yaml
 
 from dmirec.config import Config, ConfigError, build_config, from_dict, parse_overrides
 from dmirec.train import make_config
@@ -60,3 +61,18 @@ def test_model_defaults_apply_under_explicit_values():
 def test_frozen():
     with pytest.raises(Exception):
         Config().lr = 3  # type: ignore[misc]
+
+
+def test_renamed_keys_are_refused_from_users_but_read_from_saved_runs(tmp_path):
+    from dmirec.config import upgrade_saved
+    from dmirec.rundir import read_config
+
+    with pytest.raises(ConfigError, match="'eta' was renamed: use fusion_weight"):
+        build_config([], {"eta": "0.3"})
+    old = {**Config().to_dict(), "eta": 0.3, "stochastic_reverse": True, "denoiser_residual": False}
+    for key in ("fusion_weight", "sampler", "prediction"):
+        old.pop(key)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    cfg = read_config(tmp_path)
+    assert (cfg.fusion_weight, cfg.sampler, cfg.prediction) == (0.3, "ancestral", "x0")
+    assert upgrade_saved([1]) == [1]

@@ -186,6 +186,20 @@ RENAMED = {"eta": "fusion_weight", "stochastic_reverse": "sampler (posterior_mea
            "denoiser_residual": "prediction (x0_residual | x0)"}
 
 
+def upgrade_saved(values: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config saved by an earlier version (run directory, bundle) in today's keys."""
+    if not isinstance(values, dict):
+        return values  # from_dict names the problem
+    values = dict(values)
+    if "eta" in values:
+        values.setdefault("fusion_weight", values.pop("eta"))
+    if "stochastic_reverse" in values:
+        values.setdefault("sampler", "ancestral" if values.pop("stochastic_reverse") else "posterior_mean")
+    if "denoiser_residual" in values:
+        values.setdefault("prediction", "x0_residual" if values.pop("denoiser_residual") else "x0")
+    return values
+
+
 def from_dict(values: dict[str, Any], source: str = "config") -> Config:
     """Build a Config from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
     if not isinstance(values, dict):

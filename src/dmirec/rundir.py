@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import yaml
 
-from .config import Config, from_dict
+from .config import Config, from_dict, upgrade_saved
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -70,7 +70,7 @@ def read_config(run_dir: Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-    return from_dict(yaml.safe_load(path.read_text()), source=str(path))
+    return from_dict(upgrade_saved(yaml.safe_load(path.read_text())), source=str(path))
 
 
 def write_data_ref(run_dir: Path, data_path: Path, name: str, num_items: int) -> None:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import Config, from_dict
+from ..config import Config, from_dict, upgrade_saved
 from ..models import build_model
 from ..retrieval import ExactTorchSearch, FaissSearch, SearchResult
 
@@ -338,7 +338,7 @@ class Bundle:
         path = self.path / CONFIG_FILE
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            return from_dict(data, source=str(path))
+            return from_dict(upgrade_saved(data), source=str(path))
         except FileNotFoundError:
             raise BundleError(f"{path}: missing") from None
         except (yaml.YAMLError, ValueError) as exc:

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""The training-free neighbour rule on finished runs: selection on validation users, then test.
+
+    python scripts/neighbour_rule.py select RUN_DIR [RUN_DIR ...] [--grid configs/bench/neighbour_grid.yaml]
+    python scripts/neighbour_rule.py apply RUN_DIR [RUN_DIR ...] --alpha A --neighbours N
+
+``select`` evaluates every (n, alpha) of the grid on the run's VALIDATION users and picks by the
+rule written in the grid file (highest valid Recall@50; ties within ``tie`` go to the smaller
+alpha, then the smaller n); only the chosen setting is evaluated on test users. ``apply`` evaluates
+a fixed setting (chosen on another seed or dataset) on valid and test users. The bank is rebuilt
+from each run's best checkpoint and training users (deterministic). Records land in
+bench_results/neighbour_rule/RUN_NAME.json with the resolved config, commit, data fingerprint,
+machine and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench import data_fingerprint, git_commit, machine  # noqa: E402
+
+from dmirec.evaluate import METRIC_NS, evaluate_model, load_run  # noqa: E402
+
+OUT = ROOT / "bench_results" / "neighbour_rule"
+
+
+def metrics_of(run: Path, split: str, overrides: dict) -> dict:
+    model, cfg, data = load_run(run, "best", "cpu", overrides)
+    return evaluate_model(model, data, split, cfg.seq_len, METRIC_NS, cfg.retrieval_backend, cfg.exclude_history,
+                          cfg.eval_batch_size)
+
+
+def record(run: Path, rows: list[dict], chosen: dict, test: dict, base_test: dict, wall: float, rule: str) -> None:
+    from dmirec import rundir
+
+    cfg = rundir.read_config(run)
+    data = Path(rundir.read_data_ref(run)["path"])
+    OUT.mkdir(parents=True, exist_ok=True)
+    out = {"run": run.name, "model": cfg.model, "seed": cfg.seed, "rule": rule, "grid": rows, "chosen": chosen,
+           "test": test, "test_without_rule": base_test, "resolved_config": cfg.to_dict(), "commit": git_commit(),
+           "data_fingerprint": data_fingerprint(data), "machine": machine(), "wall_s": wall}
+    (OUT / f"{run.name}.json").write_text(json.dumps(out, indent=2))
+
+
+def select(runs: list[Path], grid_file: Path) -> None:
+    grid = yaml.safe_load(grid_file.read_text())
+    for run in runs:
+        start = time.perf_counter()
+        rows = []
+        for n in grid["neighbours"]:
+            for alpha in grid["alpha"]:
+                m = metrics_of(run, "valid", {"neighbour_alpha": alpha, "neighbours": n})
+                rows.append({"neighbours": n, "alpha": alpha, "valid": m})
+                print(f"{run.name}: n={n} alpha={alpha} valid R@50 {m['recall@50']:.4f}", flush=True)
+        base_valid = metrics_of(run, "valid", {"neighbour_alpha": 0.0})
+        rows.append({"neighbours": 0, "alpha": 0.0, "valid": base_valid})
+        top = max(r["valid"]["recall@50"] for r in rows)
+        tied = [r for r in rows if r["valid"]["recall@50"] >= top - grid["tie"]]
+        chosen = min(tied, key=lambda r: (r["alpha"], r["neighbours"]))
+        over = {"neighbour_alpha": chosen["alpha"], "neighbours": chosen["neighbours"] or 4}
+        test = metrics_of(run, "test", over)
+        base_test = metrics_of(run, "test", {"neighbour_alpha": 0.0})
+        record(run, rows, {k: chosen[k] for k in ("neighbours", "alpha")}, test, base_test,
+               time.perf_counter() - start, f"select on valid ({grid_file.name})")
+        print(f"{run.name}: chosen n={chosen['neighbours']} alpha={chosen['alpha']}; test R@50 "
+              f"{test['recall@50']:.4f} (without {base_test['recall@50']:.4f})", flush=True)
+
+
+def apply(runs: list[Path], alpha: float, n: int) -> None:
+    for run in runs:
+        start = time.perf_counter()
+        over = {"neighbour_alpha": alpha, "neighbours": n}
+        valid = metrics_of(run, "valid", over)
+        test = metrics_of(run, "test", over)
+        base_test = metrics_of(run, "test", {"neighbour_alpha": 0.0})
+        record(run, [{"neighbours": n, "alpha": alpha, "valid": valid}], {"neighbours": n, "alpha": alpha}, test,
+               base_test, time.perf_counter() - start, "fixed setting")
+        print(f"{run.name}: n={n} alpha={alpha}: test R@50 {test['recall@50']:.4f} "
+              f"(without {base_test['recall@50']:.4f})", flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("select")
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--grid", type=Path, default=ROOT / "configs" / "bench" / "neighbour_grid.yaml")
+    p = sub.add_parser("apply")
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--alpha", type=float, required=True)
+    p.add_argument("--neighbours", type=int, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.cmd == "select":
+        select(args.runs, args.grid)
+    else:
+        apply(args.runs, args.alpha, args.neighbours)
