@@ -1,7 +1,7 @@
 """Writes BENCHMARKS.md from bench_results/*.json (called by `python scripts/bench.py report`).
 
-Reference numbers are read from ../shared/BENCHMARKS.md (the public REMI code on the same splits)
-so that every row can be compared with them; nothing is typed in by hand.
+Reference numbers are read from configs/bench/reference_remi_code.md (the public REMI code run on
+the same splits) so that every row can be compared with them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_BENCH = (ROOT / ".." / "shared" / "BENCHMARKS.md").resolve()
+SHARED_BENCH = ROOT / "configs" / "bench" / "reference_remi_code.md"
 NAMES = {"comirec-sa": "ComiRec-SA", "comirec-dr": "ComiRec-DR", "mind": "MIND", "remi": "REMI",
          "youtube-dnn": "YouTube-DNN", "most-popular": "Most-popular", "dmi": "DMI",
          "dmi-sa": "DMI on ComiRec-SA", "dmi-after": "DMI, refiner trained after REMI"}
@@ -21,7 +21,7 @@ KEYS = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@5
 
 
 def reference_rows() -> dict[tuple[str, str], list[dict]]:
-    """(dataset, model name) -> rows of the reference table in ../shared/BENCHMARKS.md."""
+    """(dataset, model name) -> rows of the reference table in configs/bench/reference_remi_code.md."""
     out: dict[tuple[str, str], list[dict]] = defaultdict(list)
     if not SHARED_BENCH.exists():
         return out

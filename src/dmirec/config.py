@@ -3,7 +3,7 @@
 Every knob of every model lives in one flat :class:`Config` so that a YAML file, a command line
 override and a saved run directory all speak the same language. Unknown keys and values of the
 wrong type are errors that name the key. Defaults are the reference training defaults of
-DESIGN.md (D=64, K=4, batch 128, Adam 1e-3, 1,280 shared uniform negatives, validation every
+docs/design.md (D=64, K=4, batch 128, Adam 1e-3, 1,280 shared uniform negatives, validation every
 500 steps, patience 10).
 """
 

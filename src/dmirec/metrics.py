@@ -1,6 +1,6 @@
 """Top-N retrieval metrics as pure numpy functions of ``(recommended ids, targets)``.
 
-The conventions are the ComiRec/REMI evaluation protocol of ``DESIGN.md`` and the dataset
+The conventions are the ComiRec/REMI evaluation protocol (docs/design.md, section 1) and the dataset
 README, which matter on data with repeat consumption (gowalla):
 
 * ``recs`` is a ``(B, N)`` integer matrix of recommended item ids per user, best first; ``-1``

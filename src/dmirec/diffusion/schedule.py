@@ -1,7 +1,7 @@
 """The noise schedule of DMI's diffusion refiner: forward noising and (strided) reverse steps.
 
 Steps are numbered ``t = 0..T`` with ``t = 0`` the clean vector (``alpha_bar_0 = 1``).
-``beta_t = s * schedule(t)`` for ``t = 1..T`` ("controllable" noise, DESIGN.md 2): ``linear``
+``beta_t = s * schedule(t)`` for ``t = 1..T`` ("controllable" noise, docs/design.md 3.2): ``linear``
 spaces ``beta`` evenly in ``[beta_start, beta_end]``; ``cosine`` takes the betas of the cosine
 ``alpha_bar`` curve (Nichol & Dhariwal 2021) and ignores ``beta_start``/``beta_end``. Betas are
 clamped below 1; everything is computed in float64 and kept as float32 buffers.

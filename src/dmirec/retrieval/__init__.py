@@ -4,7 +4,7 @@
         -> SearchResult(ids (B, n) int64, scores (B, n) float32, interest (B, n) int64)
 
 Each interest retrieves its top n, the K * n candidates are merged by score, de-duplicated
-keeping the best score, and cut to n (DESIGN.md, "Serving"). Row 0 of ``items`` is padding and
+keeping the best score, and cut to n (docs/design.md, section 1). Row 0 of ``items`` is padding and
 is never returned; when fewer than n items are available the ids are padded with -1, the scores
 with -inf and the interests with -1. ``exclude`` removes items per user (history exclusion): a
 sequence of B id lists, or a CSR (:class:`ExcludeCSR`, or anything with ``indptr``/``indices``).

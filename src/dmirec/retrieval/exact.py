@@ -4,7 +4,7 @@ This module also holds the types every retrieval backend shares (:class:`SearchR
 :class:`ExcludeCSR` and the input normalisers), so that the faiss backend and any later one
 speak the same interface.
 
-The serving protocol (DESIGN.md, "Serving"): each of the K interest vectors of a user retrieves
+The serving protocol (docs/design.md, section 1): each of the K interest vectors of a user retrieves
 its own top n items, the K * n candidates are merged by score, de-duplicated keeping the best
 score, and cut to n. That is exactly the top n items ranked by ``max_k <q_k, e_i>`` (an item in
 that top n is also in the top n of the interest that attains its max), so the exact backend

@@ -3,7 +3,7 @@
 Each of a user's K interest vectors queries the index for its own top ``n`` (plus the number
 of items that user excludes, so that exclusion never leaves a list short); the K lists are
 merged by score, de-duplicated keeping each item's best score (and the interest that gave it),
-excluded items dropped, and the result cut to ``n`` — the serving protocol of DESIGN.md.
+excluded items dropped, and the result cut to ``n`` — the serving protocol of docs/design.md.
 
 The default index is ``faiss.IndexFlatIP`` (exact inner product), which must agree with
 :class:`dmirec.retrieval.exact.ExactTorchSearch` up to float rounding and ties. A prebuilt index
