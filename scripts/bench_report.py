@@ -40,6 +40,20 @@ def reference_rows() -> dict[tuple[str, str], list[dict]]:
     return out
 
 
+# flags renamed since older records were written, shown under today's names
+_RENAMED_FLAGS = {"--eta=": "--fusion_weight=", "--stochastic_reverse=true": "--sampler=ancestral"}
+
+
+def _overrides(record: dict) -> str:
+    out = []
+    for arg in record["extra"]:
+        for old, new in _RENAMED_FLAGS.items():
+            if arg.startswith(old):
+                arg = new + arg[len(old):]
+        out.append(arg)
+    return " ".join(out) or "(config)"
+
+
 def _fmt(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
@@ -128,7 +142,7 @@ def _other_groups(records: list[dict]) -> list[str]:
                   "of these runs are not shown.", "",
                   "| dataset | run | overrides | steps (best) | valid R@50 |", "|---|---|---|---|---|"]
         for r in sorted(tuning, key=lambda r: (r["dataset"], r["name"])):
-            lines.append(f"| {r['dataset']} | {r['name']} | `{' '.join(r['extra']) or '(config)'}` | "
+            lines.append(f"| {r['dataset']} | {r['name']} | `{_overrides(r)}` | "
                          f"{r['steps']} ({r['best_step']}) | {r['valid_recall@50']:.4f} |")
         lines.append("")
     ablation = [r for r in records if r.get("group") == "ablation"]
@@ -139,7 +153,7 @@ def _other_groups(records: list[dict]) -> list[str]:
         for r in _with_defaults(ablation, records):
             t = r["test"]
             label = _ablation_label(r)
-            lines.append(f"| {r['dataset']} | {label} | `{' '.join(r['extra']) or '(config)'}` | "
+            lines.append(f"| {r['dataset']} | {label} | `{_overrides(r)}` | "
                          f"{r['steps']} ({r['best_step']}) | {r['valid_recall@50']:.4f} | {t['recall@20']:.4f} | "
                          f"{t['recall@50']:.4f} | {t['hitrate@50']:.4f} | {t['ndcg@50']:.4f} |")
         lines.append("")
@@ -329,7 +343,7 @@ def _update_readme(groups: dict, records: list[dict]) -> None:
         lines += ["", "Ablations (1 seed; test users):", "", "| dataset | variant | overrides | valid R@50 | test R@50 |",
                   "|---|---|---|---|---|"]
         for r in _with_defaults(ablation, records):
-            lines.append(f"| {r['dataset']} | {_ablation_label(r)} | `{' '.join(r['extra']) or '(config)'}` | "
+            lines.append(f"| {r['dataset']} | {_ablation_label(r)} | `{_overrides(r)}` | "
                          f"{r['valid_recall@50']:.4f} | "
                          f"{r['test']['recall@50']:.4f} |")
     lines += ["", README_END]
