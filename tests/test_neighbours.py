@@ -141,3 +141,22 @@ def test_bundle_with_a_bank_serves_what_evaluate_measures(remi_run, tmp_path):
     served = user_vectors(bundle.model, ev)
     assert np.array_equal(expect, served)
     assert bundle.model.bank.size == model.bank.size > 0
+
+
+def test_cli_evaluate_and_export_take_evaluation_time_overrides(remi_run, tmp_path, capsys):
+    import json
+
+    from dmirec.cli import main
+    from dmirec.evaluate import evaluate_run
+
+    _, run, _ = remi_run
+    assert main(["evaluate", str(run), "--split", "valid", "--json", "--neighbour_alpha=0.8"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    expect = evaluate_run(run, "valid", overrides={"neighbour_alpha": 0.8})
+    assert shown["recall@50"] == expect["recall@50"]
+    assert main(["evaluate", str(run), "--neighbour_alpha=oops"]) == 2
+    assert "neighbour_alpha" in capsys.readouterr().err
+    assert main(["export", str(run), str(tmp_path / "b"), "--neighbour_alpha=0.8"]) == 0
+    from dmirec.serve import load_bundle
+
+    assert load_bundle(tmp_path / "b").model.bank.size > 0

@@ -72,11 +72,12 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from .evaluate import evaluate_run
 
+    # --key=value: evaluation-time config changes (neighbour rule, guidance, sampler, ...)
     metrics = evaluate_run(args.run_dir, split=args.split, exclude_history=args.exclude_history or None,
-                           backend=args.backend, which=args.checkpoint)
+                           backend=args.backend, which=args.checkpoint, overrides=parse_overrides(extra) or None)
     if args.json:
         keys = [f"{m}@{n}" for m in ("recall", "hitrate", "ndcg", "ndcg_comirec") for n in (20, 50)] + ["users"]
         print(json.dumps({k: metrics[k] for k in keys}))
@@ -110,9 +111,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     from .export import export_cmd
 
+    args.overrides = parse_overrides(extra) or None  # --key=value: e.g. the neighbour rule, served as evaluated
     return export_cmd(args)
 
 
@@ -214,13 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "train":
+    takes_overrides = args.command == "train" or (args.command in ("evaluate", "export")
+                                                  and all(e.startswith("--") and "=" in e for e in extra))
+    if extra and not takes_overrides:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     try:
         if args.command == "train":
             return cmd_train(args, extra)
-        handler = {"prepare": cmd_prepare, "evaluate": cmd_evaluate, "demo": cmd_demo, "export": cmd_export,
-                   "index": cmd_index, "serve": cmd_serve, "recommend": cmd_recommend}[args.command]
+        if args.command == "evaluate":
+            return cmd_evaluate(args, extra)
+        if args.command == "export":
+            return cmd_export(args, extra)
+        handler = {"prepare": cmd_prepare, "demo": cmd_demo, "index": cmd_index, "serve": cmd_serve,
+                   "recommend": cmd_recommend}[args.command]
         return handler(args)
     except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"dmirec {args.command}: error: {exc}", file=sys.stderr)

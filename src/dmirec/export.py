@@ -91,7 +91,7 @@ def export_cmd(args) -> int:
     """CLI entry: ``args.run_dir``, ``args.bundle_dir``; optional ``which``, ``query_sample``, ``overwrite``."""
     manifest = export_bundle(args.run_dir, args.bundle_dir, which=getattr(args, "which", "best"),
                              query_sample=getattr(args, "query_sample", DEFAULT_QUERY_SAMPLE),
-                             overwrite=getattr(args, "overwrite", False))
+                             overwrite=getattr(args, "overwrite", False), overrides=getattr(args, "overrides", None))
     print(f"exported {manifest['model']} ({manifest['num_items']} items, D={manifest['embedding_dim']}, "
           f"K={manifest['num_interests']}, {manifest['query_sample_users']} sample users) to {args.bundle_dir}")
     return 0
