@@ -160,3 +160,13 @@ def test_cli_evaluate_and_export_take_evaluation_time_overrides(remi_run, tmp_pa
     from dmirec.serve import load_bundle
 
     assert load_bundle(tmp_path / "b").model.bank.size > 0
+
+
+def test_sampled_search_looks_at_that_many_users_only():
+    bank = bank_of(torch.randn(50, 2, 4))
+    q = torch.randn(3, 4)
+    torch.manual_seed(0)
+    vecs, sims, found = bank.search(q, 60, sample=10)
+    assert found.sum(1).tolist() == [10, 10, 10]  # only the sampled users can be found
+    full = bank.search(q, 1)[1][:, 0]
+    assert (sims[:, 0] <= full + 1e-6).all()

@@ -74,6 +74,7 @@ class Config:
     neighbour_alpha: float = 0.0  # query vectors += alpha * cosine-weighted mean of n bank neighbours; 0 = off
     neighbours: int = 4  # n, for the rule and for DMI's neighbour keys
     bank_max_users: int = 0  # 0 = every training user in the bank; else a seeded sample of that many
+    bank_train_sample: int = 2048  # DMI's neighbour keys in training: bank users searched per step (0 = all)
 
     # --- COIN (baseline) ------------------------------------------------------------------------
     coin_contrast_weight: float = 10.0  # weight of the bank contrastive loss
@@ -233,7 +234,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
     for key in ("fusion_weight", "cond_dropout"):
         if not 0.0 <= getattr(cfg, key) <= 1.0:
             raise ConfigError(f"{source}: config key {key!r} must be in [0, 1], got {getattr(cfg, key)}")
-    for key in ("neighbour_alpha", "bank_max_users", "guidance", "coin_contrast_weight"):
+    for key in ("neighbour_alpha", "bank_max_users", "bank_train_sample", "guidance", "coin_contrast_weight"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if cfg.neighbours <= 0:

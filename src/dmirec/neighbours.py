@@ -55,27 +55,33 @@ class InterestBank(nn.Module):
         self.vectors = vectors.detach().float().to(self.vectors.device)  # (U, K, D)
         self.owners = owners.to(self.owners.device, torch.long)  # (U,)
 
-    def search(self, queries: torch.Tensor, n: int, exclude: torch.Tensor | None = None, block: int = 8192
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def search(self, queries: torch.Tensor, n: int, exclude: torch.Tensor | None = None, block: int = 8192,
+               sample: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Top-n bank users for each query ``(Q, D)`` by their best cosine over the K interests.
 
         ``exclude (Q,)``: a train-split row id per query whose entry must not be returned (the
-        query user itself in training; -1 for none). Returns ``vectors (Q, n, D)`` (each neighbour's
-        best-matching interest), ``sims (Q, n)`` and ``found (Q, n)`` (False where fewer than n
-        entries qualify; those rows of ``vectors`` and ``sims`` are 0).
+        query user itself in training; -1 for none). ``sample > 0`` searches a uniform random
+        subset of that many bank users (global RNG; training uses it to bound the cost of a
+        step). Returns ``vectors (Q, n, D)`` (each neighbour's best-matching interest), ``sims (Q,
+        n)`` and ``found (Q, n)`` (False where fewer than n entries qualify; those rows of
+        ``vectors`` and ``sims`` are 0).
         """
+        bank_vecs, owners = self.vectors, self.owners
+        if 0 < sample < self.size:
+            pick = torch.randperm(self.size, device=bank_vecs.device)[:sample]  # (S,)
+            bank_vecs, owners = bank_vecs[pick], owners[pick]
         q, d = queries.shape
         unit_q = nn.functional.normalize(queries.detach().float(), dim=-1)  # (Q, D)
         best_s = torch.full((q, 0), float("-inf"), device=queries.device)
         best_u = torch.zeros(q, 0, dtype=torch.long, device=queries.device)
         best_k = torch.zeros(q, 0, dtype=torch.long, device=queries.device)
-        for start in range(0, self.size, block):
-            vecs = self.vectors[start:start + block]  # (b, K, D)
+        for start in range(0, len(owners), block):
+            vecs = bank_vecs[start:start + block]  # (b, K, D)
             unit = nn.functional.normalize(vecs, dim=-1)  # (b, K, D)
-            sims = torch.einsum("qd,bkd->qbk", unit_q, unit)  # (Q, b, K)
+            sims = (unit_q @ unit.reshape(-1, d).T).view(q, vecs.shape[0], vecs.shape[1])  # (Q, b, K)
             top_s, top_k = sims.max(dim=2)  # (Q, b) each user's best interest
             if exclude is not None:
-                own = self.owners[start:start + block].unsqueeze(0) == exclude.unsqueeze(1)  # (Q, b)
+                own = owners[start:start + block].unsqueeze(0) == exclude.unsqueeze(1)  # (Q, b)
                 top_s = top_s.masked_fill(own, float("-inf"))
             users = torch.arange(start, start + vecs.shape[0], device=queries.device).expand(q, -1)  # (Q, b)
             best_s = torch.cat([best_s, top_s], dim=1)
@@ -85,7 +91,7 @@ class InterestBank(nn.Module):
             best_s, pos = best_s.topk(keep, dim=1)  # (Q, keep)
             best_u, best_k = best_u.gather(1, pos), best_k.gather(1, pos)
         found = torch.isfinite(best_s)  # (Q, m), m <= n
-        vectors = self.vectors[best_u, best_k] * found.unsqueeze(-1)  # (Q, m, D)
+        vectors = bank_vecs[best_u, best_k] * found.unsqueeze(-1)  # (Q, m, D)
         sims = torch.where(found, best_s, torch.zeros_like(best_s))
         missing = n - best_s.shape[1]
         if missing:  # a bank smaller than n
@@ -94,12 +100,12 @@ class InterestBank(nn.Module):
             found = torch.cat([found, found.new_zeros(q, missing)], dim=1)
         return vectors, sims, found
 
-    def neighbours(self, vecs: torch.Tensor, n: int, exclude: torch.Tensor | None = None
+    def neighbours(self, vecs: torch.Tensor, n: int, exclude: torch.Tensor | None = None, sample: int = 0
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per interest: ``vecs (B, K, D)`` -> neighbours (B, K, n, D), sims (B, K, n), found (B, K, n)."""
         b, k, d = vecs.shape
         ex = None if exclude is None else exclude.repeat_interleave(k)  # (B*K,)
-        nb, sims, found = self.search(vecs.reshape(b * k, d), n, ex)
+        nb, sims, found = self.search(vecs.reshape(b * k, d), n, ex, sample=sample)
         return nb.view(b, k, n, d), sims.view(b, k, n), found.view(b, k, n)
 
 

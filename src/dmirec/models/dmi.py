@@ -12,7 +12,8 @@ sources (:mod:`dmirec.diffusion.conditioning`). What it adds itself:
   the interests (``normalize_scale``), and its output is rescaled by ``c``.
 * **Keys** (``dmi_keys``, a comma list): ``items`` (the interest's pruned history items; the
   figure), ``neighbours`` (the n nearest interests of other training users from the interest
-  bank, the user's own entry left out in training), ``others`` (the user's other K-1
+  bank, the user's own entry left out in training, and in training searched among a random
+  ``bank_train_sample`` bank users per step to bound its cost), ``others`` (the user's other K-1
   interests). The step token is the denoiser's own.
 * **What is reconstructed** (``dmi_target``): ``interest`` (the figure: the interest rebuilds
   itself, ``recon_weight * mse(x0_hat, x0)``), or ``next_item``: from the noised interest and its
@@ -62,6 +63,7 @@ class DMI(RetrievalModel):
     def __init__(self, backbone: RetrievalModel, process: DiffusionProcess, denoiser: Denoiser, *,
                  fusion_weight: float, keys: tuple[str, ...], prune: str, prune_m: int, neighbours: int,
                  target: str, output: str, recon_weight: float, cond_dropout: float, guidance: float,
+                 bank_train_sample: int,
                  normalize_scale: bool, freeze_backbone_steps: int, refiner_lr_scale: float,
                  rms_momentum: float = 0.95):
         nn.Module.__init__(self)  # not RetrievalModel.__init__: the item table is the backbone's
@@ -81,6 +83,7 @@ class DMI(RetrievalModel):
         self.prune = prune
         self.prune_m = prune_m
         self.num_neighbours = neighbours
+        self.bank_train_sample = bank_train_sample
         self.target = target
         self.output = output
         self.recon_weight = recon_weight
@@ -105,7 +108,7 @@ class DMI(RetrievalModel):
         return cls(backbone, process, denoiser, fusion_weight=cfg.fusion_weight, keys=parse_keys(cfg.dmi_keys),
                    prune=cfg.prune, prune_m=cfg.prune_m, neighbours=cfg.neighbours, target=cfg.dmi_target,
                    output=cfg.dmi_output, recon_weight=cfg.recon_weight, cond_dropout=cfg.cond_dropout,
-                   guidance=cfg.guidance, normalize_scale=cfg.normalize_scale,
+                   guidance=cfg.guidance, bank_train_sample=cfg.bank_train_sample, normalize_scale=cfg.normalize_scale,
                    freeze_backbone_steps=cfg.freeze_backbone_steps, refiner_lr_scale=cfg.refiner_lr_scale)
 
     # ---- the contract ---------------------------------------------------------------------------
@@ -166,7 +169,8 @@ class DMI(RetrievalModel):
                 bank = getattr(self, "bank", None)
                 if bank is None:
                     raise RuntimeError("dmi_keys has 'neighbours' but the model carries no interest bank")
-                nb, _, found = bank.neighbours(vecs.detach(), self.num_neighbours, users)  # (B, K, n, D), (B, K, n)
+                sample = self.bank_train_sample if self.training else 0  # bounded cost per training step
+                nb, _, found = bank.neighbours(vecs.detach(), self.num_neighbours, users, sample)  # (B, K, n, D), (B, K, n)
                 sources.append((nb.to(vecs.dtype), found))
             else:
                 sources.append(other_interests(vecs))
