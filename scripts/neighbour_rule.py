@@ -33,8 +33,18 @@ from dmirec.evaluate import METRIC_NS, evaluate_model, load_run  # noqa: E402
 OUT = ROOT / "bench_results" / "neighbour_rule"
 
 
+_LOADED: dict = {}
+
+
 def metrics_of(run: Path, split: str, overrides: dict) -> dict:
-    model, cfg, data = load_run(run, "best", "cpu", overrides)
+    """Metrics with the rule set to ``overrides``; the run and its bank are loaded once (the bank
+    does not depend on alpha or n), then only the rule's two settings change."""
+    if run not in _LOADED:
+        _LOADED.clear()
+        _LOADED[run] = load_run(run, "best", "cpu", {"neighbour_alpha": 1.0})
+    model, cfg, data = _LOADED[run]
+    model.neighbour_alpha = overrides["neighbour_alpha"]
+    model.neighbours = overrides.get("neighbours", cfg.neighbours)
     return evaluate_model(model, data, split, cfg.seq_len, METRIC_NS, cfg.retrieval_backend, cfg.exclude_history,
                           cfg.eval_batch_size)
 

@@ -19,6 +19,7 @@ import torch
 
 from .data.dataset import load_dataset
 from .data.sampler import eval_split
+from .evaluate import user_vectors
 from .neighbours import build_bank
 from .rundir import load_trained_model, read_data_ref
 from .serve.bundle import BundleError, write_bundle
@@ -26,21 +27,16 @@ from .serve.bundle import BundleError, write_bundle
 DEFAULT_QUERY_SAMPLE = 1000
 
 
-@torch.no_grad()
 def _query_sample(model, data, seq_len: int, users: int, batch_size: int = 1024) -> np.ndarray:
     """Interest vectors (S, K, D) of the first ``users`` validation users (test users if none)."""
     split = "valid" if data.splits["valid"].num_users else "test"
     ev = eval_split(data.splits[split], seq_len, max_users=users)
-    out = []
-    for s in range(0, len(ev.history), batch_size):
-        hist = torch.from_numpy(ev.history[s:s + batch_size])  # (b, L)
-        mask = torch.from_numpy(ev.mask[s:s + batch_size])  # (b, L)
-        out.append(model.user_vectors(hist, mask).float().cpu().numpy())  # (b, K, D)
-    if not out:
-        k = model.user_vectors(torch.ones(1, seq_len, dtype=torch.long),
-                               torch.ones(1, seq_len, dtype=torch.bool)).shape[1]
+    if len(ev.history) == 0:
+        with torch.no_grad():
+            k = model.user_vectors(torch.ones(1, seq_len, dtype=torch.long),
+                                   torch.ones(1, seq_len, dtype=torch.bool)).shape[1]
         return np.zeros((0, k, model.embedding_dim), dtype=np.float32)
-    return np.concatenate(out)
+    return user_vectors(model, ev, batch_size)  # (S, K, D)
 
 
 def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "best",
