@@ -192,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                     entry.get("name"), entry.get("group", suite.get("group", "main")))
 
 
-def cmd_reproduce(tags: list[str]) -> None:
+def cmd_reproduce(tags: list[str], suffix: str = "") -> None:
     """Retrain recorded runs from their frozen config (or their command when the record predates
     frozen configs) into bench_runs/TAG and compare every test metric with the record; writes
     bench_results/reproduce/TAG.json. The record itself is never changed."""
@@ -200,7 +200,7 @@ def cmd_reproduce(tags: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for tag in tags:
         record = json.loads((RESULTS / f"{tag}.json").read_text())
-        run_dir = RUNS / tag
+        run_dir = RUNS / f"{tag}{suffix}"  # a suffix retrains beside an existing run directory
         data = prepared(record["dataset"])
         if not (run_dir / "result.json").exists():
             if (run_dir / "checkpoints" / "last.pt").exists():
@@ -228,13 +228,13 @@ def cmd_reproduce(tags: list[str]) -> None:
         diffs = {k: result["test"][k] - v for k, v in record["test"].items()
                  if k != "seconds" and isinstance(v, (int, float)) and k in result["test"]}
         worst = max((abs(d) for d in diffs.values()), default=0.0)
-        row = {"tag": tag, "recorded": record["test"], "rerun": result["test"], "diff": diffs,
+        row = {"tag": f"{tag}{suffix}", "recorded": record["test"], "rerun": result["test"], "diff": diffs,
                "max_abs_diff": worst, "same_steps": result["steps"] == record["steps"]
                and result["best_step"] == record["best_step"],
                "resolved_config": yaml.safe_load((run_dir / "config.yaml").read_text()),
                "commit": git_commit(), "data_fingerprint": data_fingerprint(data), "wall_s": wall,
                "machine": machine()}
-        (out_dir / f"{tag}.json").write_text(json.dumps(row, indent=2))
+        (out_dir / f"{tag}{suffix}.json").write_text(json.dumps(row, indent=2))
         print(f"[reproduce] {tag}: max |test metric diff| {worst:.2e}, same steps: {row['same_steps']}", flush=True)
 
 
@@ -247,11 +247,12 @@ if __name__ == "__main__":
     p = sub.add_parser("report")
     p = sub.add_parser("reproduce")
     p.add_argument("tags", nargs="+")
+    p.add_argument("--suffix", default="", help="train into bench_runs/TAG+SUFFIX (beside an existing run)")
     args = parser.parse_args()
     if args.cmd == "run":
         cmd_run(args)
     elif args.cmd == "reproduce":
-        cmd_reproduce(args.tags)
+        cmd_reproduce(args.tags, args.suffix)
     else:
         from bench_report import write_report  # scripts/bench_report.py
 

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCH = ROOT / "configs" / "bench" / "reference_remi_code.md"
 NAMES = {"comirec-sa": "ComiRec-SA", "comirec-dr": "ComiRec-DR", "mind": "MIND", "remi": "REMI",
          "youtube-dnn": "YouTube-DNN", "most-popular": "Most-popular", "dmi": "DMI",
-         "dmi-sa": "DMI on ComiRec-SA", "dmi-after": "DMI, refiner trained after REMI"}
+         "dmi-sa": "DMI on ComiRec-SA", "dmi-after": "DMI, refiner trained after REMI", "coin": "COIN",
+         "dmi-collab": "DMI, collaborative keys", "dmi-target": "DMI, target-supervised"}
 KEYS = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "ndcg_comirec@20",
         "ndcg_comirec@50"]
 
@@ -119,6 +120,8 @@ def write_report(results_dir: Path, out: Path) -> None:
                 lines.append(f"- `{rs[0]['command'].replace(str(ROOT) + '/', '')}`" + (" (seeds " + ",".join(str(r['seed']) for r in rs) + ")"
                                                           if len(rs) > 1 else ""))
         lines.append("")
+    lines += _collab_section(records, results_dir)
+    lines += _reproduce_section(results_dir / "reproduce")
     lines += _other_groups(records)
     lines += _eval_variants_section(results_dir / "dmi_eval_variants.json")
     lines += _correction_section(results_dir / "dmi_correction.json")
@@ -159,6 +162,84 @@ def _other_groups(records: list[dict]) -> list[str]:
         lines.append("")
         lines += _ablation_correlations(_with_defaults(ablation, records))
     return lines
+
+
+def _rule_records(results_dir: Path) -> dict[tuple[str, str], list[dict]]:
+    """(dataset, base run name) -> neighbour-rule records (scripts/neighbour_rule.py)."""
+    out: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for path in sorted((results_dir / "neighbour_rule").glob("*.json")):
+        rec = json.loads(path.read_text())
+        dataset, rest = rec["run"].split("-", 1)
+        name = rest.rsplit("-s", 1)[0]
+        out[(dataset, name)].append(rec)
+    return out
+
+
+def _collab_section(records: list[dict], results_dir: Path) -> list[str]:
+    """REMI, REMI + neighbour rule, COIN, DMI (figure) and the collaborative DMI variants, with the targets."""
+    main = defaultdict(list)
+    for r in records:
+        if r.get("group", "main") == "main":
+            main[(r["dataset"], r.get("name", r["model"]))].append(r)
+    rules = _rule_records(results_dir)
+    rows_by_ds: dict[str, list[tuple[str, list[dict], str]]] = defaultdict(list)
+    for (ds, name), recs in rules.items():
+        rows_by_ds[ds].append((f"{NAMES.get(name, name)} + neighbour rule", [r["test"] for r in recs],
+                               "; ".join(f"s{r['seed']}: n={r['chosen']['neighbours']}, alpha={r['chosen']['alpha']}"
+                                         for r in sorted(recs, key=lambda r: r["seed"]))))
+    for (ds, name), recs in main.items():
+        if name in ("remi", "dmi", "coin") or name.startswith(("dmi-collab", "dmi-target")):
+            rows_by_ds[ds].append((NAMES.get(name, name), [r["test"] for r in recs], ""))
+    if not rules and not any(n == "coin" or n.startswith("dmi-c") for _, n in main):
+        return []
+    lines = ["## Collaborative information: REMI, the neighbour rule, COIN and collaborative DMI", "",
+             "Test users; mean ± sd over seeds. The neighbour rule's (n, alpha) is chosen per run on its validation "
+             "users (`configs/bench/neighbour_grid.yaml`, `scripts/neighbour_rule.py`); DMI variants were chosen on "
+             "validation users (tuning table below).", ""]
+    keys = ["recall@20", "recall@50", "hitrate@50", "ndcg@50"]
+    for ds in sorted(rows_by_ds):
+        lines += [f"### {ds}", "", "| model | seeds | R@20 | R@50 | HR@50 | NDCG@50 std | rule setting |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, tests, note in sorted(rows_by_ds[ds], key=lambda x: x[0]):
+            lines.append(f"| {label} | {len(tests)} | " + " | ".join(_fmt([t[k] for t in tests]) for k in keys)
+                         + f" | {note} |")
+        lines += _collab_targets(ds, rows_by_ds[ds])
+        lines.append("")
+    return lines
+
+
+def _collab_targets(dataset: str, rows: list[tuple[str, list[dict], str]]) -> list[str]:
+    """Each collaborative DMI variant against REMI (>= 1.05x), REMI + rule and COIN (gaps > 2 x the larger sd)."""
+    by = {label: [t["recall@50"] for t in tests] for label, tests, _ in rows}
+    remi, rule, coin = by.get("REMI"), by.get("REMI + neighbour rule"), by.get("COIN")
+    sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
+    out = []
+    for label, vals in by.items():
+        if not label.startswith("DMI, ") or not remi:
+            continue
+        mean = statistics.mean(vals)
+        bar = 1.05 * statistics.mean(remi)
+        out.append(f"- {label}: mean {mean:.4f} >= 1.05 x REMI {bar:.4f}: {'met' if mean >= bar else 'NOT met'}")
+        for other_label, other in (("REMI", remi), ("REMI + neighbour rule", rule), ("COIN", coin)):
+            if other:
+                gap = mean - statistics.mean(other)
+                need = 2 * max(sd(vals), sd(other))
+                out.append(f"  - vs {other_label}: gap {gap:+.4f} > 2 x max sd {need:.4f}: "
+                           f"{'met' if gap > need else 'NOT met'}")
+    return ["", "Targets (test Recall@50):", ""] + out if out else []
+
+
+def _reproduce_section(path: Path) -> list[str]:
+    """Recorded runs retrained after a refactor (scripts/bench.py reproduce): do the numbers hold?"""
+    recs = [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))] if path.exists() else []
+    if not recs:
+        return []
+    lines = ["## Reproduced after the structure change (`python scripts/bench.py reproduce TAG`)", "",
+             "| run | commit of the rerun | same steps and best step | max abs difference of any test metric |",
+             "|---|---|---|---|"]
+    for r in recs:
+        lines.append(f"| {r['tag']} | {(r.get('commit') or '?')[:12]} | {r['same_steps']} | {r['max_abs_diff']:.2e} |")
+    return lines + [""]
 
 
 def _correlation(xs: list[float], ys: list[float]) -> float:
