@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--split", default="valid", choices=["valid", "test"])
     parser.add_argument("--label", default=None)
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    parser.add_argument("--grid", default=None, metavar="KEY=V1,V2,...",
+                        help="evaluate these values of one evaluation-time key instead of the fixed variants "
+                             "(e.g. guidance=1,2,4)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "bench_results"
                         / "dmi_eval_variants.json")
     args = parser.parse_args()
@@ -47,8 +50,13 @@ def main() -> None:
         raise SystemExit(f"{args.run_dir} is a {cfg.model} run, not dmi")
     ckpt = rundir.load_checkpoint(args.run_dir / "checkpoints" / f"{args.checkpoint}.pt")
     rows = []
-    for name, over in VARIANTS:
-        if over.get("reverse_steps", cfg.reverse_steps) > (over.get("start_step", cfg.start_step) or cfg.diffusion_steps):
+    variants = VARIANTS
+    if args.grid:
+        key, values = args.grid.split("=", 1)
+        variants = [(f"{key}={v}", {key: v}) for v in values.split(",")]
+    for name, over in variants:
+        if int(over.get("reverse_steps", cfg.reverse_steps)) > (int(over.get("start_step", cfg.start_step))
+                                                                 or cfg.diffusion_steps):
             continue
         torch.manual_seed(0)
         model, variant, data = load_run(args.run_dir, args.checkpoint, overrides=over)

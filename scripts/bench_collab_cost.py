@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""What collaborative information costs: training seq/s and per-request serving latency, against REMI.
+
+    python scripts/bench_collab_cost.py [--dataset beauty] [--steps 200] [--requests 500]
+
+Training: the full step (sampling, forward, loss, backward, Adam) of REMI, COIN, DMI as drawn and
+the collaborative DMI variants, one torch thread, after a warm-up, with the interest bank filled
+from the freshly initialised model (speed does not depend on the weights). Serving: a bundle is
+exported from each model (weights as initialised, bank included where the model reads one) and
+``Bundle.recommend`` answers one user per call for ``--requests`` test users (the HTTP server
+adds its own overhead on top, see scripts/bench_serve.py): p50 and p99 in ms. Run it on a quiet
+machine. Results: bench_results/collab_cost.json (resolved configs, commit, machine, wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import DATA, RESULTS, ROOT, git_commit, machine, prepared
+from dmirec.data.dataset import load_dataset
+from dmirec.data.sampler import TrainSampler, eval_split
+from dmirec.losses import NegativeSampler
+from dmirec.models import build_model
+from dmirec.neighbours import build_bank
+from dmirec.train import batch_loss, make_config, make_optimizer
+
+VARIANTS = {
+    "remi": ("remi", []),
+    "remi + neighbour rule": ("remi", ["neighbour_alpha=1.2", "neighbours=8"]),
+    "coin": ("coin", []),
+    "dmi (figure)": ("dmi", []),
+    "dmi collaborative keys": ("dmi", ["dmi_keys=items,neighbours,others"]),
+    "dmi target-supervised": ("dmi", ["dmi_keys=items,neighbours,others", "dmi_target=next_item",
+                                      "cond_dropout=0.1"]),
+}
+
+
+def build(dataset: str, model: str, extra: list[str]):
+    data = load_dataset(DATA / dataset)
+    over = dict(e.split("=", 1) for e in extra)
+    cfg = make_config(model, [ROOT / "configs" / dataset / f"{model}.yaml"], {"progress": False, **over})
+    torch.manual_seed(0)
+    net = build_model(cfg, data.num_items, data.item_popularity())
+    if getattr(net, "bank", None) is not None:
+        build_bank(net, data.splits["train"], cfg.seq_len, cfg.eval_batch_size, "cpu", cfg.bank_max_users, cfg.seed)
+    return net, cfg, data
+
+
+def train_speed(net, cfg, data, steps: int, warmup: int = 20) -> float:
+    sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=0)
+    negatives = NegativeSampler(data.num_items, cfg.negative_sampler)
+    gen = torch.Generator().manual_seed(1)
+    opt = make_optimizer(net, cfg)
+    has_bank = getattr(net, "bank", None) is not None
+    net.train()
+
+    def step() -> None:
+        b = sampler.sample()
+        users = torch.from_numpy(b.rows) if has_bank else None
+        loss = batch_loss(net, cfg, torch.from_numpy(b.history), torch.from_numpy(b.mask),
+                          torch.from_numpy(b.target), negatives, gen, users)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return cfg.batch_size * steps / (time.perf_counter() - start)
+
+
+def serving_latency(net, cfg, data, requests: int) -> dict:
+    from dmirec.serve.bundle import load_bundle, write_bundle
+
+    net.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bundle"
+        queries = np.zeros((0, 1, cfg.embedding_dim), np.float32)
+        write_bundle(path, model_state=net.state_dict(), config=cfg, item_ids=data.item_ids,
+                     item_embeddings=net.item_embeddings().detach().float().numpy(),
+                     popularity=data.item_popularity("train"), query_sample=queries, info={})
+        bundle = load_bundle(path)
+        ev = eval_split(data.splits["test"], cfg.seq_len, requests)
+        histories = [[data.item_ids[i - 1] for i in row[m]] for row, m in zip(ev.history, ev.mask)]
+        for h in histories[:20]:
+            bundle.recommend(h, 50)
+        times = []
+        for h in histories:
+            start = time.perf_counter()
+            bundle.recommend(h, 50)
+            times.append(1000 * (time.perf_counter() - start))
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+            "requests": len(times)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="beauty")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=500)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    prepared(args.dataset)
+    start = time.perf_counter()
+    rows = {}
+    for label, (model, extra) in VARIANTS.items():
+        net, cfg, data = build(args.dataset, model, extra)
+        speed = train_speed(net, cfg, data, args.steps) if net.trainable and "rule" not in label else None  # the rule trains as REMI
+        net, cfg, data = build(args.dataset, model, extra)  # bank of the same (initial) weights
+        lat = serving_latency(net, cfg, data, args.requests)
+        rows[label] = {"train_seq_per_s": speed, **lat, "resolved_config": cfg.to_dict()}
+        print(f"{label}: {speed or 0:,.0f} train seq/s; serving p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms",
+              flush=True)
+    out = {"dataset": args.dataset, "steps": args.steps, "rows": rows, "commit": git_commit(), "machine": machine(),
+           "wall_s": time.perf_counter() - start}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "collab_cost.json").write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
