@@ -47,9 +47,9 @@ Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tor
 
 
 class DiffusionProcess(nn.Module):
-    def __init__(self, schedule: NoiseSchedule, prediction: str = "x0_residual", start_step: int = 0,
-                 reverse_steps: int = 0, sampler: str = "posterior_mean", no_noise: bool = False,
-                 train_chain: bool = False, seed: int = 0):
+    def __init__(self, schedule: NoiseSchedule, prediction: str, start_step: int, reverse_steps: int, sampler: str,
+                 no_noise: bool, train_chain: bool, seed: int):
+        """Every setting comes from the config (``Config``'s DMI keys); no defaults of its own."""
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction type {prediction!r}; choose one of {PREDICTIONS}")

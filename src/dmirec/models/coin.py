@@ -37,9 +37,9 @@ from .base import RetrievalModel, TrainOutput, argmax_readout, reference_init
 
 
 class COIN(RetrievalModel):
-    def __init__(self, num_items: int, embedding_dim: int = 64, num_interests: int = 4, seq_len: int = 20,
-                 gru_layers: int = 1, contrast_weight: float = 10.0, temperature: float = 0.1,
-                 bank_sample: int = 40_000, negatives: int = 2560, neighbours: int = 3):
+    def __init__(self, num_items: int, embedding_dim: int, num_interests: int, seq_len: int, gru_layers: int,
+                 contrast_weight: float, temperature: float, bank_sample: int, negatives: int, neighbours: int):
+        """Settings come from the config (:meth:`from_config`); no defaults of its own."""
         super().__init__(num_items, embedding_dim)
         self.num_interests = num_interests
         self.seq_len = seq_len
