@@ -14,10 +14,17 @@ Parquet file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
+import os
 import re
+import shutil
+import stat
+import tempfile
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +67,68 @@ def _is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
+# a UTF-8 byte-order mark at the start of a file is read as such, never as part of the first field
+ENCODING = "utf-8-sig"
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
 def _open_text(path: Path):
     if _is_gzip(path):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=ENCODING, newline="")
+    return open(path, encoding=ENCODING, newline="")
+
+
+def gzip_problem(path: Path) -> str | None:
+    """Why a gzip file cannot be decompressed to its end (truncated, corrupt, bad CRC), or None."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except _GZIP_ERRORS as exc:
+        return str(exc) or type(exc).__name__
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def gzip_error(path: Path, why: str) -> "InputError":
+    return InputError(f"{path}: corrupt or truncated gzip file ({why}); nothing was read from it")
+
+
+def is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def seekable_path(path: Path, spool_dir: str | Path | None = None):
+    """Yield a path that can be opened several times: ``path`` itself for a regular file, else a
+    temporary copy of the whole stream (a pipe, ``/dev/stdin``, a FIFO), removed afterwards.
+
+    The readers open a file more than once (first line, then the parser), which a pipe cannot
+    serve: the second open would see only what the first did not consume.
+    """
+    path = Path(path)
+    if not path.exists() or path.is_dir() or is_regular_file(path):
+        yield path
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".dmirec-stream.", suffix=".tmp", dir=spool_dir)
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 22)
+        yield Path(tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _rename_errors(exc: Exception, tmp: Path, path: Path) -> Exception:
+    """The same error with the temporary copy's name replaced by the name the user gave."""
+    if tmp == path:
+        return exc
+    return type(exc)(str(exc).replace(str(tmp), str(path)))
 
 
 def _first_line(path: Path) -> str | None:
@@ -191,9 +256,25 @@ def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, qu
     """Shared reader for delimited text logs.
 
     ``field_names`` (RecBole) turns a header field into its column name (``user_id:token`` ->
-    ``user_id``).
+    ``user_id``). A gzip file that is corrupt or truncated is reported as such, never as the
+    parse error its garbage would cause.
     """
     path = Path(path)
+    _check_file(path)
+    try:
+        return _read_delimited_text(path, sep, cols, header, quoting, field_names)
+    except (InputError, *_GZIP_ERRORS) as exc:
+        if _is_gzip(path):
+            why = gzip_problem(path)
+            if why is not None:
+                raise gzip_error(path, why) from None
+        if isinstance(exc, InputError):
+            raise
+        raise gzip_error(path, str(exc) or type(exc).__name__) from None
+
+
+def _read_delimited_text(path: Path, sep: str, cols: dict[str, str | int], header, quoting: int,
+                         field_names=None) -> pd.DataFrame:
     _check_file(path)
     first = _first_line(path)
     if first is None:
@@ -246,7 +327,7 @@ def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, qu
         return pd.read_csv(
             path, sep=sep, header=0 if has_header else None, names=list(range(n_fields)),
             dtype=dtype, na_filter=False, skip_blank_lines=False, quoting=quoting,
-            engine="c", compression="gzip" if _is_gzip(path) else None, encoding="utf-8",
+            engine="c", compression="gzip" if _is_gzip(path) else None, encoding=ENCODING,
         )
 
     def describe(i: int, what: str) -> InputError:
@@ -254,7 +335,9 @@ def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, qu
 
     try:
         try:
-            df = read(np.int64)
+            with warnings.catch_warnings():  # pandas warns on the int64 cast it then refuses
+                warnings.simplefilter("ignore", RuntimeWarning)
+                df = read(np.int64)
             times = None
         except (ValueError, OverflowError) as e:
             if isinstance(e, pd.errors.ParserError):
@@ -269,6 +352,8 @@ def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, qu
         raise InputError(f"{path}: cannot parse as {_sep_name(sep)}-separated text") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e})") from None
+    except _GZIP_ERRORS as e:
+        raise gzip_error(path, str(e) or type(e).__name__) from None
 
     # trailing blank lines (a file ending in an extra newline) are not interactions
     if len(df) and _is_blank_row(df, n_fields, len(df) - 1):
@@ -569,6 +654,12 @@ def read_log(path, format: str | None = None, **cols):
     """
     path = Path(path)
     fmt = format or infer_format(path)
+    if fmt != "comirec" and path.exists() and not path.is_dir() and not is_regular_file(path):
+        with seekable_path(path) as tmp:  # a pipe or /dev/stdin: read from a temporary copy
+            try:
+                return read_log(tmp, fmt, **cols)
+            except InputError as exc:
+                raise _rename_errors(exc, tmp, path) from None
     if fmt == "csv":
         if "sep" not in cols and path.name.lower().endswith((".tsv", ".tsv.gz")):
             cols["sep"] = "\t"
