@@ -207,11 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
 
     p = sub.add_parser("serve", help="answer recommendation requests over HTTP")
-    p.add_argument("bundle_dir")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threads", type=int, default=1, help="torch/faiss threads per request")
-    p.add_argument("--log-level", default="info")
+    from .serve.app_options import add_serve_arguments
+
+    add_serve_arguments(p)
 
     p = sub.add_parser("recommend", help="batch candidates for every user of an interaction log")
     p.add_argument("bundle_dir")
@@ -222,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-users", type=int, default=4096)
     p.add_argument("--exclude-history", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--user-col", default=None, help="user column name (default user_id, or user)")
+    p.add_argument("--item-col", default=None, help="item column name (default item_id, or item)")
+    p.add_argument("--time-col", default=None, help="timestamp column name (default timestamp)")
     for p in sub.choices.values():
         p.allow_abbrev = False  # --se=3 is not --seed=3: a config key override must be spelled out
     return parser

@@ -242,8 +242,26 @@ def _resolve_columns(fields: list[str], cols: dict[str, str | int], header: bool
     if missing:
         names = ", ".join(repr(m) for m in missing)
         raise InputError(f"{path}, line 1: missing column{'s' if len(missing) > 1 else ''} {names} "
-                         f"(the header has: {', '.join(fields)}); choose columns with "
-                         f"user_col/item_col/time_col")
+                         f"(the header has: {', '.join(fields)}); {COLUMN_HINT}")
+    return out
+
+
+COLUMN_HINT = "choose columns with --user-col/--item-col/--time-col (user_col=/item_col=/time_col= in Python)"
+# the default column names, and the other names they accept when a header lacks them
+DEFAULT_COLUMNS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp"}
+COLUMN_ALIASES = {"user_id": ("user",), "item_id": ("item",), "timestamp": ()}
+
+
+def resolve_aliases(fields: list[str], cols: dict[str, str | int]) -> dict[str, str | int]:
+    """A default column name missing from the header becomes its alias when that one is there
+    and every column is then found (``user,item,timestamp`` reads like ``user_id,item_id,timestamp``);
+    explicit names stay as given."""
+    out = dict(cols)
+    for role, col in cols.items():
+        if isinstance(col, str) and col == DEFAULT_COLUMNS.get(role) and col not in fields:
+            out[role] = next((a for a in COLUMN_ALIASES[col] if a in fields), col)
+    if any(isinstance(c, str) and c not in fields for c in out.values()):
+        return dict(cols)  # only a header the aliases complete is read through them
     return out
 
 
@@ -283,6 +301,7 @@ def _read_delimited_text(path: Path, sep: str, cols: dict[str, str | int], heade
         raise InputError(f"{path}, line 1: blank line (every line must hold one interaction)")
     raw_fields = _split_line(first, sep, quoting)
     fields = [field_names(f) for f in raw_fields] if field_names else raw_fields
+    cols = resolve_aliases(fields, cols)
     if header == "infer":
         named = [c for c in cols.values() if isinstance(c, str)]
         if any(c in fields for c in named):
@@ -439,13 +458,13 @@ def read_parquet(path, user_col: str = "user_id", item_col: str = "item_id",
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"{path}: not a Parquet file ({e})") from None
-    cols = {"user": user_col, "item": item_col, "timestamp": time_col}
+    cols = resolve_aliases(list(schema.names), {"user": user_col, "item": item_col, "timestamp": time_col})
+    time_col = cols["timestamp"]
     missing = [c for c in cols.values() if c not in schema.names]
     if missing:
         names = ", ".join(repr(m) for m in missing)
         raise InputError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {names} "
-                         f"(the file has: {', '.join(schema.names)}); choose columns with "
-                         f"user_col/item_col/time_col")
+                         f"(the file has: {', '.join(schema.names)}); {COLUMN_HINT}")
     df = pd.read_parquet(path, columns=list(dict.fromkeys(cols.values())))
     if len(df) == 0:
         raise InputError(f"{path}: no interactions (0 rows)")
