@@ -43,9 +43,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:  # e.g. a full disk: name the file
+            raise OSError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
 
 

@@ -18,6 +18,7 @@ A ComiRec split given as input (``format="comirec"``) is converted as it is, nev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -353,14 +354,17 @@ def prepare(input, outdir, format: str | None = None, core: int = 5, seed: int =
     if meta_path.exists():
         meta_path.unlink()  # the folder is not a dataset until the new meta.json is written
     for s in SPLITS:
-        save_split(outdir, s, data.splits[s])
+        with _naming_write_errors(outdir / f"{s}_*.npy"):
+            save_split(outdir, s, data.splits[s])
     try:
-        write_ids(outdir / "item_ids.txt", data.item_raw)
-        write_ids(outdir / "user_ids.txt", data.user_raw)
+        with _naming_write_errors(outdir / "item_ids.txt, user_ids.txt"):
+            write_ids(outdir / "item_ids.txt", data.item_raw)
+            write_ids(outdir / "user_ids.txt", data.user_raw)
     except DatasetError as e:
         raise InputError(f"{source}: {e}") from None
     if comirec_files:
-        _write_comirec_files(outdir, name, data)
+        with _naming_write_errors(outdir / f"{name}_*.txt"):
+            _write_comirec_files(outdir, name, data)
 
     report = PrepareReport(
         name=name, source=source, format=fmt, core=core_used, seed=seed_used, **stats,
@@ -386,9 +390,21 @@ def prepare(input, outdir, format: str | None = None, core: int = 5, seed: int =
     if comirec_files:
         meta["comirec_files"] = [f"{name}_{s}.txt" for s in (*SPLITS, "user_map", "item_map")]
     tmp = outdir / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(meta_path)
+    with _naming_write_errors(tmp):
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(meta_path)
     return report
+
+
+@contextlib.contextmanager
+def _naming_write_errors(what):
+    """An OSError while writing (a full disk says only "N requested and M written") names the file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename:
+            raise
+        raise OSError(exc.errno, f"{what}: cannot write ({exc.strerror or exc})") from None
 
 
 def shipped_beauty_path():
