@@ -218,3 +218,32 @@ def test_atomic_write_names_the_file_on_a_full_disk(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"last\.pt: cannot write \(No space left on device\)"):
         rundir.atomic_write_bytes(tmp_path / "last.pt", b"x" * 100)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_streaming_reader_reads_what_read_log_reads(tmp_path):
+    """Batch recommendation's streaming reader and prepare's reader share the header guess, column
+    aliases, id checks and timestamp parsing: on every log both accept, the same rows."""
+    from dmirec.serve.batch import iter_log
+
+    good = planted_log(rows=300, users=30, items=20, seed=5)
+    body = "\n".join(good.split("\n")[1:])
+    logs = {
+        "header.csv": good, "headerless.csv": body, "readme_names.csv": "user,item,timestamp\n" + body,
+        "bom.csv": "\ufeff" + good, "crlf.csv": good.replace("\n", "\r\n"),
+        "float_time.csv": good.replace(",1001\n", ",1001.5\n"),
+        "extra_col.csv": "\n".join(line + ",x" for line in good.strip().split("\n")) + "\n",
+        "tab.tsv": good.replace(",", "\t"),
+    }
+    compared = 0
+    for name, text in logs.items():
+        p = tmp_path / name
+        p.write_text(text, encoding="utf-8", newline="")
+        want = read_log(p)
+        batches = list(iter_log(p, batch_rows=64))
+        users = np.concatenate([b.users for b in batches]).tolist()
+        items = np.concatenate([b.items for b in batches]).tolist()
+        times = np.concatenate([b.timestamps for b in batches]).tolist()
+        assert users == want["user"].tolist() and items == want["item"].tolist(), name
+        assert times == want["timestamp"].tolist(), name
+        compared += 1
+    assert compared == len(logs)

@@ -215,10 +215,11 @@ def _parse_timestamps(values: pd.Series, where) -> np.ndarray:
         return np.asarray(arr, dtype=np.float64)
 
 
-def _check_ids(frame: pd.DataFrame, describe) -> None:
-    """Raise ``describe(row, what)`` for the first empty user or item id."""
+def _check_ids(frame, describe) -> None:
+    """Raise ``describe(row, what)`` for the first empty user or item id (``frame``: a DataFrame or
+    a mapping of ``user``/``item`` to arrays)."""
     for col in ("user", "item"):
-        empty = (frame[col] == "").to_numpy()
+        empty = np.asarray(frame[col] == "", dtype=bool)
         if empty.any():
             i = int(np.argmax(empty))
             raise describe(i, f"empty {col} id")
@@ -269,36 +270,14 @@ def resolve_aliases(fields: list[str], cols: dict[str, str | int]) -> dict[str, 
 # delimited text: CSV, TSV, RecBole
 
 
-def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, quoting: int,
-                    field_names=None) -> pd.DataFrame:
-    """Shared reader for delimited text logs.
+def locate_columns(path: Path, first: str, sep: str, quoting: int, cols: dict[str, str | int], header,
+                   field_names=None) -> tuple[list[str], bool, dict[str, int]]:
+    """(fields of line 1, whether line 1 is a header, field position of user/item/timestamp).
 
-    ``field_names`` (RecBole) turns a header field into its column name (``user_id:token`` ->
-    ``user_id``). A gzip file that is corrupt or truncated is reported as such, never as the
-    parse error its garbage would cause.
+    ``header="infer"``: line 1 is a header when it holds one of the column names, or when its
+    timestamp field is not a number (then the names must be there). Shared by :func:`read_csv`
+    and the streaming reader of batch recommendation, so both read a log the same way.
     """
-    path = Path(path)
-    _check_file(path)
-    try:
-        return _read_delimited_text(path, sep, cols, header, quoting, field_names)
-    except (InputError, *_GZIP_ERRORS) as exc:
-        if _is_gzip(path):
-            why = gzip_problem(path)
-            if why is not None:
-                raise gzip_error(path, why) from None
-        if isinstance(exc, InputError):
-            raise
-        raise gzip_error(path, str(exc) or type(exc).__name__) from None
-
-
-def _read_delimited_text(path: Path, sep: str, cols: dict[str, str | int], header, quoting: int,
-                         field_names=None) -> pd.DataFrame:
-    _check_file(path)
-    first = _first_line(path)
-    if first is None:
-        raise InputError(f"{path}: empty file (no header, no interactions)")
-    if first.strip() == "":
-        raise InputError(f"{path}, line 1: blank line (every line must hold one interaction)")
     raw_fields = _split_line(first, sep, quoting)
     fields = [field_names(f) for f in raw_fields] if field_names else raw_fields
     cols = resolve_aliases(fields, cols)
@@ -336,6 +315,40 @@ def _read_delimited_text(path: Path, sep: str, cols: dict[str, str | int], heade
                              f"without a header), found {len(fields)}")
         positions = _resolve_columns(fields, given, False, path)
 
+    return fields, has_header, positions
+
+
+def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, quoting: int,
+                    field_names=None) -> pd.DataFrame:
+    """Shared reader for delimited text logs.
+
+    ``field_names`` (RecBole) turns a header field into its column name (``user_id:token`` ->
+    ``user_id``). A gzip file that is corrupt or truncated is reported as such, never as the
+    parse error its garbage would cause.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        return _read_delimited_text(path, sep, cols, header, quoting, field_names)
+    except (InputError, *_GZIP_ERRORS) as exc:
+        if _is_gzip(path):
+            why = gzip_problem(path)
+            if why is not None:
+                raise gzip_error(path, why) from None
+        if isinstance(exc, InputError):
+            raise
+        raise gzip_error(path, str(exc) or type(exc).__name__) from None
+
+
+def _read_delimited_text(path: Path, sep: str, cols: dict[str, str | int], header, quoting: int,
+                         field_names=None) -> pd.DataFrame:
+    _check_file(path)
+    first = _first_line(path)
+    if first is None:
+        raise InputError(f"{path}: empty file (no header, no interactions)")
+    if first.strip() == "":
+        raise InputError(f"{path}, line 1: blank line (every line must hold one interaction)")
+    fields, has_header, positions = locate_columns(path, first, sep, quoting, cols, header, field_names)
     n_fields = len(fields)
     first_data_line = 2 if has_header else 1
     tpos = positions["timestamp"]

@@ -48,7 +48,7 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 
 
-class BatchInputError(ValueError):
+class BatchInputError(_readers.InputError):
     """The interaction log cannot be streamed; the message names the file and the row."""
 
 
@@ -89,23 +89,18 @@ def _infer_format(path: Path) -> str:
 
 
 def _parse_timestamps(values: np.ndarray, path: Path, first_row: int) -> np.ndarray:
-    num = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
-    arr = num.to_numpy()
-    if arr.dtype.kind in "iu":
-        return arr.astype(np.int64)
-    arr = arr.astype(np.float64)
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise BatchInputError(f"{path}, data row {first_row + i}: timestamp {values[i]!r} is not a number")
-    return arr
+    """Timestamps from strings exactly as :func:`dmirec.data.readers.read_csv` parses them."""
+    def where(i: int, value) -> BatchInputError:
+        return BatchInputError(f"{path}, data row {first_row + i}: timestamp {value!r} is not a number")
+
+    return _readers._parse_timestamps(pd.Series(values, dtype=object), where)
 
 
 def _check_ids(users: np.ndarray, items: np.ndarray, path: Path, first_row: int) -> None:
-    for name, col in (("user", users), ("item", items)):
-        empty = col == ""
-        if np.any(empty):
-            raise BatchInputError(f"{path}, data row {first_row + int(np.argmax(empty))}: empty {name} id")
+    def describe(i: int, what: str) -> BatchInputError:
+        return BatchInputError(f"{path}, data row {first_row + i}: {what}")
+
+    _readers._check_ids({"user": users, "item": items}, describe)
 
 
 def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: bool,
@@ -116,34 +111,13 @@ def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: b
     if first.strip() == "":
         raise BatchInputError(f"{path}: empty file or blank first line")
     quoting = csv.QUOTE_NONE if recbole else csv.QUOTE_MINIMAL
-    fields = next(csv.reader([first], delimiter=sep, quoting=quoting))
-    if recbole:
-        fields = [f.split(":", 1)[0] for f in fields]
-    cols = _readers.resolve_aliases(fields, cols)
-    names = [c for c in cols.values() if isinstance(c, str)]
-    if recbole or any(c in fields for c in names):
-        header = True
-    else:
-        tpos = cols["timestamp"] if isinstance(cols["timestamp"], int) else 2
-        try:
-            float(fields[tpos])
-            header = False
-        except (ValueError, IndexError):
-            header = True
-    if header:
-        missing = [c for c in cols.values() if isinstance(c, str) and c not in fields]
-        if missing:
-            raise BatchInputError(f"{path}, line 1: missing column(s) {', '.join(map(repr, missing))} "
-                                  f"(the header has: {', '.join(fields)}); {_readers.COLUMN_HINT}")
-        column_names = [f"c{j}" for j in range(len(fields))]
-        pos = {r: (c if isinstance(c, int) else fields.index(c)) for r, c in cols.items()}
-    else:
-        defaults = {"user": 0, "item": 1, "timestamp": 2}
-        pos = {r: (c if isinstance(c, int) else defaults[r]) for r, c in cols.items()}
-        column_names = [f"c{j}" for j in range(len(fields))]
-        if max(pos.values()) >= len(fields):
-            raise BatchInputError(f"{path}, line 1: expected at least {max(pos.values()) + 1} fields "
-                                  f"(user, item, timestamp without a header), found {len(fields)}")
+    field_names = _readers._recbole_name if recbole else None
+    try:  # the header guess and column positions of read_csv
+        fields, header, pos = _readers.locate_columns(path, first, sep, quoting, cols, True if recbole else "infer",
+                                                      field_names)
+    except _readers.InputError as exc:
+        raise BatchInputError(str(exc)) from None
+    column_names = [f"c{j}" for j in range(len(fields))]
     want = {r: f"c{p}" for r, p in pos.items()}
     read_opts = pacsv.ReadOptions(column_names=column_names, skip_rows=1 if header else 0,
                                   block_size=1 << 22)
