@@ -46,7 +46,7 @@ def bundle(bundle_dir):
 @pytest.fixture(scope="module")
 def client(bundle):
     with warnings.catch_warnings():  # starlette's TestClient warns about its httpx transport
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
     with TestClient(create_app(bundle), raise_server_exceptions=False) as c:
         yield c
