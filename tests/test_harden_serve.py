@@ -204,6 +204,10 @@ def test_stalled_body_gets_408_and_two_workers_serve(bundle_dir, bundle):
         body = {"history": bundle.item_ids[:4], "n": 7}
         want = bundle.recommend(body["history"], 7)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            # a hostile body, then a good one on the same keep-alive connection: 422, then 200
+            bad = c.post("/recommend", content=b'{"history": ["\\ud800", NaN], "n": 1e309}',
+                         headers={"content-type": "application/json"})
+            assert bad.status_code == 422 and c.post("/recommend", json=body).status_code == 200
             for _ in range(6):
                 got = c.post("/recommend", json=body).json()
                 assert [x["item"] for x in got["items"]] == [x["item"] for x in want["items"]]
