@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 
-import faiss
 import numpy as np
 import pytest
 

@@ -145,7 +145,7 @@ def test_cuda_without_gpu_is_one_line(data, tmp_path):
 
 
 def test_resume_extends_a_finished_run(data, tmp_path, capsys):
-    short, extended, straight = tmp_path / "short", tmp_path / "ext", tmp_path / "straight"
+    extended, straight = tmp_path / "ext", tmp_path / "straight"
     train(small_cfg(max_steps=40), data, extended)
     assert main(["train", "--resume", str(extended), "--max-steps=80"]) == 0
     capsys.readouterr()
@@ -164,7 +164,6 @@ def test_resume_extends_a_finished_run(data, tmp_path, capsys):
     assert "changes nothing" in capsys.readouterr().err
     assert main(["train", "--resume", str(extended), "--max_steps=30"]) == 2
     assert "below" in capsys.readouterr().err
-    del short
 
 
 def test_leftover_tmp_checkpoints_are_removed(data, tmp_path):

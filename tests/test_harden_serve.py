@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
