@@ -81,3 +81,21 @@ def test_bundle_recommend_with_index_holds_n(tmp_path, tiny_serving_run):
     assert len(got["items"]) == 150
     got = b.recommend(b.item_ids[:3], n=1000, exclude_history=True)
     assert len(got["items"]) == b.num_items - 3
+
+
+def test_batch_with_index_holds_n(tmp_path, tiny_serving_run):
+    import pandas as pd
+
+    from dmirec.export import export_bundle
+    from dmirec.serve.batch import recommend_batch
+
+    bundle_dir = tmp_path / "b"
+    export_bundle(tiny_serving_run[1], bundle_dir, query_sample=20)
+    build_index(bundle_dir, "hnsw", hnsw_m=4, ef_search=4, verbose=False)
+    ids = load_bundle(bundle_dir, verify=False).item_ids
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,timestamp\n" + "".join(f"u{u},{ids[(7 * u + k) % len(ids)]},{k}\n"
+                                                          for u in range(20) for k in range(6)))
+    recommend_batch(bundle_dir, log, tmp_path / "o.parquet", n=190, exclude_history=True, progress=False)
+    counts = pd.read_parquet(tmp_path / "o.parquet").groupby("user").size()
+    assert len(counts) == 20 and (counts == min(190, len(ids) - 6)).all()

@@ -188,9 +188,16 @@ def test_busy_port_is_an_error_before_serving(bundle_dir):
 
 def test_stalled_body_gets_408_and_two_workers_serve(bundle_dir, bundle):
     port = free_port()
-    proc = start(bundle_dir, port, "--workers", "2", "--body-timeout", "1")
+    proc = start(bundle_dir, port, "--workers", "2", "--body-timeout", "1", "--keep-alive", "1")
     try:
         wait_up(port, proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # idle keep-alive is closed
+            s.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            t0 = time.monotonic()
+            while s.recv(4096):
+                pass
+            assert time.monotonic() - t0 < 5
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(b"POST /recommend HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
                       b"content-length: 100\r\n\r\n{\"history\": [")
