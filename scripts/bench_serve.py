@@ -15,6 +15,10 @@ catalogue items. Results go to ``--out`` (default bench_results/serve.json, one 
 ``--label``) and a markdown table to stdout.
 
     .venv/bin/python scripts/bench_serve.py BUNDLE --rates 50,100,200 --duration 10
+    .venv/bin/python scripts/bench_serve.py BUNDLE --rates 100,200,400 --workers 2 --out bench_results/serve-load.json
+
+``--workers`` runs ``dmirec serve --workers N`` (N processes on one port); the server's limits
+(``--max-inflight``) are recorded, and answers refused with 503 are counted apart.
 
 ``--pin`` puts the server on CPU 1 and the load generator on CPU 0 (Linux), so the two do not
 fight over one core; on a shared machine other processes still contaminate the numbers, which
@@ -47,11 +51,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return out
+
+
 def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of ``pid`` and its worker processes (uvicorn --workers)."""
+    total = 0.0
+    for p in [pid, *_children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            if p == pid:
+                return None
+    return total
+
+
+def git_commit() -> str | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
         return None
 
 
@@ -66,9 +93,12 @@ def load_histories(bundle: Path, path: Path | None, count: int, seq_len: int, se
     return [[rng.choice(ids) for _ in range(rng.randint(1, 2 * seq_len))] for _ in range(count)]
 
 
-def start_server(bundle: Path, port: int, threads: int, pin: bool) -> subprocess.Popen:
+def start_server(bundle: Path, port: int, threads: int, pin: bool, workers: int = 1,
+                 max_inflight: int | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "dmirec.serve.app", str(bundle), "--port", str(port), "--threads", str(threads),
-           "--log-level", "warning"]
+           "--log-level", "warning", "--workers", str(workers)]
+    if max_inflight is not None:
+        cmd += ["--max-inflight", str(max_inflight)]
     preexec = (lambda: os.sched_setaffinity(0, {1})) if pin else None
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen(cmd, preexec_fn=preexec, env=env)
@@ -124,6 +154,7 @@ async def run_rate(base: str, bodies: list[dict], rate: float, count: int) -> di
     pct = (lambda a, q: float(np.percentile(a, q)) if len(a) else None)
     return {
         "rate": rate, "requests": count, "ok": int(ok.sum()), "errors": int((~ok).sum()),
+        "rejected_503": int((arr[:, 3] == 503).sum()),
         "achieved_rps": round(float(ok.sum() / span), 1) if span > 0 else None,
         "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "p99_ms": pct(lat, 99), "max_ms": pct(lat, 100),
         "mean_ms": float(lat.mean()) if len(lat) else None,
@@ -137,13 +168,14 @@ def markdown(entry: dict) -> str:
     head = (f"bundle `{entry['bundle']}`: {entry['metadata']['catalogue_size']:,} items, index {idx['kind']}"
             + (f" (recall@{rec['n']} {rec['merged']:.4f} vs exact)" if rec.get("merged") is not None else "")
             + f", n={entry['settings']['n']}, server threads={entry['settings']['threads']}, "
+            f"workers={entry['settings'].get('workers', 1)}, max in flight={entry['settings'].get('max_inflight')}, "
             f"pinned={entry['settings']['pin']}, cores={entry['machine']['cpus']}")
     lines = [head, "",
-             "| rate (req/s) | requests | errors | achieved (req/s) | p50 ms | p95 ms | p99 ms | max ms | server CPU ms/req | load avg |",
+             "| rate (req/s) | requests | errors (503) | achieved (req/s) | p50 ms | p95 ms | p99 ms | max ms | server CPU ms/req | load avg |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in entry["results"]:
         f = (lambda v: f"{v:.2f}" if isinstance(v, float) else "-")
-        lines.append(f"| {r['rate']:g} | {r['requests']} | {r['errors']} | {r['achieved_rps']} | {f(r['p50_ms'])} | "
+        lines.append(f"| {r['rate']:g} | {r['requests']} | {r['errors']} ({r.get('rejected_503', 0)}) | {r['achieved_rps']} | {f(r['p50_ms'])} | "
                      f"{f(r['p95_ms'])} | {f(r['p99_ms'])} | {f(r['max_ms'])} | {f(r.get('server_cpu_ms_per_request'))} | "
                      f"{r['load_before']:.1f} -> {r['load_after']:.1f} |")
     return "\n".join(lines)
@@ -165,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "bench_results" / "serve.json")
     p.add_argument("--label", default=None, help="key of this run in --out (default: bundle name + index kind)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (dmirec serve --workers)")
+    p.add_argument("--max-inflight", type=int, default=None, help="server limit per worker (default: the server's)")
     args = p.parse_args(argv)
+    wall0 = time.perf_counter()
 
     from dmirec.serve.bundle import read_manifest
 
@@ -178,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pin:
         os.sched_setaffinity(0, {0})
     t_start = time.perf_counter()
-    proc = start_server(args.bundle, port, args.threads, args.pin)
+    proc = start_server(args.bundle, port, args.threads, args.pin, args.workers, args.max_inflight)
     try:
         wait_healthy(base, proc, args.startup_timeout)
         startup = time.perf_counter() - t_start
@@ -211,11 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         "metadata": meta,
         "settings": {"rates": rates, "duration_s": args.duration, "max_requests": args.max_requests, "n": args.n,
                      "exclude_history": args.exclude_history, "threads": args.threads, "pin": args.pin,
-                     "histories": len(histories), "warmup": args.warmup, "generator": "asyncio+httpx open loop"},
+                     "histories": len(histories), "warmup": args.warmup, "generator": "asyncio+httpx open loop",
+                     "workers": args.workers, "max_inflight": meta.get("limits", {}).get("max_inflight"),
+                     "body_timeout_s": meta.get("limits", {}).get("body_timeout_s"), "seed": args.seed},
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "git_commit": git_commit(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "server_startup_s": round(startup, 2),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": results,
+        "wall_s": round(time.perf_counter() - wall0, 1),
     }
     label = args.label or f"{args.bundle.name}-{meta['index']['kind']}"
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,9 @@ Imports are lazy so that ``import dmirec`` stays cheap.
 
 from __future__ import annotations
 
+import sys
+import types
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -31,6 +34,26 @@ _EXPORTS = {
     "export_bundle": ("dmirec.export", "export_bundle"),
     "load_bundle": ("dmirec.serve", "load_bundle"),
 }
+
+
+class _Package(types.ModuleType):
+    """``dmirec.train`` is the function :func:`dmirec.train.train`, also once the submodule
+    ``dmirec.train`` has been imported (an import binds a submodule as an attribute of its
+    package, which would otherwise replace the function by the module). ``from dmirec.train
+    import make_config`` still imports from the module."""
+
+    @property
+    def train(self):
+        from .train import train
+
+        return train
+
+    @train.setter
+    def train(self, module) -> None:  # the import system binding the submodule: keep the function
+        self.__dict__["_train_module"] = module
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

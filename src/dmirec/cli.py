@@ -49,9 +49,13 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from .train import make_config, resume, train
 
     if args.resume:
-        if extra or args.data or args.model or args.config:
-            raise ConfigError("--resume takes only the run directory: its saved config is used as is")
-        result = resume(args.resume)
+        if args.data or args.model or args.config or args.backbone or args.seed is not None:
+            raise ConfigError("--resume takes the run directory (and --max_steps=N to extend it): its saved "
+                              "config is used as is")
+        overrides = parse_overrides(extra)
+        if args.device is not None:
+            overrides["device"] = args.device
+        result = resume(args.resume, overrides=overrides)
     else:
         if not args.data or not args.out:
             raise ConfigError("train needs --data DIR and --out RUN_DIR (or --resume RUN_DIR)")
@@ -74,7 +78,11 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from .evaluate import evaluate_run
+    from .rundir import unfinished_note
 
+    note = unfinished_note(args.run_dir)
+    if note:
+        print(f"dmirec evaluate: note: {note}", file=sys.stderr)
     # --key=value: evaluation-time config changes (neighbour rule, guidance, sampler, ...)
     metrics = evaluate_run(args.run_dir, split=args.split, exclude_history=args.exclude_history or None,
                            backend=args.backend, which=args.checkpoint, overrides=parse_overrides(extra) or None)
@@ -113,8 +121,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     from .export import export_cmd
+    from .rundir import unfinished_note
 
     args.overrides = parse_overrides(extra) or None  # --key=value: e.g. the neighbour rule, served as evaluated
+    note = unfinished_note(args.run_dir)
+    if note:
+        print(f"dmirec export: note: {note}", file=sys.stderr)
     return export_cmd(args)
 
 
@@ -195,11 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
 
     p = sub.add_parser("serve", help="answer recommendation requests over HTTP")
-    p.add_argument("bundle_dir")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threads", type=int, default=1, help="torch/faiss threads per request")
-    p.add_argument("--log-level", default="info")
+    from .serve.app_options import add_serve_arguments
+
+    add_serve_arguments(p)
 
     p = sub.add_parser("recommend", help="batch candidates for every user of an interaction log")
     p.add_argument("bundle_dir")
@@ -210,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-users", type=int, default=4096)
     p.add_argument("--exclude-history", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--user-col", default=None, help="user column name (default user_id, or user)")
+    p.add_argument("--item-col", default=None, help="item column name (default item_id, or item)")
+    p.add_argument("--time-col", default=None, help="timestamp column name (default timestamp)")
+    for p in sub.choices.values():
+        p.allow_abbrev = False  # --se=3 is not --seed=3: a config key override must be spelled out
     return parser
 
 

@@ -10,6 +10,7 @@ docs/design.md (D=64, K=4, batch 128, Adam 1e-3, 1,280 shared uniform negatives,
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -142,10 +143,16 @@ def _coerce(key: str, value: Any) -> Any:
             if low in ("false", "0", "no", "off"):
                 return False
             raise ConfigError(f"config key {key!r}: expected a boolean, got {value!r}")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config key {key!r}: cannot parse {value!r}") from exc
+        number = _parse_number(text) if want in (int, float) else None
+        if number is not None:
+            value = number
+        else:
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config key {key!r}: cannot parse {value!r}") from exc
+    if want is int and isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)  # 1e5 for a step count
     if want is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"config key {key!r}: expected a boolean, got {value!r}")
@@ -163,6 +170,20 @@ def _coerce(key: str, value: Any) -> Any:
             raise ConfigError(f"config key {key!r}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"config key {key!r}: unsupported field type {want}")
+
+
+def _parse_number(text: str) -> int | float | None:
+    """``1e-3``, ``5e4``, ``100_000``, ``.5`` as Python reads them (YAML 1.1 takes ``1e-3`` for a
+    string); None when the text is not a finite number."""
+    for parse in (int, float):
+        try:
+            value = parse(text)
+        except ValueError:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+    return None
 
 
 # The one registry of allowed values; modules take their choices from here.
@@ -266,14 +287,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
-    """Turn ``["--lr=0.01", "batch_size=64"]`` into ``{"lr": "0.01", "batch_size": "64"}``."""
+    """Turn ``["--lr=0.01", "batch_size=64"]`` into ``{"lr": "0.01", "batch_size": "64"}``.
+
+    ``--max-steps=5`` and ``--max_steps=5`` are the same key. Unknown keys, a key given twice,
+    and a key without ``=value`` are errors (nothing is ignored or silently overridden).
+    """
     out: dict[str, str] = {}
     for item in items:
         text = item[2:] if item.startswith("--") else item
         if "=" not in text:
-            raise ConfigError(f"override {item!r}: expected --key=value")
+            hint = f" (write --{text}=VALUE)" if text.replace("-", "_") in _FIELDS else ""
+            raise ConfigError(f"override {item!r}: expected --key=value{hint}")
         key, value = text.split("=", 1)
-        out[key.replace("-", "_")] = value
+        key = key.replace("-", "_")
+        if key not in _FIELDS:
+            raise ConfigError(f"command line: unknown config key {key!r}")
+        if key in out:
+            raise ConfigError(f"command line: config key {key!r} is given twice ({out[key]!r} and {value!r})")
+        out[key] = value
     return out
 
 

@@ -73,6 +73,7 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
         "source": {
             "run_dir": str(run_dir.resolve()),
             "checkpoint": which,
+            "finished": result_path.exists(),
             "valid_recall@50": result.get("valid_recall@50"),
             "best_step": result.get("best_step"),
             "test": result.get("test"),

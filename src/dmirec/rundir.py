@@ -17,9 +17,13 @@ to load a trained model.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
+import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,9 +43,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not exc.filename:  # e.g. a full disk: name the file
+            raise OSError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from None
         raise
 
 
@@ -55,11 +61,95 @@ def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class RunError(ValueError):
+    """A run directory is busy, unfinished or damaged; the message names the run and the file."""
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise RunError(f"{path}: cannot read the checkpoint, it is truncated or corrupt ({why})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# one writer per run directory
+
+
+LOCK_FILE = ".lock"
+
+
+def _lock_holder(run_dir: Path) -> str:
+    try:
+        return (Path(run_dir) / LOCK_FILE).read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path):
+    """Hold an exclusive lock on ``run_dir`` (``RUN_DIR/.lock``, ``flock``) while training it.
+
+    A second process (or a second call in this one) that tries to train or resume the same run
+    gets a :class:`RunError` naming the holder's pid. The kernel drops the lock when the holder
+    exits, however it exits, so a killed run never leaves a stale lock. A folder this call had
+    to create, and that holds nothing else when the body fails, is removed again.
+    """
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_dir / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise RunError(f"{run_dir}: another process (pid {_lock_holder(run_dir)}) is training this run; "
+                       f"wait for it to finish or stop it before resuming") from None
+    ok = False
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        for leftover in [*run_dir.glob(".*.tmp"), *(run_dir / "checkpoints").glob(".*.tmp")]:
+            leftover.unlink(missing_ok=True)  # a kill during an atomic write leaves its temporary file
+        yield
+        ok = True
+    finally:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fh.close()
+        if not ok and created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def training_pid(run_dir: str | Path) -> str | None:
+    """The pid training ``run_dir`` now (its lock is held), or None."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.exists():
+        return None
+    with open(path, "a+", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _lock_holder(run_dir)
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return None
+
+
+def unfinished_note(run_dir: str | Path) -> str | None:
+    """A one-line note when ``run_dir`` is still training or never finished (no result.json), else None."""
+    run_dir = Path(run_dir)
+    pid = training_pid(run_dir)
+    if pid is not None:
+        return f"{run_dir} is still training (pid {pid}): using its checkpoint as it is now"
+    if not (run_dir / "result.json").exists():
+        return (f"{run_dir} is unfinished (no result.json; killed or still to resume with "
+                f"`dmirec train --resume {run_dir}`): using its checkpoint as it is now")
+    return None
 
 
 def write_config(run_dir: Path, cfg: Config) -> None:

@@ -36,7 +36,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+        raise ConfigError("config key 'device': 'cuda' requested but torch sees no CUDA device "
+                          "(use --device cpu or auto)")
     return torch.device(name)
 
 
@@ -98,7 +99,15 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     """Train ``cfg.model`` on the prepared dataset ``data_dir``; returns the test metrics.
 
     ``callback(step)`` is called after every optimisation step (tests use it to interrupt a run).
+    The run directory is locked while training (:func:`dmirec.rundir.run_lock`): a second
+    process training or resuming the same run is refused.
     """
+    with rundir.run_lock(run_dir):
+        return _train(cfg, data_dir, run_dir, resume, callback)
+
+
+def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
+           callback: Callable[[int], None] | None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     data = load_dataset(data_dir)
     if cfg.threads > 0:
@@ -130,7 +139,12 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
 
     if resume:
         ckpt = rundir.load_checkpoint(ckpt_dir / "last.pt", map_location=device)
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, KeyError, TypeError) as err:
+            first = str(err).splitlines()[1 if len(str(err).splitlines()) > 1 else 0].strip()[:200]
+            raise rundir.RunError(f"{ckpt_dir / 'last.pt'}: does not fit the model of {run_dir / 'config.yaml'} "
+                                  f"(was config.yaml edited after the run started? {first})") from None
         if optimizer is not None and ckpt.get("optimizer") is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
         sampler.set_state(ckpt["sampler"])
@@ -139,6 +153,9 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
         state.update(ckpt["state"])
+        if state["stopped"] == "max_steps" and state["step"] < cfg.max_steps:
+            state["stopped"] = None  # resumed with a larger max_steps: extend the run
+        rundir.write_config(run_dir, cfg)
         rows = [r for r in rundir.read_metrics(run_dir) if r.get("split") == "valid" and r["step"] <= state["step"]]
         rundir.rewrite_metrics(run_dir, rows)
     else:
@@ -240,11 +257,45 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     return result
 
 
-def resume(run_dir: str | Path, callback: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Continue an interrupted run from its last checkpoint, with its saved config and data."""
+RESUME_KEYS = ("max_steps", "progress", "threads", "device")  # what a resume may change
+
+
+def resume(run_dir: str | Path, callback: Callable[[int], None] | None = None,
+           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Continue an interrupted run from its last checkpoint, with its saved config and data.
+
+    ``overrides`` may change only :data:`RESUME_KEYS`; a larger ``max_steps`` extends a run that
+    stopped at its step budget (a run stopped by early stopping cannot be extended). An override
+    that changes nothing is an error.
+    """
     run_dir = Path(run_dir)
     cfg = rundir.read_config(run_dir)
     data_ref = rundir.read_data_ref(run_dir)
+    if overrides:
+        cfg = _resume_config(run_dir, cfg, overrides)
     if not (run_dir / "checkpoints" / "last.pt").exists():
         return train(cfg, data_ref["path"], run_dir, resume=False, callback=callback)
     return train(cfg, data_ref["path"], run_dir, resume=True, callback=callback)
+
+
+def _resume_config(run_dir: Path, cfg: Config, overrides: dict[str, Any]) -> Config:
+    """The saved config with the resume overrides applied, refusing what cannot apply."""
+    bad = sorted(set(k.replace("-", "_") for k in overrides) - set(RESUME_KEYS))
+    if bad:
+        raise ConfigError(f"--resume: {', '.join(bad)} cannot change when resuming (the run's config.yaml is "
+                          f"used as is; only {', '.join(RESUME_KEYS)} may be given)")
+    new = cfg.replace(**{k.replace("-", "_"): v for k, v in overrides.items()})
+    same = [k for k in overrides if getattr(new, k.replace("-", "_")) == getattr(cfg, k.replace("-", "_"))]
+    if same:
+        raise ConfigError(f"--resume: {', '.join(f'{k}={overrides[k]}' for k in same)} changes nothing "
+                          f"(the run already has that value)")
+    if new.max_steps != cfg.max_steps:
+        last = run_dir / "checkpoints" / "last.pt"
+        state = rundir.load_checkpoint(last)["state"] if last.exists() else {"step": 0, "stopped": None}
+        if new.max_steps < state["step"]:
+            raise ConfigError(f"--resume: max_steps={new.max_steps} is below the {state['step']} steps "
+                              f"{run_dir} has already trained")
+        if state["stopped"] in ("patience", "nothing to train"):
+            raise ConfigError(f"--resume: {run_dir} stopped by {state['stopped']} at step {state['step']}; "
+                              f"more steps would not train it (start a new run to change the schedule)")
+    return new

@@ -18,6 +18,7 @@ A ComiRec split given as input (``format="comirec"``) is converted as it is, nev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,8 @@ class PrepareReport:
     split_interactions: dict = field(default_factory=dict)
     outdir: str = ""
     converted: bool = False  # True when a given ComiRec split was converted without re-splitting
+    ids_with_spaces: int = 0  # distinct raw user/item ids with leading or trailing whitespace (kept as written)
+    duplicate_rows: int = 0  # rows repeating an earlier (user, item, timestamp) row (kept, as the protocol does)
 
     def summary(self) -> str:
         lines = [f"Read {self.rows_read:,} interactions of {self.users_read:,} users and "
@@ -72,6 +75,12 @@ class PrepareReport:
                          f"({self.rows_filtered_user_core:,} more interactions).")
         lines.append(f"Kept {self.rows_kept:,} interactions of {self.users_kept:,} users and "
                      f"{self.items_kept:,} items.")
+        if self.ids_with_spaces:
+            lines.append(f"Note: {self.ids_with_spaces:,} raw user/item ids have surrounding spaces; they are kept "
+                         f"as written, so ' a' and 'a' are different ids (strip them first if they are the same).")
+        if self.duplicate_rows:
+            lines.append(f"Note: {self.duplicate_rows:,} duplicate rows repeat an earlier (user, item, timestamp) row; "
+                         f"they are kept as separate interactions (the ComiRec protocol counts repeats).")
         if self.split_users:
             parts = ", ".join(f"{s} {self.split_users[s]:,} users / {self.split_interactions[s]:,} interactions"
                               for s in SPLITS)
@@ -153,8 +162,16 @@ def _comirec_split(frame: pd.DataFrame, core: int, seed: int, source: str) -> tu
         rows_filtered_item_core=n_item_rows_dropped, users_filtered_core=int(n_users - num_users),
         rows_filtered_user_core=int(row_item_kept.sum() - keep.sum()),
         items_filtered_core=int(n_items - num_items),
+        ids_with_spaces=_count_spaced(u_uniques) + _count_spaced(i_uniques),
+        duplicate_rows=int(frame.duplicated(["user", "item", "timestamp"]).sum()),
     )
     return _Split(item_raw=item_raw, user_raw=user_raw, splits=splits), stats
+
+
+def _count_spaced(uniques) -> int:
+    """Distinct ids with leading or trailing whitespace."""
+    values = pd.Series(np.asarray(uniques, dtype=object)).astype(str)
+    return int((values != values.str.strip()).sum())
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,14 +354,17 @@ def prepare(input, outdir, format: str | None = None, core: int = 5, seed: int =
     if meta_path.exists():
         meta_path.unlink()  # the folder is not a dataset until the new meta.json is written
     for s in SPLITS:
-        save_split(outdir, s, data.splits[s])
+        with _naming_write_errors(outdir / f"{s}_*.npy"):
+            save_split(outdir, s, data.splits[s])
     try:
-        write_ids(outdir / "item_ids.txt", data.item_raw)
-        write_ids(outdir / "user_ids.txt", data.user_raw)
+        with _naming_write_errors(outdir / "item_ids.txt, user_ids.txt"):
+            write_ids(outdir / "item_ids.txt", data.item_raw)
+            write_ids(outdir / "user_ids.txt", data.user_raw)
     except DatasetError as e:
         raise InputError(f"{source}: {e}") from None
     if comirec_files:
-        _write_comirec_files(outdir, name, data)
+        with _naming_write_errors(outdir / f"{name}_*.txt"):
+            _write_comirec_files(outdir, name, data)
 
     report = PrepareReport(
         name=name, source=source, format=fmt, core=core_used, seed=seed_used, **stats,
@@ -370,9 +390,21 @@ def prepare(input, outdir, format: str | None = None, core: int = 5, seed: int =
     if comirec_files:
         meta["comirec_files"] = [f"{name}_{s}.txt" for s in (*SPLITS, "user_map", "item_map")]
     tmp = outdir / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(meta_path)
+    with _naming_write_errors(tmp):
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(meta_path)
     return report
+
+
+@contextlib.contextmanager
+def _naming_write_errors(what):
+    """An OSError while writing (a full disk says only "N requested and M written") names the file."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename:
+            raise
+        raise OSError(exc.errno, f"{what}: cannot write ({exc.strerror or exc})") from None
 
 
 def shipped_beauty_path():

@@ -14,10 +14,17 @@ Parquet file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
+import os
 import re
+import shutil
+import stat
+import tempfile
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +67,68 @@ def _is_gzip(path: Path) -> bool:
         return f.read(2) == b"\x1f\x8b"
 
 
+# a UTF-8 byte-order mark at the start of a file is read as such, never as part of the first field
+ENCODING = "utf-8-sig"
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
 def _open_text(path: Path):
     if _is_gzip(path):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=ENCODING, newline="")
+    return open(path, encoding=ENCODING, newline="")
+
+
+def gzip_problem(path: Path) -> str | None:
+    """Why a gzip file cannot be decompressed to its end (truncated, corrupt, bad CRC), or None."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except _GZIP_ERRORS as exc:
+        return str(exc) or type(exc).__name__
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def gzip_error(path: Path, why: str) -> "InputError":
+    return InputError(f"{path}: corrupt or truncated gzip file ({why}); nothing was read from it")
+
+
+def is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def seekable_path(path: Path, spool_dir: str | Path | None = None):
+    """Yield a path that can be opened several times: ``path`` itself for a regular file, else a
+    temporary copy of the whole stream (a pipe, ``/dev/stdin``, a FIFO), removed afterwards.
+
+    The readers open a file more than once (first line, then the parser), which a pipe cannot
+    serve: the second open would see only what the first did not consume.
+    """
+    path = Path(path)
+    if not path.exists() or path.is_dir() or is_regular_file(path):
+        yield path
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".dmirec-stream.", suffix=".tmp", dir=spool_dir)
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 22)
+        yield Path(tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _rename_errors(exc: Exception, tmp: Path, path: Path) -> Exception:
+    """The same error with the temporary copy's name replaced by the name the user gave."""
+    if tmp == path:
+        return exc
+    return type(exc)(str(exc).replace(str(tmp), str(path)))
 
 
 def _first_line(path: Path) -> str | None:
@@ -150,10 +215,11 @@ def _parse_timestamps(values: pd.Series, where) -> np.ndarray:
         return np.asarray(arr, dtype=np.float64)
 
 
-def _check_ids(frame: pd.DataFrame, describe) -> None:
-    """Raise ``describe(row, what)`` for the first empty user or item id."""
+def _check_ids(frame, describe) -> None:
+    """Raise ``describe(row, what)`` for the first empty user or item id (``frame``: a DataFrame or
+    a mapping of ``user``/``item`` to arrays)."""
     for col in ("user", "item"):
-        empty = (frame[col] == "").to_numpy()
+        empty = np.asarray(frame[col] == "", dtype=bool)
         if empty.any():
             i = int(np.argmax(empty))
             raise describe(i, f"empty {col} id")
@@ -177,8 +243,26 @@ def _resolve_columns(fields: list[str], cols: dict[str, str | int], header: bool
     if missing:
         names = ", ".join(repr(m) for m in missing)
         raise InputError(f"{path}, line 1: missing column{'s' if len(missing) > 1 else ''} {names} "
-                         f"(the header has: {', '.join(fields)}); choose columns with "
-                         f"user_col/item_col/time_col")
+                         f"(the header has: {', '.join(fields)}); {COLUMN_HINT}")
+    return out
+
+
+COLUMN_HINT = "choose columns with --user-col/--item-col/--time-col (user_col=/item_col=/time_col= in Python)"
+# the default column names, and the other names they accept when a header lacks them
+DEFAULT_COLUMNS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp"}
+COLUMN_ALIASES = {"user_id": ("user",), "item_id": ("item",), "timestamp": ()}
+
+
+def resolve_aliases(fields: list[str], cols: dict[str, str | int]) -> dict[str, str | int]:
+    """A default column name missing from the header becomes its alias when that one is there
+    and every column is then found (``user,item,timestamp`` reads like ``user_id,item_id,timestamp``);
+    explicit names stay as given."""
+    out = dict(cols)
+    for role, col in cols.items():
+        if isinstance(col, str) and col == DEFAULT_COLUMNS.get(role) and col not in fields:
+            out[role] = next((a for a in COLUMN_ALIASES[col] if a in fields), col)
+    if any(isinstance(c, str) and c not in fields for c in out.values()):
+        return dict(cols)  # only a header the aliases complete is read through them
     return out
 
 
@@ -186,22 +270,17 @@ def _resolve_columns(fields: list[str], cols: dict[str, str | int], header: bool
 # delimited text: CSV, TSV, RecBole
 
 
-def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, quoting: int,
-                    field_names=None) -> pd.DataFrame:
-    """Shared reader for delimited text logs.
+def locate_columns(path: Path, first: str, sep: str, quoting: int, cols: dict[str, str | int], header,
+                   field_names=None) -> tuple[list[str], bool, dict[str, int]]:
+    """(fields of line 1, whether line 1 is a header, field position of user/item/timestamp).
 
-    ``field_names`` (RecBole) turns a header field into its column name (``user_id:token`` ->
-    ``user_id``).
+    ``header="infer"``: line 1 is a header when it holds one of the column names, or when its
+    timestamp field is not a number (then the names must be there). Shared by :func:`read_csv`
+    and the streaming reader of batch recommendation, so both read a log the same way.
     """
-    path = Path(path)
-    _check_file(path)
-    first = _first_line(path)
-    if first is None:
-        raise InputError(f"{path}: empty file (no header, no interactions)")
-    if first.strip() == "":
-        raise InputError(f"{path}, line 1: blank line (every line must hold one interaction)")
     raw_fields = _split_line(first, sep, quoting)
     fields = [field_names(f) for f in raw_fields] if field_names else raw_fields
+    cols = resolve_aliases(fields, cols)
     if header == "infer":
         named = [c for c in cols.values() if isinstance(c, str)]
         if any(c in fields for c in named):
@@ -236,6 +315,40 @@ def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, qu
                              f"without a header), found {len(fields)}")
         positions = _resolve_columns(fields, given, False, path)
 
+    return fields, has_header, positions
+
+
+def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, quoting: int,
+                    field_names=None) -> pd.DataFrame:
+    """Shared reader for delimited text logs.
+
+    ``field_names`` (RecBole) turns a header field into its column name (``user_id:token`` ->
+    ``user_id``). A gzip file that is corrupt or truncated is reported as such, never as the
+    parse error its garbage would cause.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        return _read_delimited_text(path, sep, cols, header, quoting, field_names)
+    except (InputError, *_GZIP_ERRORS) as exc:
+        if _is_gzip(path):
+            why = gzip_problem(path)
+            if why is not None:
+                raise gzip_error(path, why) from None
+        if isinstance(exc, InputError):
+            raise
+        raise gzip_error(path, str(exc) or type(exc).__name__) from None
+
+
+def _read_delimited_text(path: Path, sep: str, cols: dict[str, str | int], header, quoting: int,
+                         field_names=None) -> pd.DataFrame:
+    _check_file(path)
+    first = _first_line(path)
+    if first is None:
+        raise InputError(f"{path}: empty file (no header, no interactions)")
+    if first.strip() == "":
+        raise InputError(f"{path}, line 1: blank line (every line must hold one interaction)")
+    fields, has_header, positions = locate_columns(path, first, sep, quoting, cols, header, field_names)
     n_fields = len(fields)
     first_data_line = 2 if has_header else 1
     tpos = positions["timestamp"]
@@ -246,7 +359,7 @@ def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, qu
         return pd.read_csv(
             path, sep=sep, header=0 if has_header else None, names=list(range(n_fields)),
             dtype=dtype, na_filter=False, skip_blank_lines=False, quoting=quoting,
-            engine="c", compression="gzip" if _is_gzip(path) else None, encoding="utf-8",
+            engine="c", compression="gzip" if _is_gzip(path) else None, encoding=ENCODING,
         )
 
     def describe(i: int, what: str) -> InputError:
@@ -254,7 +367,9 @@ def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, qu
 
     try:
         try:
-            df = read(np.int64)
+            with warnings.catch_warnings():  # pandas warns on the int64 cast it then refuses
+                warnings.simplefilter("ignore", RuntimeWarning)
+                df = read(np.int64)
             times = None
         except (ValueError, OverflowError) as e:
             if isinstance(e, pd.errors.ParserError):
@@ -269,6 +384,8 @@ def _read_delimited(path: Path, sep: str, cols: dict[str, str | int], header, qu
         raise InputError(f"{path}: cannot parse as {_sep_name(sep)}-separated text") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e})") from None
+    except _GZIP_ERRORS as e:
+        raise gzip_error(path, str(e) or type(e).__name__) from None
 
     # trailing blank lines (a file ending in an extra newline) are not interactions
     if len(df) and _is_blank_row(df, n_fields, len(df) - 1):
@@ -354,13 +471,13 @@ def read_parquet(path, user_col: str = "user_id", item_col: str = "item_id",
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"{path}: not a Parquet file ({e})") from None
-    cols = {"user": user_col, "item": item_col, "timestamp": time_col}
+    cols = resolve_aliases(list(schema.names), {"user": user_col, "item": item_col, "timestamp": time_col})
+    time_col = cols["timestamp"]
     missing = [c for c in cols.values() if c not in schema.names]
     if missing:
         names = ", ".join(repr(m) for m in missing)
         raise InputError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {names} "
-                         f"(the file has: {', '.join(schema.names)}); choose columns with "
-                         f"user_col/item_col/time_col")
+                         f"(the file has: {', '.join(schema.names)}); {COLUMN_HINT}")
     df = pd.read_parquet(path, columns=list(dict.fromkeys(cols.values())))
     if len(df) == 0:
         raise InputError(f"{path}: no interactions (0 rows)")
@@ -569,6 +686,12 @@ def read_log(path, format: str | None = None, **cols):
     """
     path = Path(path)
     fmt = format or infer_format(path)
+    if fmt != "comirec" and path.exists() and not path.is_dir() and not is_regular_file(path):
+        with seekable_path(path) as tmp:  # a pipe or /dev/stdin: read from a temporary copy
+            try:
+                return read_log(tmp, fmt, **cols)
+            except InputError as exc:
+                raise _rename_errors(exc, tmp, path) from None
     if fmt == "csv":
         if "sep" not in cols and path.name.lower().endswith((".tsv", ".tsv.gz")):
             cols["sep"] = "\t"

@@ -99,6 +99,7 @@ def build_model(cfg: Config, num_items: int, popularity: np.ndarray | None = Non
     if popularity is None:
         popularity = np.zeros(num_items + 1, dtype=np.int64)
     model = REGISTRY[cfg.model](cfg, num_items, popularity)
+    model.history_len = int(cfg.seq_len)  # user_vectors keeps the last seq_len items of longer histories
     return attach_bank(model, cfg) if needs_bank(cfg) else model
 
 

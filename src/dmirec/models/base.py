@@ -20,6 +20,7 @@ Models know nothing about training loops, files or HTTP.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +44,38 @@ def argmax_readout(interests: torch.Tensor, target_emb: torch.Tensor) -> torch.T
     return interests[torch.arange(interests.shape[0], device=interests.device), best]  # (B, D)
 
 
+def _keep_last_items(user_vectors):
+    """Wrap a ``user_vectors`` so that a history longer than the model's ``history_len`` keeps its
+    last ``history_len`` columns (the most recent items of a left-padded history)."""
+
+    @functools.wraps(user_vectors)
+    def wrapper(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = getattr(self, "history_len", None)
+        if keep and history.shape[-1] > keep:
+            history, mask = history[..., -keep:], mask[..., -keep:]  # (B, L)
+        return user_vectors(self, history, mask)
+
+    wrapper.keeps_last_items = True
+    return wrapper
+
+
 class RetrievalModel(nn.Module):
     """Base class: an item embedding table plus the contract above.
 
     Subclasses implement :meth:`interests`. The default :meth:`train_forward` is the hard argmax
     read-out of ComiRec; the default :meth:`user_vectors` returns the interests themselves.
+    ``user_vectors`` of every model accepts histories longer than the configured ``seq_len``
+    (``history_len``, set by :func:`dmirec.models.build_model`) and keeps their last ``seq_len``
+    items, as serving does.
     """
+
+    history_len: int | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("user_vectors")
+        if own is not None and not getattr(own, "keeps_last_items", False):
+            cls.user_vectors = _keep_last_items(own)
 
     def __init__(self, num_items: int, embedding_dim: int):
         super().__init__()
@@ -62,6 +89,7 @@ class RetrievalModel(nn.Module):
     def item_embeddings(self) -> torch.Tensor:
         return self.item_emb.weight  # (N + 1, D)
 
+    @_keep_last_items
     def user_vectors(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.with_neighbours(self.interests(history, mask)[0])  # (B, K, D)
 

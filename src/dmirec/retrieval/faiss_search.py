@@ -14,6 +14,12 @@ are whatever the index returns (approximate for compressed indexes).
 
 :func:`merge_candidates` is the numpy merge on its own, reusable by any backend that produces
 per-interest candidate lists.
+
+An approximate index can return fewer than ``n`` distinct items for a user (IVF with a small
+``nprobe`` visits few cells; HNSW's graph search can stop short for a large ``n``). Those users
+are searched again exactly (a flat inner-product index over the same items), so an answer holds
+``n`` items whenever the catalogue, minus the excluded items, does. ``exact_fallbacks`` counts
+the users answered that way.
 """
 
 from __future__ import annotations
@@ -32,6 +38,13 @@ from dmirec.retrieval.exact import (
 )
 
 __all__ = ["FaissSearch", "merge_candidates"]
+
+
+def _rows_csr(excl: ExcludeCSR | None, rows: np.ndarray) -> list[np.ndarray] | None:
+    """The exclusions of the selected rows, as one id array per row."""
+    if excl is None:
+        return None
+    return [excl.indices[excl.indptr[r]:excl.indptr[r + 1]] for r in rows.tolist()]
 
 
 def _slice_csr(excl: ExcludeCSR | None, u0: int, u1: int) -> ExcludeCSR | None:
@@ -125,10 +138,12 @@ class FaissSearch:
         self.user_chunk = int(user_chunk)
         if num_threads is not None:
             faiss.omp_set_num_threads(int(num_threads))
+        self.approximate = index is not None and not isinstance(index, faiss.IndexFlat)
+        self._items = e if self.approximate else None  # (N + 1, D), for the exact fallback
+        self._exact: Any = None
+        self.exact_fallbacks = 0
         if index is None:
-            index = faiss.IndexFlatIP(self.dim)
-            if self.num_items:
-                index.add(np.ascontiguousarray(e[1:], dtype=np.float32))  # (N, D)
+            index = self._flat_index(e)
         else:
             if index.d != self.dim:
                 raise ValueError(f"index has d={index.d} but items have D={self.dim}")
@@ -140,6 +155,40 @@ class FaissSearch:
             if index.metric_type != faiss.METRIC_INNER_PRODUCT:
                 raise ValueError("index must use the inner-product metric (METRIC_INNER_PRODUCT)")
         self.index = index
+
+    def _flat_index(self, e: np.ndarray) -> Any:
+        index = faiss.IndexFlatIP(self.dim)
+        if self.num_items:
+            index.add(np.ascontiguousarray(e[1:], dtype=np.float32))  # (N, D)
+        return index
+
+    def _search_index(self, index: Any, q: np.ndarray, n: int, excl: ExcludeCSR | None) -> SearchResult:
+        """One index query per interest, then the merge: q (C, K, D) -> top n per user."""
+        chunk, k, _ = q.shape
+        extra = int(np.diff(excl.indptr).max()) if excl is not None and chunk else 0
+        kk = min(self.num_items, n + extra)
+        flat = np.ascontiguousarray(q.reshape(chunk * k, self.dim))  # (C*K, D)
+        dist, lab = index.search(flat, kk)  # (C*K, kk) each
+        ids = np.where(lab >= 0, lab + 1, -1).reshape(chunk, k * kk)  # (C, K*kk)
+        sc = dist.astype(np.float32).reshape(chunk, k * kk)  # (C, K*kk)
+        it = np.broadcast_to(np.repeat(np.arange(k), kk), (chunk, k * kk))  # (C, K*kk)
+        return merge_candidates(ids, sc, it, n, excl)
+
+    def _fill_short(self, res: SearchResult, q: np.ndarray, n: int, excl: ExcludeCSR | None) -> None:
+        """Search exactly, in place, the users for whom the approximate index found too few items."""
+        excluded = np.diff(excl.indptr) if excl is not None else np.zeros(len(q), dtype=np.int64)  # (C,)
+        want = np.minimum(n, self.num_items - excluded)  # (C,)
+        short = np.flatnonzero((res.ids > 0).sum(axis=1) < want)
+        if len(short) == 0:
+            return
+        if self._exact is None:
+            self._exact = self._flat_index(self._items)
+        from dmirec.retrieval.exact import as_exclude_csr
+
+        sub = as_exclude_csr(_rows_csr(excl, short), len(short), self.num_items)
+        fix = self._search_index(self._exact, q[short], n, sub)
+        res.ids[short], res.scores[short], res.interest[short] = fix.ids, fix.scores, fix.interest
+        self.exact_fallbacks += len(short)
 
     def search(self, queries: Any, n: int, exclude: Any = None) -> SearchResult:
         """Top n items per user; see :class:`SearchResult`. ``exclude``: see ``as_exclude_csr``."""
@@ -153,15 +202,10 @@ class FaissSearch:
         for u0 in range(0, batch, self.user_chunk):
             u1 = min(batch, u0 + self.user_chunk)
             sub = _slice_csr(excl, u0, u1)
-            extra = int(np.diff(sub.indptr).max()) if sub is not None else 0
-            kk = min(self.num_items, n + extra)
-            chunk = u1 - u0
-            flat = np.ascontiguousarray(q[u0:u1].reshape(chunk * k, self.dim))  # (C*K, D)
-            dist, lab = self.index.search(flat, kk)  # (C*K, kk) each
-            ids = np.where(lab >= 0, lab + 1, -1).reshape(chunk, k * kk)  # (C, K*kk)
-            sc = dist.astype(np.float32).reshape(chunk, k * kk)  # (C, K*kk)
-            it = np.broadcast_to(np.repeat(np.arange(k), kk), (chunk, k * kk))  # (C, K*kk)
-            parts.append(merge_candidates(ids, sc, it, n, sub))
+            res = self._search_index(self.index, q[u0:u1], n, sub)
+            if self.approximate:
+                self._fill_short(res, q[u0:u1], n, sub)
+            parts.append(res)
         return SearchResult(
             ids=np.concatenate([p.ids for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),

@@ -25,7 +25,6 @@ complete.
 from __future__ import annotations
 
 import csv
-import gzip
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..data import readers as _readers
 from .bundle import Bundle, load_bundle
 
 OUTPUT_SCHEMA = pa.schema([
@@ -48,7 +48,7 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 
 
-class BatchInputError(ValueError):
+class BatchInputError(_readers.InputError):
     """The interaction log cannot be streamed; the message names the file and the row."""
 
 
@@ -64,15 +64,22 @@ class LogBatch:
 # streaming readers
 
 
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
-
-
 def _first_line(path: Path) -> str:
-    opener = gzip.open if _is_gzip(path) else open
-    with opener(path, "rt", encoding="utf-8", newline="") as fh:
-        return fh.readline().rstrip("\r\n")
+    try:
+        return _readers._first_line(path) or ""
+    except _readers.InputError as exc:
+        if _readers._is_gzip(path):
+            raise BatchInputError(str(_readers.gzip_error(path, str(exc)))) from None
+        raise BatchInputError(str(exc)) from None
+
+
+def _stream_error(path: Path, row: int, exc: Exception) -> BatchInputError:
+    """A parse or read error of the streamed log, naming the file (and the gzip problem, if any)."""
+    if _readers._is_gzip(path):
+        why = _readers.gzip_problem(path)
+        if why is not None:
+            return BatchInputError(str(_readers.gzip_error(path, why)))
+    return BatchInputError(f"{path}: cannot read near data row {row} ({exc})")
 
 
 def _infer_format(path: Path) -> str:
@@ -82,23 +89,18 @@ def _infer_format(path: Path) -> str:
 
 
 def _parse_timestamps(values: np.ndarray, path: Path, first_row: int) -> np.ndarray:
-    num = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
-    arr = num.to_numpy()
-    if arr.dtype.kind in "iu":
-        return arr.astype(np.int64)
-    arr = arr.astype(np.float64)
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise BatchInputError(f"{path}, data row {first_row + i}: timestamp {values[i]!r} is not a number")
-    return arr
+    """Timestamps from strings exactly as :func:`dmirec.data.readers.read_csv` parses them."""
+    def where(i: int, value) -> BatchInputError:
+        return BatchInputError(f"{path}, data row {first_row + i}: timestamp {value!r} is not a number")
+
+    return _readers._parse_timestamps(pd.Series(values, dtype=object), where)
 
 
 def _check_ids(users: np.ndarray, items: np.ndarray, path: Path, first_row: int) -> None:
-    for name, col in (("user", users), ("item", items)):
-        empty = col == ""
-        if np.any(empty):
-            raise BatchInputError(f"{path}, data row {first_row + int(np.argmax(empty))}: empty {name} id")
+    def describe(i: int, what: str) -> BatchInputError:
+        return BatchInputError(f"{path}, data row {first_row + i}: {what}")
+
+    _readers._check_ids({"user": users, "item": items}, describe)
 
 
 def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: bool,
@@ -109,33 +111,13 @@ def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: b
     if first.strip() == "":
         raise BatchInputError(f"{path}: empty file or blank first line")
     quoting = csv.QUOTE_NONE if recbole else csv.QUOTE_MINIMAL
-    fields = next(csv.reader([first], delimiter=sep, quoting=quoting))
-    if recbole:
-        fields = [f.split(":", 1)[0] for f in fields]
-    names = [c for c in cols.values() if isinstance(c, str)]
-    if recbole or any(c in fields for c in names):
-        header = True
-    else:
-        tpos = cols["timestamp"] if isinstance(cols["timestamp"], int) else 2
-        try:
-            float(fields[tpos])
-            header = False
-        except (ValueError, IndexError):
-            header = True
-    if header:
-        missing = [c for c in cols.values() if isinstance(c, str) and c not in fields]
-        if missing:
-            raise BatchInputError(f"{path}, line 1: missing column(s) {', '.join(map(repr, missing))} "
-                                  f"(the header has: {', '.join(fields)})")
-        column_names = [f"c{j}" for j in range(len(fields))]
-        pos = {r: (c if isinstance(c, int) else fields.index(c)) for r, c in cols.items()}
-    else:
-        defaults = {"user": 0, "item": 1, "timestamp": 2}
-        pos = {r: (c if isinstance(c, int) else defaults[r]) for r, c in cols.items()}
-        column_names = [f"c{j}" for j in range(len(fields))]
-        if max(pos.values()) >= len(fields):
-            raise BatchInputError(f"{path}, line 1: expected at least {max(pos.values()) + 1} fields "
-                                  f"(user, item, timestamp without a header), found {len(fields)}")
+    field_names = _readers._recbole_name if recbole else None
+    try:  # the header guess and column positions of read_csv
+        fields, header, pos = _readers.locate_columns(path, first, sep, quoting, cols, True if recbole else "infer",
+                                                      field_names)
+    except _readers.InputError as exc:
+        raise BatchInputError(str(exc)) from None
+    column_names = [f"c{j}" for j in range(len(fields))]
     want = {r: f"c{p}" for r, p in pos.items()}
     read_opts = pacsv.ReadOptions(column_names=column_names, skip_rows=1 if header else 0,
                                   block_size=1 << 22)
@@ -143,20 +125,20 @@ def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: b
     conv_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in column_names},
                                      include_columns=list(dict.fromkeys(want.values())),
                                      strings_can_be_null=False)
-    stream = pa.input_stream(str(path), compression="gzip" if _is_gzip(path) else None)
+    stream = pa.input_stream(str(path), compression="gzip" if _readers._is_gzip(path) else None)
     try:
         reader = pacsv.open_csv(stream, read_options=read_opts, parse_options=parse_opts,
                                 convert_options=conv_opts)
-    except pa.ArrowInvalid as exc:
-        raise BatchInputError(f"{path}: cannot parse ({exc})") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise _stream_error(path, 1, exc) from None
     row = 1
     while True:
         try:
             rb = reader.read_next_batch()
         except StopIteration:
             break
-        except pa.ArrowInvalid as exc:
-            raise BatchInputError(f"{path}: cannot parse near data row {row} ({exc})") from None
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise _stream_error(path, row, exc) from None
         for start in range(0, rb.num_rows, batch_rows):
             part = rb.slice(start, batch_rows)
             users = part.column(want["user"]).to_numpy(zero_copy_only=False).astype(object)
@@ -194,10 +176,11 @@ def _iter_parquet(path: Path, cols: dict[str, str], batch_rows: int) -> Iterator
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise BatchInputError(f"{path}: not a Parquet file ({exc})") from None
+    cols = _readers.resolve_aliases(list(pf.schema_arrow.names), cols)
     missing = [c for c in cols.values() if c not in pf.schema_arrow.names]
     if missing:
         raise BatchInputError(f"{path}: missing column(s) {', '.join(map(repr, missing))} "
-                              f"(the file has: {', '.join(pf.schema_arrow.names)})")
+                              f"(the file has: {', '.join(pf.schema_arrow.names)}); {_readers.COLUMN_HINT}")
     row = 1
     for rb in pf.iter_batches(batch_size=batch_rows, columns=list(dict.fromkeys(cols.values()))):
         for role in ("user", "item", "timestamp"):
@@ -246,6 +229,9 @@ def iter_log(path: str | Path, format: str | None = None, *, user_col: str | int
     if not path.exists():
         raise BatchInputError(f"{path}: no such file")
     fmt = format or _infer_format(path)
+    if fmt != "comirec" and not path.is_dir() and not _readers.is_regular_file(path):
+        return _iter_spooled(path, fmt, user_col=user_col, item_col=item_col, time_col=time_col, sep=sep,
+                             batch_rows=batch_rows)
     cols = {"user": user_col, "item": item_col, "timestamp": time_col}
     if fmt == "csv":
         if sep is None:
@@ -258,6 +244,15 @@ def iter_log(path: str | Path, format: str | None = None, *, user_col: str | int
     if fmt == "comirec":
         return _iter_comirec(path, batch_rows)
     raise BatchInputError(f"{path}: unknown format {fmt!r}; expected csv, parquet, recbole or comirec")
+
+
+def _iter_spooled(path: Path, fmt: str, **kw) -> Iterator[LogBatch]:
+    """A pipe or /dev/stdin: stream a temporary copy on disk (the readers open the file twice)."""
+    with _readers.seekable_path(path) as tmp:
+        try:
+            yield from iter_log(tmp, fmt, **kw)
+        except BatchInputError as exc:
+            raise _readers._rename_errors(exc, tmp, path) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,7 +404,10 @@ def recommend_batch(bundle_dir: str | Path | Bundle, input: str | Path, output: 
             "score": pa.array(res.scores[valid], type=pa.float32()),
             "interest": pa.array(res.interest[valid].astype(np.int32), type=pa.int32()),
         }, schema=OUTPUT_SCHEMA)
-        writer.write_table(table, row_group_size=max(1, table.num_rows))
+        try:
+            writer.write_table(table, row_group_size=max(1, table.num_rows))
+        except OSError as exc:  # e.g. a full disk: name the file being written
+            raise OSError(exc.errno, f"{output}: cannot write ({exc.strerror or exc})") from None
         stats["candidates"] += table.num_rows
         stats["row_groups"] += 1
         stats["fallback_users"] += int(fallback.sum())
@@ -445,10 +443,11 @@ def recommend_batch(bundle_dir: str | Path | Bundle, input: str | Path, output: 
 def recommend_cmd(args) -> int:
     """CLI entry: ``args.bundle_dir``, ``args.input``, ``args.output``, ``args.n``; optional ``format``,
     ``chunk_users``, ``exclude_history``, ``progress``."""
+    cols = {k: getattr(args, k) for k in ("user_col", "item_col", "time_col") if getattr(args, k, None)}
     stats = recommend_batch(args.bundle_dir, args.input, args.output, args.n, getattr(args, "format", None),
                             getattr(args, "chunk_users", None) or 4096,
                             exclude_history=bool(getattr(args, "exclude_history", False)),
-                            progress=getattr(args, "progress", True))
+                            progress=getattr(args, "progress", True), **cols)
     print(f"{stats['users']} users ({stats['rows']} rows, {stats['unknown_rows']} unknown items, "
           f"{stats['fallback_users']} on the popularity fallback) -> {stats['candidates']} candidates in "
           f"{stats['output']} ({stats['seconds']:.1f} s, {stats['users_per_second']} users/s)")

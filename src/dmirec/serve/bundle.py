@@ -118,9 +118,21 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+MANIFEST_CHECKSUM = "manifest_sha256"
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's own fields (all but this checksum), as canonical JSON."""
+    fields = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> None:
-    """Atomically replace ``manifest.json`` (temporary file in the same folder, then rename)."""
+    """Atomically replace ``manifest.json`` (temporary file in the same folder, then rename); the
+    manifest's own fields are covered by ``manifest_sha256``."""
     bundle_dir = Path(bundle_dir)
+    manifest = {**{k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}}
+    manifest[MANIFEST_CHECKSUM] = manifest_digest(manifest)
     fd, tmp = tempfile.mkstemp(dir=bundle_dir, prefix=".manifest.", suffix=".tmp")
     os.close(fd)
     try:
@@ -156,6 +168,10 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
         )
     if not isinstance(manifest.get("files"), dict):
         raise BundleError(f"{path}: no \"files\" table of checksums")
+    stored = manifest.get(MANIFEST_CHECKSUM)  # absent only in bundles written before it existed
+    if stored is not None and stored != manifest_digest(manifest):
+        raise BundleError(f"{path}: checksum of the manifest's own fields failed (manifest_sha256 "
+                          f"{stored}, the fields give {manifest_digest(manifest)}); it was edited after export")
     return manifest
 
 
@@ -173,6 +189,11 @@ def verify_bundle(bundle_dir: str | Path, manifest: dict[str, Any] | None = None
     index = manifest.get("index")
     if index and index.get("file") not in files:
         raise BundleError(f"{bundle_dir / MANIFEST}: the index file {index.get('file')!r} has no checksum")
+    ours = (MANIFEST, *files)
+    for extra in sorted(bundle_dir.iterdir()):
+        if extra.name not in ours and not _own_temporary(extra.name):
+            raise BundleError(f"{extra}: not listed in the manifest; a bundle holds only its listed files "
+                              f"(it was modified after export: remove the file or re-export)")
     for name, entry in files.items():
         path = bundle_dir / name
         if Path(name).name != name:
@@ -188,6 +209,11 @@ def verify_bundle(bundle_dir: str | Path, manifest: dict[str, Any] | None = None
             raise BundleError(f"{path}: checksum failed (sha256 {digest}, the manifest says "
                               f"{entry.get('sha256')}); the bundle is corrupted or was modified after export")
     return manifest
+
+
+def _own_temporary(name: str) -> bool:
+    """A temporary file an interrupted ``write_manifest`` / ``dmirec index`` can leave (ignored)."""
+    return name.startswith((".manifest.", ".index.")) and name.endswith(".tmp")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,6 +408,13 @@ class Bundle:
         known: list[int] = []
         unknown: dict[str, None] = {}
         get = self.id_of.get
+        if isinstance(history, (str, bytes)):
+            raise TypeError("history must be a list of raw id strings, not one string")
+        history = list(history)
+        for pos, raw in enumerate(history):
+            if not isinstance(raw, str):  # as the HTTP API: raw ids are strings ("6413", not 6413)
+                raise TypeError(f"history[{pos}]: raw ids are strings, got {type(raw).__name__} {raw!r}"
+                                + (f" (pass {str(raw)!r})" if isinstance(raw, int) and not isinstance(raw, bool) else ""))
         for raw in history:
             i = get(raw)
             if i is None:

@@ -13,7 +13,14 @@ Kinds and their knobs:
 * ``flat``: ``IndexFlatIP``, exact (recall 1 up to ties), linear in N per query.
 * ``hnsw``: ``IndexHNSWFlat`` (``hnsw_m`` links per node, ``ef_construction``, ``ef_search``).
 * ``ivf``: ``IndexIVFFlat`` with an inner-product coarse quantizer (``nlist`` k-means cells
-  trained on at most ``train_size`` items, ``nprobe`` cells visited per query).
+  trained on at most ``train_size`` items, ``nprobe`` cells visited per query). k-means needs
+  about ``MIN_POINTS_PER_CELL`` (39, faiss' own threshold) training items per cell: without an
+  explicit ``nlist`` it is chosen to fit the catalogue (at most 1024; ``nprobe`` 32 or ``nlist``
+  when smaller); an explicit ``nlist`` the catalogue cannot train is
+  refused (one with fewer than 39 items per cell is built with a warning).
+
+Whatever the index, a user for whom it finds fewer than n items is answered by exact search
+(see :class:`dmirec.retrieval.FaissSearch`), so answers never come back short.
 """
 
 from __future__ import annotations
@@ -33,11 +40,40 @@ from .bundle import (INDEX_FILE, Bundle, BundleError, faiss_version, file_entry,
 
 KINDS = ("flat", "hnsw", "ivf")
 DEFAULTS = {"hnsw_m": 32, "ef_construction": 200, "ef_search": 128, "nlist": 1024, "nprobe": 32}
+MIN_POINTS_PER_CELL = 39  # faiss warns below this many training points per k-means centroid
+
+
+def fit_ivf_params(num: int, nlist: int | None, nprobe: int | None, train_size: int | None
+                   ) -> tuple[int, int, list[str]]:
+    """(nlist, nprobe, notes) for an IVF index over ``num`` items: defaults sized to the
+    catalogue; explicit values that cannot work are a ValueError saying what would."""
+    notes: list[str] = []
+    trainable = min(num, int(train_size)) if train_size else num
+    largest = max(1, trainable // MIN_POINTS_PER_CELL)
+    if nlist is None:
+        nlist = min(DEFAULTS["nlist"], largest)
+        if nlist != DEFAULTS["nlist"]:
+            notes.append(f"nlist {nlist} (not the default {DEFAULTS['nlist']}): {trainable} training items "
+                         f"train at most {largest} cells at {MIN_POINTS_PER_CELL} items per cell")
+    elif not 1 <= nlist <= trainable:
+        raise ValueError(f"ivf: nlist={nlist} does not fit this catalogue: {trainable} training items cannot "
+                         f"train {nlist} cells; use --nlist <= {largest} ({MIN_POINTS_PER_CELL} items per cell) "
+                         f"or leave --nlist out to have it chosen")
+    elif nlist > largest:
+        notes.append(f"nlist {nlist} has fewer than {MIN_POINTS_PER_CELL} training items per cell "
+                     f"({trainable} items); k-means may place cells poorly: --nlist <= {largest} is safer")
+    if nprobe is None:
+        nprobe = min(nlist, DEFAULTS["nprobe"])
+        if nprobe != DEFAULTS["nprobe"]:
+            notes.append(f"nprobe {nprobe} (the default {DEFAULTS['nprobe']} is more than nlist)")
+    elif not 1 <= nprobe <= nlist:
+        raise ValueError(f"ivf needs 1 <= nprobe <= nlist ({nlist}), got nprobe={nprobe}")
+    return int(nlist), int(nprobe), notes
 
 
 def make_index(items: np.ndarray, kind: str, *, hnsw_m: int = DEFAULTS["hnsw_m"],
                ef_construction: int = DEFAULTS["ef_construction"], ef_search: int = DEFAULTS["ef_search"],
-               nlist: int = DEFAULTS["nlist"], nprobe: int = DEFAULTS["nprobe"], train_size: int | None = None,
+               nlist: int | None = None, nprobe: int | None = None, train_size: int | None = None,
                seed: int = 0) -> tuple[Any, dict[str, Any]]:
     """Build an inner-product index over ``items[1:]`` ((N + 1, D), row 0 = padding).
 
@@ -58,10 +94,7 @@ def make_index(items: np.ndarray, kind: str, *, hnsw_m: int = DEFAULTS["hnsw_m"]
         index.hnsw.efSearch = int(ef_search)
         params = {"hnsw_m": int(hnsw_m), "ef_construction": int(ef_construction), "ef_search": int(ef_search)}
     elif kind == "ivf":
-        if not 1 <= nlist <= num:
-            raise ValueError(f"ivf needs 1 <= nlist <= the number of items ({num}), got nlist={nlist}")
-        if not 1 <= nprobe <= nlist:
-            raise ValueError(f"ivf needs 1 <= nprobe <= nlist ({nlist}), got nprobe={nprobe}")
+        nlist, nprobe, notes = fit_ivf_params(num, nlist, nprobe, train_size)
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, int(nlist), faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = int(seed)
@@ -71,6 +104,8 @@ def make_index(items: np.ndarray, kind: str, *, hnsw_m: int = DEFAULTS["hnsw_m"]
         index.train(np.ascontiguousarray(sample))
         index.nprobe = int(nprobe)
         params = {"nlist": int(nlist), "nprobe": int(nprobe), "train_size": int(size), "seed": int(seed)}
+        if notes:
+            params["chosen"] = "; ".join(notes)
     else:
         raise ValueError(f"unknown index kind {kind!r}; choose one of {KINDS}")
     for start in range(0, num, 262_144):
@@ -187,11 +222,17 @@ def build_index(bundle_dir: str | Path, kind: str = "hnsw", *, recall_n: int = 5
     write_manifest(bundle_dir, manifest)
     if verbose:
         print(format_index_report(info, bundle.num_items))
+        if info["params"].get("chosen"):
+            print(f"note: {info['params']['chosen']}")
+        if recall.get("merged") is not None and recall["merged"] < 0.9:
+            print(f"warning: merged recall {recall['merged']:.3f} < 0.9 against exact search; raise "
+                  f"{'--ef-search' if kind == 'hnsw' else '--nprobe'} (answers short of n items are completed by "
+                  f"exact search, but the items the index misses are lost)")
     return info
 
 
 def format_index_report(info: dict[str, Any], num_items: int) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in info["params"].items()) or "exact"
+    params = ", ".join(f"{k}={v}" for k, v in info["params"].items() if k != "chosen") or "exact"
     r = info["recall"]
     if r.get("users"):
         rec = (f"recall@{r['n']} vs exact search on {r['users']} sample users: {r['merged']:.4f} merged "
