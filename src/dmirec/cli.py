@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         if (out / "checkpoints" / "last.pt").exists():
             raise ConfigError(f"{out} already holds a run; use --resume {out} or choose another --out")
         result = train(cfg, args.data, out)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     print(_metrics_table(result["test"], f"{result['model']} on {result['dataset']} (test, best step "
                                          f"{result['best_step']}, stopped: {result['stopped']})"))
     return 0
