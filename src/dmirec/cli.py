@@ -8,6 +8,7 @@
     dmirec index BUNDLE_DIR --kind flat|hnsw|ivf
     dmirec serve BUNDLE_DIR --port 8000
     dmirec recommend BUNDLE_DIR --input LOG --output candidates.parquet -n 200
+    dmirec synth OUT.parquet [--preset books|100m|small] [--users N --items N --clusters C --seed S]
     dmirec demo
 """
 
@@ -114,6 +115,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write a synthetic log with planted interests (streamed, bounded memory)."""
+    from .data.synth_log import spec_from, write_log
+
+    spec = spec_from(args.preset, users=args.users, items=args.items, clusters=args.clusters, seed=args.seed,
+                     chunk_users=args.chunk_users)
+    start = time.perf_counter()
+    record = write_log(spec, args.output, args.format)
+    print(f"wrote {record['rows']:,} interactions of {spec.users:,} users and {spec.items:,} items to "
+          f"{args.output} ({record['format']}) in {time.perf_counter() - start:.1f} s; spec in {args.output}.json")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     from .export import export_cmd
 
@@ -177,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="demo_run")
     p.add_argument("--steps", type=int, default=3000)
 
+    p = sub.add_parser("synth", help="write a synthetic interaction log with planted interests (csv or parquet)")
+    p.add_argument("output", help="OUT.parquet or OUT.csv")
+    p.add_argument("--preset", choices=["small", "books", "100m"], default=None)
+    p.add_argument("--users", type=int, default=None)
+    p.add_argument("--items", type=int, default=None)
+    p.add_argument("--clusters", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chunk-users", type=int, default=None)
+    p.add_argument("--format", choices=["parquet", "csv"], default=None)
+
     p = sub.add_parser("export", help="export a run as a self-contained serving bundle")
     p.add_argument("run_dir")
     p.add_argument("bundle_dir")
@@ -231,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             return cmd_export(args, extra)
         handler = {"prepare": cmd_prepare, "demo": cmd_demo, "index": cmd_index, "serve": cmd_serve,
-                   "recommend": cmd_recommend}[args.command]
+                   "recommend": cmd_recommend, "synth": cmd_synth}[args.command]
         return handler(args)
     except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"dmirec {args.command}: error: {exc}", file=sys.stderr)
