@@ -67,12 +67,13 @@ def speed_one(args: argparse.Namespace) -> None:
     from dmirec.data.sampler import TrainSampler
     from dmirec.losses import NegativeSampler
     from dmirec.models import build_model
-    from dmirec.train import batch_loss, make_config, make_optimizer
+    from dmirec.train import autocast, batch_loss, make_config, make_optimizer
 
     torch.set_num_threads(args.threads)
     data = load_dataset(synth_data(args.items), mmap=True)
     cfg = make_config(args.model, overrides={"progress": False, "embedding_optimizer": args.path,
-                                             "threads": args.threads, "device": args.device, "seed": 0})
+                                             "threads": args.threads, "device": args.device, "seed": 0,
+                                             "bf16": bool(args.bf16)})
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_model(cfg, data.num_items, data.item_popularity()).to(device)
@@ -87,7 +88,8 @@ def speed_one(args: argparse.Namespace) -> None:
     def step() -> None:
         b = sampler.sample()
         h, m, t = (torch.from_numpy(x).to(device) for x in (b.history, b.mask, b.target))
-        loss = batch_loss(model, cfg, h, m, t, negatives, gen)
+        with autocast(cfg, device):
+            loss = batch_loss(model, cfg, h, m, t, negatives, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -128,7 +130,7 @@ def cmd_speed(args: argparse.Namespace) -> list[dict]:
             start = time.perf_counter()
             cmd = [sys.executable, __file__, "_speed_one", "--items", str(items), "--path", path, "--model", args.model,
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-                   "--device", args.device]
+                   "--device", args.device, "--bf16", str(int(args.bf16))]
             proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
             if proc.returncode:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -217,10 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--warmup", type=int, default=20)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--device", default="cpu")
+    s.add_argument("--bf16", action="store_true", help="bfloat16 autocast of forward and loss")
     s.add_argument("--tag", default=None, help="key in scale.json (default: speed-DEVICE)")
     o = sub.add_parser("_speed_one")
     for name, kind in (("--items", int), ("--path", str), ("--model", str), ("--steps", int), ("--warmup", int),
-                       ("--threads", int), ("--device", str)):
+                       ("--threads", int), ("--device", str), ("--bf16", int)):
         o.add_argument(name, type=kind, required=True)
     d = sub.add_parser("ddp")
     d.add_argument("--items", type=int, default=12000)

@@ -79,9 +79,12 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from .evaluate import evaluate_run
 
+    from .train import resolve_device
+
     # --key=value: evaluation-time config changes (neighbour rule, guidance, sampler, ...)
     metrics = evaluate_run(args.run_dir, split=args.split, exclude_history=args.exclude_history or None,
-                           backend=args.backend, which=args.checkpoint, overrides=parse_overrides(extra) or None)
+                           backend=args.backend, which=args.checkpoint, overrides=parse_overrides(extra) or None,
+                           device=resolve_device(args.device))
     if args.json:
         keys = [f"{m}@{n}" for m in ("recall", "hitrate", "ndcg", "ndcg_comirec") for n in (20, 50)] + ["users"]
         print(json.dumps({k: metrics[k] for k in keys}))
@@ -186,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["torch", "faiss"], default=None)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
 
     p = sub.add_parser("demo", help="prepare the shipped beauty data, train ComiRec-SA briefly, evaluate")
     p.add_argument("--workdir", default="demo_run")
@@ -226,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=1, help="torch/faiss threads per request")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="model and exact search device")
     p.add_argument("--log-level", default="info")
 
     p = sub.add_parser("recommend", help="batch candidates for every user of an interaction log")

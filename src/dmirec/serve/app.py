@@ -134,12 +134,12 @@ def configure_threads(threads: int = 1) -> None:
 
 
 def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, threads: int = 1,
-               log_level: str = "info", access_log: bool = False) -> None:
+               log_level: str = "info", access_log: bool = False, device: str = "cpu") -> None:
     """Load the bundle (checksums verified) and serve it with uvicorn until interrupted."""
     import uvicorn
 
     configure_threads(threads)
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, device=device)
     app = create_app(bundle, threads=max(1, int(threads)))
     print(f"serving {bundle.manifest.get('model')} over {bundle.num_items} items "
           f"(index: {bundle.index_kind}) on http://{host}:{port}", flush=True)
@@ -150,7 +150,7 @@ def serve_cmd(args) -> int:
     """CLI entry: ``args.bundle_dir``, ``args.port``; optional ``host``, ``threads``, ``log_level``, ``access_log``."""
     run_server(args.bundle_dir, getattr(args, "host", None) or "127.0.0.1", args.port,
                threads=getattr(args, "threads", None) or 1, log_level=getattr(args, "log_level", None) or "info",
-               access_log=bool(getattr(args, "access_log", False)))
+               access_log=bool(getattr(args, "access_log", False)), device=getattr(args, "device", None) or "cpu")
     return 0
 
 
