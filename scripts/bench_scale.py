@@ -41,9 +41,13 @@ SRC = ROOT / "src"
 
 
 def git_commit() -> str:
+    """HEAD, with ``+dirty`` when tracked files differ from it."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -236,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         speed_one(args)
         return 0
     start = time.perf_counter()
+    load_before = os.getloadavg()
     rows = cmd_speed(args) if args.cmd == "speed" else cmd_ddp(args)
     record = {"commit": git_commit(), "machine": machine(), "seed": 0, "argv": sys.argv[1:],
               "wall_seconds": time.perf_counter() - start, "rows": rows,
+              "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     key = (args.tag or f"speed-{args.device}") if args.cmd == "speed" else f"ddp-{args.model}-{args.items}"

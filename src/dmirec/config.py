@@ -62,7 +62,7 @@ class Config:
     # item-table updates: dense Adam over the whole table, or row-sparse (sparse gradients of the
     # rows a step touched + SparseAdam); auto = sparse from sparse_min_items items up (README, Large data)
     embedding_optimizer: str = "auto"  # auto | dense | sparse
-    sparse_min_items: int = 100_000
+    sparse_min_items: int = 50_000  # measured: level with dense at 25k items, 1.6x faster at 50k
     # torchrun: each rank draws its own negatives for its share of the batch (rank), or every rank
     # draws the same ones (global: the step equals a one-process step, for checks)
     dist_negatives: str = "rank"  # rank | global
