@@ -92,3 +92,14 @@ def test_sparse_run_trains_and_checkpoints_its_optimizer(planted, tmp_path, name
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
     assert len(ckpt["optimizer"]["optimizers"]) == 2  # the SparseAdam moments are checkpointed
     assert np.isfinite(result["valid_recall@50"])
+
+
+def test_bf16_autocast_runs_on_cpu(planted, tmp_path):
+    """The bf16 key is meant for CUDA (tests/test_gpu.py); on CPU it must still train and log finite losses."""
+    over = {**SMALL, "bf16": True, "max_steps": 40, "eval_every": 20, "lr": 0.01}
+    result = train(make_config("remi", overrides=over), planted, tmp_path / "run")
+    from dmirec import rundir
+
+    losses = [r["loss"] for r in rundir.read_metrics(tmp_path / "run") if r["split"] == "valid"]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and losses[1] < losses[0]
+    assert result["test"]["recall@50"] > 0.25  # 50 of 200 items at random
