@@ -4,6 +4,7 @@ and data-parallel training (torchrun, 2 gloo ranks vs 1 process).
 
     python scripts/bench_scale.py speed [--items 12000,300000,1000000] [--steps 200] [--model remi]
     python scripts/bench_scale.py ddp [--items 12000] [--steps 600]
+    python scripts/bench_scale.py prepare [--preset books] [--modes stream,memory]
 
 ``speed``: for every catalogue size, a synthetic prepared dataset (:mod:`dmirec.data.synth_log`,
 20,000 users, item ids as generated) and, for each path (dense Adam / sparse SparseAdam), one
@@ -14,6 +15,10 @@ block is the closest to the step's own cost; every block's time is recorded), wi
 reports its peak RSS. ``ddp``: the same `dmirec train` (one thread per rank) with 1 process and
 with 2 torchrun ranks at the same global batch; records the validation loss/recall curve, the
 test metrics and the training seq/s of each.
+
+``prepare``: writes the preset's synthetic log (Parquet) and times ``dmirec prepare`` on it in a
+child process per mode (``--stream`` or the in-memory reader), reporting wall time and the
+child's peak RSS (also per 10M rows); both outputs are compared file by file.
 
 Results are merged into bench_results/scale.json (resolved config, git commit, machine, seed,
 wall time per entry) and printed as markdown tables. Run it alone: throughput on a shared
@@ -189,6 +194,50 @@ def cmd_ddp(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def cmd_prepare(args: argparse.Namespace) -> list[dict]:
+    from dmirec.data.synth_log import spec_from, write_log
+
+    work = ROOT / "bench_runs" / "scale-prepare"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / f"{args.preset}.parquet"
+    record = write_log(spec_from(args.preset), log)
+    rows = []
+    for mode in args.modes.split(","):
+        out = work / f"{args.preset}-{mode}"
+        code = ("import resource, sys, time\n"
+                "from dmirec.cli import main\n"
+                "t = time.perf_counter()\n"
+                f"rc = main(['prepare', {str(log)!r}, {str(out)!r}] + ({['--stream'] if mode == 'stream' else []!r}))\n"
+                "print('RESULT', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+                "sys.exit(rc)\n")
+        proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"prepare ({mode}) failed:\n{proc.stderr[-3000:]}")
+        _, wall, rss = proc.stdout.strip().splitlines()[-1].split()
+        row = {"mode": mode, "preset": args.preset, "rows": record["rows"], "wall_seconds": float(wall),
+               "peak_rss_mib": float(rss), "peak_rss_mib_per_10m_rows": float(rss) * 1e7 / record["rows"],
+               "spec": record["spec"]}
+        print(f"prepare {mode:>6}: {record['rows']:,} rows, {float(wall):.0f} s, peak RSS {float(rss):.0f} MiB",
+              flush=True)
+        rows.append(row)
+    if len(rows) == 2:
+        a, b = (work / f"{args.preset}-{r['mode']}" for r in rows)
+        same = all((a / f.name).read_bytes() == (b / f.name).read_bytes()
+                   for f in a.iterdir() if f.name != "meta.json")
+        for r in rows:
+            r["outputs_identical"] = same
+        print(f"outputs identical (arrays, id maps): {same}")
+    return rows
+
+
+def table_prepare(rows: list[dict]) -> str:
+    lines = ["| reader | rows | wall (s) | peak RSS (MiB) | MiB per 10M rows |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['rows']:,} | {r['wall_seconds']:.0f} | {r['peak_rss_mib']:.0f} | "
+                     f"{r['peak_rss_mib_per_10m_rows']:.0f} |")
+    return "\n".join(lines)
+
+
 def table_speed(rows: list[dict]) -> str:
     base = {r["path"]: r["seq_per_s"] for r in rows if r["items"] == min(x["items"] for x in rows)}
     lines = ["| items | path | seq/s | ms/step | vs smallest catalogue | peak RSS (MiB) |",
@@ -235,24 +284,28 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--steps", type=int, default=600)
     d.add_argument("--eval_every", type=int, default=150)
     d.add_argument("--valid_users", type=int, default=1000)
+    r = sub.add_parser("prepare")
+    r.add_argument("--preset", default="books")
+    r.add_argument("--modes", default="stream,memory")
     args = p.parse_args(argv)
     if args.cmd == "_speed_one":
         speed_one(args)
         return 0
     start = time.perf_counter()
     load_before = os.getloadavg()
-    rows = cmd_speed(args) if args.cmd == "speed" else cmd_ddp(args)
+    rows = {"speed": cmd_speed, "ddp": cmd_ddp, "prepare": cmd_prepare}[args.cmd](args)
     record = {"commit": git_commit(), "machine": machine(), "seed": 0, "argv": sys.argv[1:],
               "wall_seconds": time.perf_counter() - start, "rows": rows,
               "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
-    key = (args.tag or f"speed-{args.device}") if args.cmd == "speed" else f"ddp-{args.model}-{args.items}"
+    key = {"speed": lambda: args.tag or f"speed-{args.device}", "ddp": lambda: f"ddp-{args.model}-{args.items}",
+           "prepare": lambda: f"prepare-{args.preset}"}[args.cmd]()
     results[key] = record
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print()
-    print(table_speed(rows) if args.cmd == "speed" else table_ddp(rows))
+    print({"speed": table_speed, "ddp": table_ddp, "prepare": table_prepare}[args.cmd](rows))
     return 0
 
 

@@ -41,6 +41,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import prepare
 
     cols = {k: v for k, v in (("user_col", args.user_col), ("item_col", args.item_col), ("time_col", args.time_col)) if v}
+    if args.stream:  # bounded memory: csv/parquet read in record batches (dmirec.data.stream_prepare)
+        from .data.stream_prepare import prepare_streaming
+
+        report = prepare_streaming(args.input, args.outdir, format=args.format, core=args.core, seed=args.seed,
+                                   name=args.name, comirec_files=args.comirec_files, **cols)
+        print(report.summary())
+        return 0
     report = prepare(args.input, args.outdir, format=args.format, core=args.core, seed=args.seed, name=args.name,
                      comirec_files=args.comirec_files, **cols)
     print(report.summary())
@@ -168,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1230)
     p.add_argument("--name", default=None)
     p.add_argument("--comirec-files", action="store_true", help="also write NAME_train/valid/test.txt and id maps")
+    p.add_argument("--stream", action="store_true",
+                   help="read a csv/parquet log in batches (bounded memory for large logs; same output)")
     p.add_argument("--user-col", default=None)
     p.add_argument("--item-col", default=None)
     p.add_argument("--time-col", default=None)

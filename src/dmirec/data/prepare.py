@@ -97,7 +97,15 @@ def _comirec_split(frame: pd.DataFrame, core: int, seed: int, source: str) -> tu
     """Apply the protocol to a (user, item, timestamp) frame in file order."""
     u_codes, u_uniques = pd.factorize(frame["user"], sort=False)  # first-seen order
     i_codes, i_uniques = pd.factorize(frame["item"], sort=False)
-    n_rows, n_users, n_items = len(frame), len(u_uniques), len(i_uniques)
+    return _comirec_split_codes(u_codes, u_uniques, i_codes, i_uniques, frame["timestamp"].to_numpy(), core, seed,
+                                source)
+
+
+def _comirec_split_codes(u_codes: np.ndarray, u_uniques, i_codes: np.ndarray, i_uniques, ts: np.ndarray,
+                         core: int, seed: int, source: str) -> tuple[_Split, dict]:
+    """The protocol on factorised rows (codes in first-seen order, their raw ids, timestamps); the
+    in-memory and the streaming reader (:mod:`dmirec.data.stream_prepare`) both end here."""
+    n_rows, n_users, n_items = len(u_codes), len(u_uniques), len(i_uniques)
 
     counts = np.bincount(i_codes, minlength=n_items)  # (I,)
     by_count = np.argsort(-counts, kind="stable")  # descending, ties in first-seen order
@@ -123,7 +131,6 @@ def _comirec_split(frame: pd.DataFrame, core: int, seed: int, source: str) -> tu
 
     row_user = user_new[u_codes]
     keep = row_item_kept & (row_user >= 0)
-    ts = frame["timestamp"].to_numpy()
     tsf = ts.astype(np.float64)  # the protocol sorts and prints float(ts)
     pos = np.flatnonzero(keep)
     ku, ki, kt = row_user[pos], row_item[pos], tsf[pos]
@@ -280,13 +287,7 @@ def prepare(input, outdir, format: str | None = None, core: int = 5, seed: int =
     ``seq_len``: recorded in meta.json as the suggested model input length when given.
     ``header``/``sep``: csv only.
     """
-    if isinstance(core, bool) or not isinstance(core, (int, np.integer)) or core < 0:
-        raise ValueError(f"core must be a non-negative integer, not {core!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, not {seed!r}")
-    core, seed = int(core), int(seed)
-    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1):
-        raise ValueError(f"seq_len must be a positive integer, not {seq_len!r}")
+    core, seed = check_prepare_args(core, seed, seq_len)
 
     sp: ComirecSplit | None = None
     if isinstance(input, pd.DataFrame):
@@ -330,7 +331,29 @@ def prepare(input, outdir, format: str | None = None, core: int = 5, seed: int =
         core_used, seed_used = core, seed
     if name is None:
         name = "data" if path is None else _default_name(path, fmt, sp)
+    return _write_dataset(outdir, data, stats, name=name, source=source, fmt=fmt, core=core, seed=seed,
+                          comirec_files=comirec_files, seq_len=seq_len, converted=sp is not None,
+                          core_used=core_used, seed_used=seed_used)
 
+
+def check_prepare_args(core, seed, seq_len) -> tuple[int, int]:
+    """Validate prepare's core, seed and seq_len; returns (core, seed) as ints."""
+    if isinstance(core, bool) or not isinstance(core, (int, np.integer)) or core < 0:
+        raise ValueError(f"core must be a non-negative integer, not {core!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, not {seed!r}")
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1):
+        raise ValueError(f"seq_len must be a positive integer, not {seq_len!r}")
+    return int(core), int(seed)
+
+
+def _write_dataset(outdir, data: _Split, stats: dict, *, name: str, source: str, fmt: str, core: int, seed: int,
+                   comirec_files: bool, seq_len: int | None, converted: bool, core_used: int | None = None,
+                   seed_used: int | None = None) -> PrepareReport:
+    """Write the prepared folder (arrays, id maps, optional ComiRec files, meta.json last)."""
+    if not converted:
+        core_used, seed_used = core, seed
+    sp = True if converted else None
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     meta_path = outdir / "meta.json"
