@@ -7,16 +7,17 @@ and data-parallel training (torchrun, 2 gloo ranks vs 1 process).
     python scripts/bench_scale.py prepare [--preset books] [--modes stream,memory]
 
 ``speed``: for every catalogue size, a synthetic prepared dataset (:mod:`dmirec.data.synth_log`,
-20,000 users, item ids as generated) and, for each path (dense Adam / sparse SparseAdam), one
-child process with one torch thread that times ``--steps`` full training steps (batch sampling,
-forward, sampled softmax over the config's shared negatives, backward, optimiser) after a
-warm-up, in 5 blocks, and reports the fastest block (the machine is shared: the least disturbed
-block is the closest to the step's own cost; every block's time is recorded), with the model's default config (REMI: D=64, K=4, batch 128, 1,280 negatives), and
+``--users`` users, 20,000 by default, item ids as generated) and, for each path (dense Adam /
+sparse SparseAdam), one child process with one torch thread that times ``--steps`` full training
+steps (batch sampling, forward, sampled softmax over the config's shared negatives, backward,
+optimiser) after a warm-up, with the model's default config (REMI: D=64, K=4, batch 128, 1,280
+negatives), in 5 blocks; it reports the fastest block (the machine is shared: the least
+disturbed block is the closest to the step's own cost; every block's time is recorded) and
 reports its peak RSS. ``ddp``: the same `dmirec train` (one thread per rank) with 1 process and
 with 2 torchrun ranks at the same global batch; records the validation loss/recall curve, the
 test metrics and the training seq/s of each.
 
-``prepare``: writes the preset's synthetic log (Parquet) and times ``dmirec prepare`` on it in a
+``prepare``: writes the preset's synthetic log (``--format`` parquet or csv) and times ``dmirec prepare`` on it in a
 child process per mode (``--stream`` or the in-memory reader), reporting wall time and the
 child's peak RSS (also per 10M rows); both outputs are compared file by file.
 
@@ -79,7 +80,7 @@ def speed_one(args: argparse.Namespace) -> None:
     from dmirec.train import autocast, batch_loss, make_config, make_optimizer
 
     torch.set_num_threads(args.threads)
-    data = load_dataset(synth_data(args.items), mmap=True)
+    data = load_dataset(synth_data(args.items, args.users), mmap=True)
     cfg = make_config(args.model, overrides={"progress": False, "embedding_optimizer": args.path,
                                              "threads": args.threads, "device": args.device, "seed": 0,
                                              "bf16": bool(args.bf16)})
@@ -118,7 +119,8 @@ def speed_one(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
         blocks.append((time.perf_counter() - start) / per_block)
     seconds = min(blocks)
-    print(json.dumps({"items": args.items, "path": args.path, "model": args.model, "steps": per_block * len(blocks),
+    print(json.dumps({"items": args.items, "users": args.users, "interactions": int(sum(
+                          len(data.splits[s].items) for s in data.splits)), "path": args.path, "model": args.model, "steps": per_block * len(blocks),
                       "seq_per_s": cfg.batch_size / seconds, "ms_per_step": 1000 * seconds,
                       "ms_per_step_blocks": [1000 * b for b in blocks],
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -134,12 +136,12 @@ def _env() -> dict:
 def cmd_speed(args: argparse.Namespace) -> list[dict]:
     rows = []
     for items in [int(x) for x in args.items.split(",")]:
-        synth_data(items)
+        synth_data(items, args.users)
         for path in args.paths.split(","):
             start = time.perf_counter()
             cmd = [sys.executable, __file__, "_speed_one", "--items", str(items), "--path", path, "--model", args.model,
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-                   "--device", args.device, "--bf16", str(int(args.bf16))]
+                   "--device", args.device, "--bf16", str(int(args.bf16)), "--users", str(args.users)]
             proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
             if proc.returncode:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -199,11 +201,11 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
 
     work = ROOT / "bench_runs" / "scale-prepare"
     work.mkdir(parents=True, exist_ok=True)
-    log = work / f"{args.preset}.parquet"
+    log = work / f"{args.preset}.{args.format}"
     record = write_log(spec_from(args.preset), log)
     rows = []
     for mode in args.modes.split(","):
-        out = work / f"{args.preset}-{mode}"
+        out = work / f"{args.preset}-{args.format}-{mode}"
         code = ("import resource, sys, time\n"
                 "from dmirec.cli import main\n"
                 "t = time.perf_counter()\n"
@@ -214,14 +216,14 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
         if proc.returncode:
             raise SystemExit(f"prepare ({mode}) failed:\n{proc.stderr[-3000:]}")
         _, wall, rss = proc.stdout.strip().splitlines()[-1].split()
-        row = {"mode": mode, "preset": args.preset, "rows": record["rows"], "wall_seconds": float(wall),
+        row = {"mode": mode, "preset": args.preset, "format": args.format, "rows": record["rows"], "wall_seconds": float(wall),
                "peak_rss_mib": float(rss), "peak_rss_mib_per_10m_rows": float(rss) * 1e7 / record["rows"],
                "spec": record["spec"]}
         print(f"prepare {mode:>6}: {record['rows']:,} rows, {float(wall):.0f} s, peak RSS {float(rss):.0f} MiB",
               flush=True)
         rows.append(row)
     if len(rows) == 2:
-        a, b = (work / f"{args.preset}-{r['mode']}" for r in rows)
+        a, b = (work / f"{args.preset}-{args.format}-{r['mode']}" for r in rows)
         same = all((a / f.name).read_bytes() == (b / f.name).read_bytes()
                    for f in a.iterdir() if f.name != "meta.json")
         for r in rows:
@@ -231,9 +233,9 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
 
 
 def table_prepare(rows: list[dict]) -> str:
-    lines = ["| reader | rows | wall (s) | peak RSS (MiB) | MiB per 10M rows |", "|---|---:|---:|---:|---:|"]
+    lines = ["| log | reader | rows | wall (s) | peak RSS (MiB) | MiB per 10M rows |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['rows']:,} | {r['wall_seconds']:.0f} | {r['peak_rss_mib']:.0f} | "
+        lines.append(f"| {r['format']} | {r['mode']} | {r['rows']:,} | {r['wall_seconds']:.0f} | {r['peak_rss_mib']:.0f} | "
                      f"{r['peak_rss_mib_per_10m_rows']:.0f} |")
     return "\n".join(lines)
 
@@ -273,10 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--device", default="cpu")
     s.add_argument("--bf16", action="store_true", help="bfloat16 autocast of forward and loss")
+    s.add_argument("--users", type=int, default=20_000, help="synthetic users (about 20 interactions each)")
     s.add_argument("--tag", default=None, help="key in scale.json (default: speed-DEVICE)")
     o = sub.add_parser("_speed_one")
     for name, kind in (("--items", int), ("--path", str), ("--model", str), ("--steps", int), ("--warmup", int),
-                       ("--threads", int), ("--device", str), ("--bf16", int)):
+                       ("--threads", int), ("--device", str), ("--bf16", int), ("--users", int)):
         o.add_argument(name, type=kind, required=True)
     d = sub.add_parser("ddp")
     d.add_argument("--items", type=int, default=12000)
@@ -287,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("prepare")
     r.add_argument("--preset", default="books")
     r.add_argument("--modes", default="stream,memory")
+    r.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     args = p.parse_args(argv)
     if args.cmd == "_speed_one":
         speed_one(args)
@@ -300,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     key = {"speed": lambda: args.tag or f"speed-{args.device}", "ddp": lambda: f"ddp-{args.model}-{args.items}",
-           "prepare": lambda: f"prepare-{args.preset}"}[args.cmd]()
+           "prepare": lambda: f"prepare-{args.preset}-{args.format}"}[args.cmd]()
     results[key] = record
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
