@@ -42,6 +42,14 @@ def _torchrun(*args: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_threads():
+    """The one-process references train with threads=1 (as each rank does); give the rest their threads back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("dist")
