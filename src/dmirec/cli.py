@@ -153,7 +153,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import serve_cmd
+    from .train import resolve_device
 
+    resolve_device(args.device)  # --device cuda without a GPU: the same error as train's
     return serve_cmd(args)
 
 
