@@ -8,6 +8,7 @@
     dmirec index BUNDLE_DIR --kind flat|hnsw|ivf
     dmirec serve BUNDLE_DIR --port 8000
     dmirec recommend BUNDLE_DIR --input LOG --output candidates.parquet -n 200
+    dmirec synth OUT.parquet [--preset books|100m|small] [--users N --items N --clusters C --seed S]
     dmirec demo
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import prepare
 
     cols = {k: v for k, v in (("user_col", args.user_col), ("item_col", args.item_col), ("time_col", args.time_col)) if v}
+    if args.stream:  # bounded memory: csv/parquet read in record batches (dmirec.data.stream_prepare)
+        from .data.stream_prepare import prepare_streaming
+
+        report = prepare_streaming(args.input, args.outdir, format=args.format, core=args.core, seed=args.seed,
+                                   name=args.name, comirec_files=args.comirec_files, **cols)
+        print(report.summary())
+        return 0
     report = prepare(args.input, args.outdir, format=args.format, core=args.core, seed=args.seed, name=args.name,
                      comirec_files=args.comirec_files, **cols)
     print(report.summary())
@@ -71,6 +80,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         if (out / "checkpoints" / "last.pt").exists():
             raise ConfigError(f"{out} already holds a run; use --resume {out} or choose another --out")
         result = train(cfg, args.data, out)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     print(_metrics_table(result["test"], f"{result['model']} on {result['dataset']} (test, best step "
                                          f"{result['best_step']}, stopped: {result['stopped']})"))
     return 0
@@ -80,12 +91,15 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from .evaluate import evaluate_run
     from .rundir import unfinished_note
 
+    from .train import resolve_device
+
     note = unfinished_note(args.run_dir)
     if note:
         print(f"dmirec evaluate: note: {note}", file=sys.stderr)
     # --key=value: evaluation-time config changes (neighbour rule, guidance, sampler, ...)
     metrics = evaluate_run(args.run_dir, split=args.split, exclude_history=args.exclude_history or None,
-                           backend=args.backend, which=args.checkpoint, overrides=parse_overrides(extra) or None)
+                           backend=args.backend, which=args.checkpoint, overrides=parse_overrides(extra) or None,
+                           device=resolve_device(args.device))
     if args.json:
         keys = [f"{m}@{n}" for m in ("recall", "hitrate", "ndcg", "ndcg_comirec") for n in (20, 50)] + ["users"]
         print(json.dumps({k: metrics[k] for k in keys}))
@@ -119,6 +133,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write a synthetic log with planted interests (streamed, bounded memory)."""
+    from .data.synth_log import spec_from, write_log
+
+    spec = spec_from(args.preset, users=args.users, items=args.items, clusters=args.clusters, seed=args.seed,
+                     chunk_users=args.chunk_users)
+    start = time.perf_counter()
+    record = write_log(spec, args.output, args.format)
+    print(f"wrote {record['rows']:,} interactions of {spec.users:,} users and {spec.items:,} items to "
+          f"{args.output} ({record['format']}) in {time.perf_counter() - start:.1f} s; spec in {args.output}.json")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     from .export import export_cmd
     from .rundir import unfinished_note
@@ -138,7 +165,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import serve_cmd
+    from .train import resolve_device
 
+    resolve_device(args.device)  # --device cuda without a GPU: the same error as train's
     return serve_cmd(args)
 
 
@@ -160,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1230)
     p.add_argument("--name", default=None)
     p.add_argument("--comirec-files", action="store_true", help="also write NAME_train/valid/test.txt and id maps")
+    p.add_argument("--stream", action="store_true",
+                   help="read a csv/parquet log in batches (bounded memory for large logs; same output)")
     p.add_argument("--user-col", default=None)
     p.add_argument("--item-col", default=None)
     p.add_argument("--time-col", default=None)
@@ -181,10 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["torch", "faiss"], default=None)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
 
     p = sub.add_parser("demo", help="prepare the shipped beauty data, train ComiRec-SA briefly, evaluate")
     p.add_argument("--workdir", default="demo_run")
     p.add_argument("--steps", type=int, default=3000)
+
+    p = sub.add_parser("synth", help="write a synthetic interaction log with planted interests (csv or parquet)")
+    p.add_argument("output", help="OUT.parquet or OUT.csv")
+    p.add_argument("--preset", choices=["small", "books", "100m"], default=None)
+    p.add_argument("--users", type=int, default=None)
+    p.add_argument("--items", type=int, default=None)
+    p.add_argument("--clusters", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chunk-users", type=int, default=None)
+    p.add_argument("--format", choices=["parquet", "csv"], default=None)
 
     p = sub.add_parser("export", help="export a run as a self-contained serving bundle")
     p.add_argument("run_dir")
@@ -243,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             return cmd_export(args, extra)
         handler = {"prepare": cmd_prepare, "demo": cmd_demo, "index": cmd_index, "serve": cmd_serve,
-                   "recommend": cmd_recommend}[args.command]
+                   "recommend": cmd_recommend, "synth": cmd_synth}[args.command]
         return handler(args)
     except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"dmirec {args.command}: error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ For every user of a split: the model turns the last ``seq_len`` history items in
 vectors, each retrieves its top N from all items, the K*N candidates are merged by score,
 de-duplicated and cut to N (:mod:`dmirec.retrieval`), and the metrics of :mod:`dmirec.metrics`
 compare the list with the targets. History items can optionally be excluded from retrieval.
+On a CUDA device the torch backend searches on the GPU (the faiss backend stays on the CPU).
 """
 
 from __future__ import annotations
@@ -46,9 +47,13 @@ def evaluate_model(model, data: PreparedData, split: str = "valid", seq_len: int
     if eval_set is None:
         eval_set = eval_split(data.splits[split], seq_len, max_users)
     queries = user_vectors(model, eval_set, batch_size, device)  # (U, K, D)
-    items = model.item_embeddings().detach().float().cpu().numpy()  # (N + 1, D)
     exclude = eval_set.full_history if exclude_history else None
-    result = search(queries, items, max(ns), backend=backend, exclude=exclude)
+    if backend == "torch" and torch.device(device).type == "cuda":  # exact blocked search on the GPU
+        items = model.item_embeddings().detach().float()  # (N + 1, D), stays on the device
+        result = search(queries, items, max(ns), backend=backend, exclude=exclude, device=torch.device(device))
+    else:
+        items = model.item_embeddings().detach().float().cpu().numpy()  # (N + 1, D)
+        result = search(queries, items, max(ns), backend=backend, exclude=exclude)
     metrics = summarize(result.ids, eval_set.targets, ns)
     metrics["seconds"] = time.perf_counter() - start
     return metrics
@@ -63,7 +68,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu", over
     from .rundir import load_trained_model, read_data_ref
 
     model, cfg = load_trained_model(run_dir, which=which, device=device, overrides=overrides)
-    data = load_dataset(read_data_ref(Path(run_dir))["path"])
+    data = load_dataset(read_data_ref(Path(run_dir))["path"], mmap=True)
     bank = getattr(model, "bank", None)
     if bank is not None and bank.size == 0:
         build_bank(model, data.splits["train"], cfg.seq_len, cfg.eval_batch_size, device, cfg.bank_max_users, cfg.seed)

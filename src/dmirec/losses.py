@@ -12,6 +12,7 @@ as in REMI: ``w_j ∝ exp(beta * s_j)`` normalised to mean 1, so that a uniform 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,16 +45,22 @@ class NegativeSampler:
 
 
 def sampled_softmax_loss(user: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor,
-                         item_table: torch.Tensor, log_probs: torch.Tensor | None = None,
+                         item_table: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+                         log_probs: torch.Tensor | None = None,
                          remove_accidental_hits: bool = False,
                          hard_negative_beta: float = 0.0) -> torch.Tensor:
     """Mean sampled-softmax loss.
 
     user (B, D) read-out vectors; target (B,) item ids; negatives (S,) shared item ids;
-    item_table (N+1, D); log_probs (N+1,) sampling log-probabilities for log-Q correction.
+    item_table (N+1, D), or a function from ids to rows (a sparse embedding's lookup, so that the
+    table's gradient stays row-sparse); log_probs (N+1,) sampling log-probabilities for log-Q correction.
     """
-    target_emb = item_table[target]  # (B, D)
-    neg_emb = item_table[negatives]  # (S, D)
+    if isinstance(item_table, torch.Tensor):
+        target_emb = item_table[target]  # (B, D)
+        neg_emb = item_table[negatives]  # (S, D)
+    else:
+        rows = item_table(torch.cat([target, negatives]))  # (B + S, D), one gather
+        target_emb, neg_emb = rows[:len(target)], rows[len(target):]  # (B, D), (S, D)
     pos_logit = (user * target_emb).sum(-1, keepdim=True)  # (B, 1)
     neg_logit = user @ neg_emb.T  # (B, S)
     if log_probs is not None:

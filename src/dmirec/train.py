@@ -11,6 +11,7 @@ a resumed run retraces exactly the steps an uninterrupted one would have taken.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -21,10 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import rundir
+from . import dist as distrib
+from . import optim, rundir
 from .config import Config, ConfigError, make_config, model_defaults  # noqa: F401 (re-exported)
 from .data.dataset import load_dataset
-from .data.sampler import TrainSampler, eval_split
+from .data.sampler import TrainSampler, eval_split, valid_split  # noqa: F401 (eval_split re-exported)
 from .evaluate import METRIC_NS, evaluate_model
 from .losses import NegativeSampler, sampled_softmax_loss
 from .models import build_model
@@ -41,12 +43,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    groups = model.param_groups(cfg) if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
-    groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
-    # The fused kernel is the same Adam update in one pass over each tensor; about 1.5-2x faster steps
-    # on CPU for these small models, where the optimiser touches the whole item table every step.
-    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+def make_optimizer(model: torch.nn.Module, cfg: Config):
+    """Fused Adam over every parameter; SparseAdam for the item table when it is sparse (:mod:`dmirec.optim`)."""
+    return optim.make_optimizer(model, cfg)
 
 
 def batch_loss(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
@@ -55,15 +54,30 @@ def batch_loss(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask:
 
     ``users (B,)``: the batch's train-split rows, for models that read the interest bank (their
     own entry is left out)."""
-    out = model.train_forward(history, mask, target, users) if users is not None else \
-        model.train_forward(history, mask, target)
     neg_ids = negatives.sample(cfg.num_negatives, neg_gen)  # (S,)
     log_probs = negatives.log_probs if cfg.logq_correction else None
-    loss = sampled_softmax_loss(out.user, target, neg_ids, model.item_embeddings(), log_probs,
+    return loss_with_negatives(model, cfg, history, mask, target, neg_ids, log_probs, users)
+
+
+def loss_with_negatives(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask: torch.Tensor,
+                        target: torch.Tensor, neg_ids: torch.Tensor, log_probs: torch.Tensor | None,
+                        users: torch.Tensor | None = None, reg_scale: float = 1.0) -> torch.Tensor:
+    """Sampled softmax against ``neg_ids`` (+ REMI routing regulariser, a sum over users, times
+    ``reg_scale``) + model aux loss."""
+    out = model.train_forward(history, mask, target, users) if users is not None else \
+        model.train_forward(history, mask, target)
+    loss = sampled_softmax_loss(out.user, target, neg_ids, optim.item_lookup(model), log_probs,
                                 cfg.remove_accidental_hits, cfg.hard_negative_beta)
     if cfg.routing_reg > 0:
-        loss = loss + cfg.routing_reg * routing_regularizer(out.weights, cfg.embedding_dim)
+        loss = loss + (cfg.routing_reg * reg_scale) * routing_regularizer(out.weights, cfg.embedding_dim)
     return loss + out.aux_loss
+
+
+def autocast(cfg: Config, device: torch.device):
+    """bfloat16 autocast of the forward pass and loss when ``cfg.bf16`` (a no-op context otherwise)."""
+    if not cfg.bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def _bar_interval() -> float:
@@ -99,26 +113,41 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     """Train ``cfg.model`` on the prepared dataset ``data_dir``; returns the test metrics.
 
     ``callback(step)`` is called after every optimisation step (tests use it to interrupt a run).
-    The run directory is locked while training (:func:`dmirec.rundir.run_lock`): a second
-    process training or resuming the same run is refused.
+    The run directory is locked while training (:func:`dmirec.rundir.run_lock`, held by rank 0): a
+    second process training or resuming the same run is refused. Started by torchrun, the process
+    joins its process group and trains its share of every batch (:mod:`dmirec.dist`); every rank
+    returns rank 0's result.
     """
-    with rundir.run_lock(run_dir):
-        return _train(cfg, data_dir, run_dir, resume, callback)
+    device = resolve_device(cfg.device)
+    ctx = distrib.setup(device.type)
+    try:
+        if ctx.active and device.type == "cuda":
+            device = torch.device("cuda", ctx.local_rank)
+        if ctx.main:
+            with rundir.run_lock(run_dir):
+                return _train(cfg, data_dir, run_dir, resume, callback, device, ctx)
+        return _train(cfg, data_dir, run_dir, resume, callback, device, ctx)
+    finally:
+        ctx.close()
 
 
 def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
-           callback: Callable[[int], None] | None) -> dict[str, Any]:
+           callback: Callable[[int], None] | None, device: torch.device, ctx: distrib.Context) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    data = load_dataset(data_dir)
+    if ctx.active and cfg.batch_size % ctx.world:
+        raise ConfigError(f"config key 'batch_size': {cfg.batch_size} does not split evenly over {ctx.world} ranks")
+    data = load_dataset(data_dir, mmap=True)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
     popularity = data.item_popularity("train")
     model = build_model(cfg, data.num_items, popularity).to(device)
+    optim.set_sparse(model, getattr(model, "trainable", True) and optim.use_sparse(cfg, data.num_items))
     if cfg.init_from and not resume:  # before anything is written: a bad source leaves no run behind
         warm_start(model, cfg, device)
+    if ctx.rank > 0:  # ranks draw their own model noise (DMI); rank 0 keeps the single-process stream
+        torch.manual_seed(cfg.seed + 7919 * ctx.rank)
     has_bank = getattr(model, "bank", None) is not None
 
     def refresh_bank() -> None:
@@ -129,10 +158,17 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
                        cfg.seed)
     sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=cfg.seed)
     negatives = NegativeSampler(data.num_items, cfg.negative_sampler, device)
-    neg_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    neg_seed = cfg.seed + 1 + (7919 * ctx.rank if cfg.dist_negatives == "rank" else 0)
+    neg_gen = torch.Generator(device=device).manual_seed(neg_seed)
     trainable = getattr(model, "trainable", True) and cfg.max_steps > 0
     optimizer = make_optimizer(model, cfg) if trainable else None
-    valid_set = eval_split(data.splits["valid"], cfg.seq_len, cfg.eval_max_users)
+    valid_set = valid_split(data.splits["valid"], cfg) if ctx.main else None
+    log_probs = negatives.log_probs if cfg.logq_correction else None
+    ddp = None
+    if ctx.active and trainable:
+        def loss_fn(m, h, mk, t, neg_ids, users):
+            return loss_with_negatives(m, cfg, h, mk, t, neg_ids, log_probs, users, reg_scale=float(ctx.world))
+        ddp = distrib.wrap(model, loss_fn, device, find_unused=cfg.model in ("dmi", "coin"))
     ckpt_dir = run_dir / "checkpoints"
     state = {"step": 0, "best": -1.0, "best_step": 0, "bad": 0, "train_seconds": 0.0, "sequences": 0,
              "stopped": None}
@@ -148,24 +184,37 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         if optimizer is not None and ckpt.get("optimizer") is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
         sampler.set_state(ckpt["sampler"])
-        neg_gen.set_state(ckpt["neg_gen"].to("cpu") if device.type == "cpu" else ckpt["neg_gen"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        ranks = ckpt.get("rank_rng")
+        if ranks is not None and len(ranks) == ctx.world:  # same number of ranks: each its own streams
+            neg_state, torch_state = ranks[ctx.rank]
+        elif ctx.rank == 0 or cfg.dist_negatives == "global":
+            neg_state, torch_state = ckpt["neg_gen"], ckpt["torch_rng"]
+        else:  # a new rank count: the other ranks start fresh streams, seeded by rank and step
+            neg_state = torch.Generator(device=device).manual_seed(neg_seed + ckpt["state"]["step"]).get_state()
+            torch_state = torch.Generator().manual_seed(cfg.seed + 7919 * ctx.rank + ckpt["state"]["step"]).get_state()
+        neg_gen.set_state(neg_state.to("cpu") if device.type == "cpu" else neg_state)
+        torch.set_rng_state(torch_state)
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
         state.update(ckpt["state"])
         if state["stopped"] == "max_steps" and state["step"] < cfg.max_steps:
             state["stopped"] = None  # resumed with a larger max_steps: extend the run
-        rundir.write_config(run_dir, cfg)
-        rows = [r for r in rundir.read_metrics(run_dir) if r.get("split") == "valid" and r["step"] <= state["step"]]
-        rundir.rewrite_metrics(run_dir, rows)
-    else:
+        if ctx.main:
+            rundir.write_config(run_dir, cfg)
+            rows = [r for r in rundir.read_metrics(run_dir) if r.get("split") == "valid" and r["step"] <= state["step"]]
+            rundir.rewrite_metrics(run_dir, rows)
+    elif ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_config(run_dir, cfg)
         rundir.write_data_ref(run_dir, data.path, data.name, data.num_items)
         rundir.rewrite_metrics(run_dir, [])
 
     def save_last() -> None:
-        rundir.save_checkpoint(ckpt_dir / "last.pt", {
+        ranks = ctx.gather((neg_gen.get_state(), torch.get_rng_state())) if ctx.active else None
+        if not ctx.main:
+            return
+        extra = {"rank_rng": ranks} if ranks is not None else {}
+        rundir.save_checkpoint(ckpt_dir / "last.pt", {**extra,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "sampler": sampler.state(),
@@ -176,8 +225,15 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
             "popularity": torch.from_numpy(popularity),
         })
 
-    def validate(window_loss: float, window_steps: int, window_seconds: float) -> dict:
-        refresh_bank()
+    def validate(window_loss: float, window_steps: int, window_seconds: float) -> dict | None:
+        """Rank 0 validates and decides; the other ranks receive its state (best, patience, stop)."""
+        refresh_bank()  # every rank: the bank is model state the next steps read
+        row = _validate(window_loss, window_steps, window_seconds) if ctx.main else None
+        if ctx.active:
+            state.update(ctx.broadcast(dict(state)))
+        return row
+
+    def _validate(window_loss: float, window_steps: int, window_seconds: float) -> dict:
         metrics = evaluate_model(model, data, "valid", cfg.seq_len, METRIC_NS, cfg.retrieval_backend,
                                  cfg.exclude_history, cfg.eval_batch_size, device=device, eval_set=valid_set)
         improved = metrics["recall@50"] > state["best"]
@@ -195,28 +251,34 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
             state["stopped"] = "patience"
         return row
 
-    if cfg.init_from and trainable and state["step"] == 0 and not (ckpt_dir / "best.pt").exists():
+    no_best = ctx.broadcast(not (ckpt_dir / "best.pt").exists())
+    if cfg.init_from and trainable and state["step"] == 0 and no_best:
         validate(0.0, 0, 0.0)  # the warm start itself is a candidate: training must beat it on validation
         save_last()
-    if not trainable and state["step"] == 0 and not (ckpt_dir / "best.pt").exists():
+    if not trainable and state["step"] == 0 and no_best:
         validate(0.0, 0, 0.0)
         state["stopped"] = "nothing to train"
         save_last()
 
     if has_bank and model.bank.size == 0:  # a fresh run: training reads the bank from step 1
         refresh_bank()
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not cfg.progress, unit="step",
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not (cfg.progress and ctx.main), unit="step",
                dynamic_ncols=True, desc=f"{cfg.model}", mininterval=_bar_interval())
     window_loss, window_steps, window_seconds = 0.0, 0, 0.0
     model.train()
+    share = ctx.share(cfg.batch_size)  # this rank's rows of every global batch (all of them in one process)
     while trainable and state["stopped"] is None and state["step"] < cfg.max_steps:
         tick = time.perf_counter()
         batch = sampler.sample()
-        history = torch.from_numpy(batch.history).to(device)  # (B, L)
-        mask = torch.from_numpy(batch.mask).to(device)  # (B, L)
-        target = torch.from_numpy(batch.target).to(device)  # (B,)
-        users = torch.from_numpy(batch.rows).to(device) if has_bank else None  # (B,)
-        loss = batch_loss(model, cfg, history, mask, target, negatives, neg_gen, users)
+        history = torch.from_numpy(batch.history[share]).to(device)  # (B / P, L)
+        mask = torch.from_numpy(batch.mask[share]).to(device)  # (B / P, L)
+        target = torch.from_numpy(batch.target[share]).to(device)  # (B / P,)
+        users = torch.from_numpy(batch.rows[share]).to(device) if has_bank else None  # (B / P,)
+        with autocast(cfg, device):
+            if ddp is None:
+                loss = batch_loss(model, cfg, history, mask, target, negatives, neg_gen, users)
+            else:
+                loss = ddp(history, mask, target, negatives.sample(cfg.num_negatives, neg_gen), users)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -224,7 +286,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         state["sequences"] += cfg.batch_size
         elapsed = time.perf_counter() - tick
         state["train_seconds"] += elapsed
-        window_loss += float(loss.detach())
+        window_loss += ctx.mean(float(loss.detach()))
         window_steps += 1
         window_seconds += elapsed
         bar.update(1)
@@ -234,8 +296,9 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
             if state["step"] >= cfg.max_steps and state["stopped"] is None:
                 state["stopped"] = "max_steps"
             save_last()
-            bar.set_postfix({"valid_R@50": f"{row['recall@50']:.4f}", "best": f"{state['best']:.4f}",
-                             "seq/s": f"{row['train_seq_per_s'] or 0:.0f}"})
+            if row is not None:
+                bar.set_postfix({"valid_R@50": f"{row['recall@50']:.4f}", "best": f"{state['best']:.4f}",
+                                 "seq/s": f"{row['train_seq_per_s'] or 0:.0f}"})
         if callback is not None:
             callback(state["step"])
     bar.close()
@@ -243,6 +306,8 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         state["stopped"] = "max_steps"
         save_last()
 
+    if not ctx.main:
+        return ctx.broadcast(None)
     best = rundir.load_checkpoint(ckpt_dir / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
     test = evaluate_model(model, data, "test", cfg.seq_len, METRIC_NS, cfg.retrieval_backend,
@@ -254,7 +319,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
               "test": test}
     rundir.append_metrics(run_dir, {"split": "test", "step": state["best_step"], **test})
     rundir.atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
-    return result
+    return ctx.broadcast(result)
 
 
 RESUME_KEYS = ("max_steps", "progress", "threads", "device")  # what a resume may change

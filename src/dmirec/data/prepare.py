@@ -106,13 +106,21 @@ def _comirec_split(frame: pd.DataFrame, core: int, seed: int, source: str) -> tu
     """Apply the protocol to a (user, item, timestamp) frame in file order."""
     u_codes, u_uniques = pd.factorize(frame["user"], sort=False)  # first-seen order
     i_codes, i_uniques = pd.factorize(frame["item"], sort=False)
-    n_rows, n_users, n_items = len(frame), len(u_uniques), len(i_uniques)
+    return _comirec_split_codes(u_codes, u_uniques, i_codes, i_uniques, frame["timestamp"].to_numpy(), core, seed,
+                                source)
+
+
+def _comirec_split_codes(u_codes: np.ndarray, u_uniques, i_codes: np.ndarray, i_uniques, ts: np.ndarray,
+                         core: int, seed: int, source: str) -> tuple[_Split, dict]:
+    """The protocol on factorised rows (codes in first-seen order, their raw ids, timestamps); the
+    in-memory and the streaming reader (:mod:`dmirec.data.stream_prepare`) both end here."""
+    n_rows, n_users, n_items = len(u_codes), len(u_uniques), len(i_uniques)
 
     counts = np.bincount(i_codes, minlength=n_items)  # (I,)
     by_count = np.argsort(-counts, kind="stable")  # descending, ties in first-seen order
     num_items = int(np.count_nonzero(counts >= core))
     kept_items = by_count[:num_items]
-    item_new = np.zeros(n_items, dtype=np.int64)  # 0: dropped
+    item_new = np.zeros(n_items, dtype=np.int32)  # 0: dropped (int32 per-row arrays: half the peak memory)
     item_new[kept_items] = np.arange(1, num_items + 1)
     row_item = item_new[i_codes]  # (R,)
     row_item_kept = row_item > 0
@@ -127,20 +135,28 @@ def _comirec_split(frame: pd.DataFrame, core: int, seed: int, source: str) -> tu
     order = kept_users.tolist()
     random.Random(seed).shuffle(order)  # == random.seed(seed); random.shuffle(order)
     shuffled = np.asarray(order, dtype=np.int64)
-    user_new = np.full(n_users, -1, dtype=np.int64)
+    user_new = np.full(n_users, -1, dtype=np.int32)
     user_new[shuffled] = np.arange(num_users)
 
     row_user = user_new[u_codes]
     keep = row_item_kept & (row_user >= 0)
-    ts = frame["timestamp"].to_numpy()
-    tsf = ts.astype(np.float64)  # the protocol sorts and prints float(ts)
+    n_item_kept, n_kept = int(row_item_kept.sum()), int(keep.sum())
+    del row_item_kept
+    tsf = ts.astype(np.float64, copy=False)  # the protocol sorts and prints float(ts)
     pos = np.flatnonzero(keep)
+    del keep
     ku, ki, kt = row_user[pos], row_item[pos], tsf[pos]
+    del row_user, row_item, tsf
     srt = np.lexsort((pos, kt, ku))  # by user, then timestamp, ties in file order
-    ku, ki, kt = ku[srt], ki[srt], kt[srt]
+    del pos
+    ku = ku[srt]  # one reordered array at a time keeps the peak low
+    ki = ki[srt]
+    kt = kt[srt]
+    del srt
     if len(kt) and np.abs(kt).max() >= _INT64_LIMIT:
         raise InputError(f"{source}: timestamps beyond the int64 range cannot be stored")
-    ts_out = np.trunc(kt).astype(np.int64)  # '%d' % float
+    ts_out = np.trunc(kt, out=kt).astype(np.int64)  # '%d' % float
+    del kt
 
     offsets = np.zeros(num_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(ku, minlength=num_users), out=offsets[1:])
@@ -155,12 +171,12 @@ def _comirec_split(frame: pd.DataFrame, core: int, seed: int, source: str) -> tu
 
     item_raw = [str(x) for x in np.asarray(i_uniques, dtype=object)[kept_items]]
     user_raw = [str(x) for x in np.asarray(u_uniques, dtype=object)[shuffled]]
-    n_item_rows_dropped = int(n_rows - row_item_kept.sum())
+    n_item_rows_dropped = int(n_rows - n_item_kept)
     stats = dict(
         rows_read=n_rows, users_read=n_users, items_read=n_items,
-        rows_kept=int(keep.sum()), users_kept=num_users, items_kept=num_items,
+        rows_kept=n_kept, users_kept=num_users, items_kept=num_items,
         rows_filtered_item_core=n_item_rows_dropped, users_filtered_core=int(n_users - num_users),
-        rows_filtered_user_core=int(row_item_kept.sum() - keep.sum()),
+        rows_filtered_user_core=int(n_item_kept - n_kept),
         items_filtered_core=int(n_items - num_items),
         ids_with_spaces=_count_spaced(u_uniques) + _count_spaced(i_uniques),
         duplicate_rows=int(frame.duplicated(["user", "item", "timestamp"]).sum()),
@@ -297,13 +313,7 @@ def prepare(input, outdir, format: str | None = None, core: int = 5, seed: int =
     ``seq_len``: recorded in meta.json as the suggested model input length when given.
     ``header``/``sep``: csv only.
     """
-    if isinstance(core, bool) or not isinstance(core, (int, np.integer)) or core < 0:
-        raise ValueError(f"core must be a non-negative integer, not {core!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, not {seed!r}")
-    core, seed = int(core), int(seed)
-    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1):
-        raise ValueError(f"seq_len must be a positive integer, not {seq_len!r}")
+    core, seed = check_prepare_args(core, seed, seq_len)
 
     sp: ComirecSplit | None = None
     if isinstance(input, pd.DataFrame):
@@ -347,7 +357,29 @@ def prepare(input, outdir, format: str | None = None, core: int = 5, seed: int =
         core_used, seed_used = core, seed
     if name is None:
         name = "data" if path is None else _default_name(path, fmt, sp)
+    return _write_dataset(outdir, data, stats, name=name, source=source, fmt=fmt, core=core, seed=seed,
+                          comirec_files=comirec_files, seq_len=seq_len, converted=sp is not None,
+                          core_used=core_used, seed_used=seed_used)
 
+
+def check_prepare_args(core, seed, seq_len) -> tuple[int, int]:
+    """Validate prepare's core, seed and seq_len; returns (core, seed) as ints."""
+    if isinstance(core, bool) or not isinstance(core, (int, np.integer)) or core < 0:
+        raise ValueError(f"core must be a non-negative integer, not {core!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, not {seed!r}")
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1):
+        raise ValueError(f"seq_len must be a positive integer, not {seq_len!r}")
+    return int(core), int(seed)
+
+
+def _write_dataset(outdir, data: _Split, stats: dict, *, name: str, source: str, fmt: str, core: int, seed: int,
+                   comirec_files: bool, seq_len: int | None, converted: bool, core_used: int | None = None,
+                   seed_used: int | None = None) -> PrepareReport:
+    """Write the prepared folder (arrays, id maps, optional ComiRec files, meta.json last)."""
+    if not converted:
+        core_used, seed_used = core, seed
+    sp = True if converted else None
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     meta_path = outdir / "meta.json"

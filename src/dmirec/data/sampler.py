@@ -86,11 +86,18 @@ class EvalSet:
     users: np.ndarray  # (U,) new user ids
 
 
-def eval_split(seqs: Sequences, seq_len: int, max_users: int = 0) -> EvalSet:
-    """Histories and targets of valid/test users under the 80% cut of the protocol."""
+def eval_split(seqs: Sequences, seq_len: int, max_users: int = 0, sample_users: int = 0,
+               seed: int = 0) -> EvalSet:
+    """Histories and targets of valid/test users under the 80% cut of the protocol.
+
+    ``max_users`` keeps the first users of the split; ``sample_users`` keeps a fixed random sample
+    of that many users (seeded by ``seed``, in split order), the same on every call.
+    """
     rows = np.arange(seqs.num_users)
     if max_users and max_users < len(rows):
         rows = rows[:max_users]
+    if sample_users and sample_users < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, size=sample_users, replace=False))
     lengths = seqs.lengths[rows]
     cut = (lengths * 0.8).astype(np.int64)  # int(0.8 * len) as in the reference code
     keep = (cut > 0) & (cut < lengths)
@@ -100,3 +107,9 @@ def eval_split(seqs: Sequences, seq_len: int, max_users: int = 0) -> EvalSet:
     targets = [seqs.items[s + c:s + n] for s, c, n in zip(starts, cut, lengths)]
     full_history = [seqs.items[s:s + c] for s, c in zip(starts, cut)]
     return EvalSet(history, mask, targets, full_history, seqs.users[rows])
+
+
+def valid_split(seqs: Sequences, cfg) -> EvalSet:
+    """The validation users of a run: all, the first ``eval_max_users``, or a seeded sample of
+    ``valid_users`` (seeded by the run's seed; the test pass always uses every test user)."""
+    return eval_split(seqs, cfg.seq_len, cfg.eval_max_users, cfg.valid_users, seed=cfg.seed)

@@ -50,13 +50,16 @@ def prune_items(weights: torch.Tensor, mask: torch.Tensor, rule: str = "topm", m
     raise ValueError(f"unknown pruning rule {rule!r}")
 
 
-def pruned_items(item_table: torch.Tensor, history: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,
+def pruned_items(item_table, history: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,
                  rule: str = "topm", m: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """The interest's pruned history items: keys (B, K, M, D), mask (B, K, M)."""
+    """The interest's pruned history items: keys (B, K, M, D), mask (B, K, M).
+
+    ``item_table``: the (N + 1, D) table, or a function from ids to rows (``item_rows``)."""
     index, keep = prune_items(weights, mask, rule, m)  # (B, K, M), (B, K, M)
     b, k, count = index.shape
     ids = history.gather(1, index.reshape(b, k * count)).reshape(b, k, count)  # (B, K, M)
-    return item_table[ids], keep  # (B, K, M, D), (B, K, M)
+    rows = item_table[ids] if isinstance(item_table, torch.Tensor) else item_table(ids)  # (B, K, M, D)
+    return rows, keep  # (B, K, M, D), (B, K, M)
 
 
 def neighbour_interests(neighbours: torch.Tensor, found: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,7 @@ vectors and the item-to-interest weights:
 
     interests(history, mask) -> V (B, K, D), W (B, K, L)
     item_embeddings()        -> (N + 1, D), row 0 is the padding item and is never retrieved
+    item_rows(ids)           -> (*ids.shape, D), the same rows through the embedding module
     user_vectors(history, mask) -> (B, K, D), the vectors used as retrieval queries
     train_forward(history, mask, target, users=None) -> TrainOutput
     bank_interests(history, mask) -> (B, K, D), what the interest bank stores for a training user
@@ -88,6 +89,10 @@ class RetrievalModel(nn.Module):
 
     def item_embeddings(self) -> torch.Tensor:
         return self.item_emb.weight  # (N + 1, D)
+
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of the item table through the embedding module (sparse gradients when it is sparse)."""
+        return self.item_emb(ids)  # (*ids.shape, D)
 
     @_keep_last_items
     def user_vectors(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -125,6 +125,13 @@ class DMI(RetrievalModel):
         table = self.backbone.item_embeddings()  # (N + 1, D)
         return table.detach() if self.backbone_frozen() else table
 
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Table rows; through the embedding module only when the table is sparse (dense: as before)."""
+        if not self.item_emb.sparse:
+            return self.item_embeddings()[ids]  # (*ids.shape, D)
+        rows = self.backbone.item_rows(ids)  # (*ids.shape, D)
+        return rows.detach() if self.backbone_frozen() else rows
+
     def interests(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone's coarse interests and weights (the refined ones are :meth:`user_vectors`)."""
         return self.backbone.interests(history, mask)  # (B, K, D), (B, K, L)
@@ -164,7 +171,7 @@ class DMI(RetrievalModel):
         sources = []
         for name in self.keys:
             if name == "items":
-                sources.append(pruned_items(self.item_embeddings(), history, mask, weights, self.prune, self.prune_m))
+                sources.append(pruned_items(self.item_rows, history, mask, weights, self.prune, self.prune_m))
             elif name == "neighbours":
                 bank = getattr(self, "bank", None)
                 if bank is None:
@@ -220,7 +227,7 @@ class DMI(RetrievalModel):
             keep = keep & ~drop.repeat_interleave(vecs.shape[1]).unsqueeze(1)  # (B*K, M)
         x0 = vecs.detach() / c  # (B, K, D)
         x0_hat = self.process.training_sample(self.denoiser, x0, keys, keep)  # (B, K, D)
-        target_emb = self.item_embeddings()[target]  # (B, D)
+        target_emb = self.item_rows(target)  # (B, D)
         if self.target == "interest":
             recon = F.mse_loss(x0_hat, x0)
         else:  # the backbone's selected interest reconstructs the target item

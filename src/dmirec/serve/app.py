@@ -313,7 +313,7 @@ def app_from_env() -> FastAPI:
     """App factory for worker processes: the settings come from ``$DMIREC_SERVE_SETTINGS`` (JSON)."""
     settings = json.loads(os.environ[_ENV])
     configure_threads(settings["threads"])
-    bundle = load_bundle(settings["bundle_dir"], verify=False)  # verified once by the parent
+    bundle = load_bundle(settings["bundle_dir"], verify=False, device=settings.get("device", "cpu"))  # verified once by the parent
     return create_app(bundle, threads=settings["threads"], max_inflight=settings["max_inflight"],
                       body_timeout=settings["body_timeout"])
 
@@ -321,7 +321,8 @@ def app_from_env() -> FastAPI:
 def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *, threads: int = 1,
                log_level: str = "info", access_log: bool = False, workers: int = 1,
                max_inflight: int = DEFAULT_MAX_INFLIGHT, body_timeout: float = DEFAULT_BODY_TIMEOUT,
-               keep_alive: int = DEFAULT_KEEP_ALIVE, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+               keep_alive: int = DEFAULT_KEEP_ALIVE, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+               device: str = "cpu") -> None:
     """Load the bundle (checksums verified) and serve it with uvicorn until interrupted.
 
     ``workers > 1`` starts that many processes on one listening socket, each with its own copy of
@@ -336,7 +337,7 @@ def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
                   limit_concurrency=int(max_connections))
     if workers == 1:
         configure_threads(threads)
-        bundle = load_bundle(bundle_dir)
+        bundle = load_bundle(bundle_dir, device=device)
         app = create_app(bundle, threads=threads, max_inflight=max_inflight, body_timeout=body_timeout)
         sock = _listen(host, port)
         print(f"serving {bundle.manifest.get('model')} over {bundle.num_items} items "
@@ -349,7 +350,8 @@ def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
 
     manifest = verify_bundle(bundle_dir)
     os.environ[_ENV] = json.dumps({"bundle_dir": str(Path(bundle_dir).resolve()), "threads": threads,
-                                   "max_inflight": int(max_inflight), "body_timeout": float(body_timeout)})
+                                   "max_inflight": int(max_inflight), "body_timeout": float(body_timeout),
+                                   "device": device})
     sock = _listen(host, port)
     config = uvicorn.Config("dmirec.serve.app:app_from_env", factory=True, workers=workers, **common)
     print(f"serving {manifest.get('model')} over {manifest.get('num_items')} items "
@@ -359,7 +361,7 @@ def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
 
 
 SERVE_OPTIONS = ("host", "threads", "log_level", "access_log", "workers", "max_inflight", "body_timeout",
-                 "keep_alive", "max_connections")
+                 "keep_alive", "max_connections", "device")
 
 
 def serve_cmd(args) -> int:

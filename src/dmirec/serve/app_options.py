@@ -17,6 +17,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--threads", type=int, default=1, help="torch/faiss threads per request")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="model and exact search device")
     p.add_argument("--workers", type=int, default=1, help="server processes sharing the port and the bundle")
     p.add_argument("--max-inflight", type=int, default=DEFAULT_MAX_INFLIGHT,
                    help="requests in progress per worker; one more gets 503 with Retry-After")

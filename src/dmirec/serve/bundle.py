@@ -352,7 +352,7 @@ class Bundle:
         if self.index is not None:
             self.searcher = FaissSearch(self.item_embeddings, self.index)
         elif exact_backend == "torch":
-            self.searcher = ExactTorchSearch(self.item_embeddings)  # the reference
+            self.searcher = ExactTorchSearch(self.item_embeddings, device=self.device)  # the reference
         elif exact_backend == "faiss":
             self.searcher = FaissSearch(self.item_embeddings)  # IndexFlatIP: exact, faster for big batches
         else:

@@ -1,0 +1,317 @@
+#!/usr/bin/env python
+"""Scale benchmark: training speed against catalogue size (dense vs sparse item-table updates)
+and data-parallel training (torchrun, 2 gloo ranks vs 1 process).
+
+    python scripts/bench_scale.py speed [--items 12000,300000,1000000] [--steps 200] [--model remi]
+    python scripts/bench_scale.py ddp [--items 12000] [--steps 600]
+    python scripts/bench_scale.py prepare [--preset books] [--modes stream,memory]
+
+``speed``: for every catalogue size, a synthetic prepared dataset (:mod:`dmirec.data.synth_log`,
+``--users`` users, 20,000 by default, item ids as generated) and, for each path (dense Adam /
+sparse SparseAdam), one child process with one torch thread that times ``--steps`` full training
+steps (batch sampling, forward, sampled softmax over the config's shared negatives, backward,
+optimiser) after a warm-up, with the model's default config (REMI: D=64, K=4, batch 128, 1,280
+negatives), in 5 blocks; it reports the fastest block (the machine is shared: the least
+disturbed block is the closest to the step's own cost; every block's time is recorded) and
+reports its peak RSS. ``ddp``: the same `dmirec train` (one thread per rank) with 1 process and
+with 2 torchrun ranks at the same global batch; records the validation loss/recall curve, the
+test metrics and the training seq/s of each.
+
+``prepare``: writes the preset's synthetic log (``--format`` parquet or csv) and times ``dmirec prepare`` on it in a
+child process per mode (``--stream`` or the in-memory reader), reporting wall time and the
+child's peak RSS (also per 10M rows); both outputs are compared file by file.
+
+Results are merged into bench_results/scale.json (resolved config, git commit, machine, seed,
+wall time per entry) and printed as markdown tables. Run it alone: throughput on a shared
+machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench import DATA, RESULTS, machine  # noqa: E402
+
+OUT = RESULTS / "scale.json"
+SRC = ROOT / "src"
+
+
+def git_commit() -> str:
+    """HEAD, with ``+dirty`` when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def synth_data(items: int, users: int = 20_000, seed: int = 0) -> Path:
+    from dmirec.data.synth_log import LogSpec, write_prepared_direct
+
+    out = DATA / f"synth-{items}-u{users}-s{seed}"
+    if not (out / "meta.json").exists():
+        spec = LogSpec(users=users, items=items, clusters=max(10, items // 300), seed=seed)
+        write_prepared_direct(spec, out, name=f"synth-{items}")
+    return out
+
+
+def speed_one(args: argparse.Namespace) -> None:
+    """Child process: time the training step on one catalogue with one path; print a JSON line."""
+    import torch
+
+    from dmirec import optim
+    from dmirec.data.dataset import load_dataset
+    from dmirec.data.sampler import TrainSampler
+    from dmirec.losses import NegativeSampler
+    from dmirec.models import build_model
+    from dmirec.train import autocast, batch_loss, make_config, make_optimizer
+
+    torch.set_num_threads(args.threads)
+    data = load_dataset(synth_data(args.items, args.users), mmap=True)
+    cfg = make_config(args.model, overrides={"progress": False, "embedding_optimizer": args.path,
+                                             "threads": args.threads, "device": args.device, "seed": 0,
+                                             "bf16": bool(args.bf16)})
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = build_model(cfg, data.num_items, data.item_popularity()).to(device)
+    optim.set_sparse(model, optim.use_sparse(cfg, data.num_items))
+    sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=0)
+    negatives = NegativeSampler(data.num_items, cfg.negative_sampler, device)
+    gen = torch.Generator(device=device).manual_seed(1)
+    opt = make_optimizer(model, cfg)
+    model.train()
+    losses = []
+
+    def step() -> None:
+        b = sampler.sample()
+        h, m, t = (torch.from_numpy(x).to(device) for x in (b.history, b.mask, b.target))
+        with autocast(cfg, device):
+            loss = batch_loss(model, cfg, h, m, t, negatives, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    blocks = []  # seconds per block of steps: the best block is the least disturbed by other load
+    per_block = max(1, args.steps // 5)
+    for _ in range(max(1, args.steps // per_block)):
+        start = time.perf_counter()
+        for _ in range(per_block):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        blocks.append((time.perf_counter() - start) / per_block)
+    seconds = min(blocks)
+    print(json.dumps({"items": args.items, "users": args.users, "interactions": int(sum(
+                          len(data.splits[s].items) for s in data.splits)), "path": args.path, "model": args.model, "steps": per_block * len(blocks),
+                      "seq_per_s": cfg.batch_size / seconds, "ms_per_step": 1000 * seconds,
+                      "ms_per_step_blocks": [1000 * b for b in blocks],
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "first_loss": losses[0], "last_loss": sum(losses[-20:]) / len(losses[-20:]),
+                      "config": cfg.to_dict()}))
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1"}
+
+
+def cmd_speed(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for items in [int(x) for x in args.items.split(",")]:
+        synth_data(items, args.users)
+        for path in args.paths.split(","):
+            start = time.perf_counter()
+            cmd = [sys.executable, __file__, "_speed_one", "--items", str(items), "--path", path, "--model", args.model,
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+                   "--device", args.device, "--bf16", str(int(args.bf16)), "--users", str(args.users)]
+            proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row["wall_seconds"] = time.perf_counter() - start
+            print(f"{args.model} {items:>9,} items {path:>6}: {row['seq_per_s']:8.0f} seq/s "
+                  f"({row['ms_per_step']:.1f} ms/step), peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
+            rows.append(row)
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cmd_ddp(args: argparse.Namespace) -> list[dict]:
+    data = synth_data(args.items)
+    work = ROOT / "bench_runs" / "scale-ddp"
+    rows = []
+    for ranks in (1, 2):
+        run = work / f"{args.model}-{args.items}-p{ranks}"
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)
+        train_args = ["train", "--data", str(data), "--model", args.model, "--out", str(run), "--device", "cpu",
+                      f"--max_steps={args.steps}", f"--eval_every={args.eval_every}", f"--patience=1000",
+                      f"--valid_users={args.valid_users}", "--threads=1", "--progress=false", "--seed=0"]
+        if ranks == 1:
+            cmd = [sys.executable, "-m", "dmirec", *train_args]
+        else:
+            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
+                   "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "dmirec", *train_args]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+        wall = time.perf_counter() - start
+        result = json.loads((run / "result.json").read_text())
+        curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        curve = [{k: r[k] for k in ("step", "loss", "recall@50")} for r in curve if r["split"] == "valid"]
+        import yaml
+
+        row = {"ranks": ranks, "items": args.items, "model": args.model, "steps": result["steps"],
+               "train_seq_per_s": result["train_seq_per_s"], "test": result["test"], "curve": curve,
+               "wall_seconds": wall, "config": yaml.safe_load((run / "config.yaml").read_text())}
+        print(f"{args.model} {ranks} rank(s): {row['train_seq_per_s']:.0f} seq/s, test R@50 "
+              f"{result['test']['recall@50']:.4f}, wall {wall:.0f} s", flush=True)
+        rows.append(row)
+    return rows
+
+
+def cmd_prepare(args: argparse.Namespace) -> list[dict]:
+    from dmirec.data.synth_log import spec_from, write_log
+
+    work = ROOT / "bench_runs" / "scale-prepare"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / f"{args.preset}.{args.format}"
+    record = write_log(spec_from(args.preset), log)
+    rows = []
+    for mode in args.modes.split(","):
+        out = work / f"{args.preset}-{args.format}-{mode}"
+        code = ("import resource, sys, time\n"
+                "from dmirec.cli import main\n"
+                "t = time.perf_counter()\n"
+                f"rc = main(['prepare', {str(log)!r}, {str(out)!r}] + ({['--stream'] if mode == 'stream' else []!r}))\n"
+                "print('RESULT', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+                "sys.exit(rc)\n")
+        proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"prepare ({mode}) failed:\n{proc.stderr[-3000:]}")
+        _, wall, rss = proc.stdout.strip().splitlines()[-1].split()
+        row = {"mode": mode, "preset": args.preset, "format": args.format, "rows": record["rows"], "wall_seconds": float(wall),
+               "peak_rss_mib": float(rss), "peak_rss_mib_per_10m_rows": float(rss) * 1e7 / record["rows"],
+               "spec": record["spec"]}
+        print(f"prepare {mode:>6}: {record['rows']:,} rows, {float(wall):.0f} s, peak RSS {float(rss):.0f} MiB",
+              flush=True)
+        rows.append(row)
+    if len(rows) == 2:
+        a, b = (work / f"{args.preset}-{args.format}-{r['mode']}" for r in rows)
+        same = all((a / f.name).read_bytes() == (b / f.name).read_bytes()
+                   for f in a.iterdir() if f.name != "meta.json")
+        for r in rows:
+            r["outputs_identical"] = same
+        print(f"outputs identical (arrays, id maps): {same}")
+    return rows
+
+
+def table_prepare(rows: list[dict]) -> str:
+    lines = ["| log | reader | rows | wall (s) | peak RSS (MiB) | MiB per 10M rows |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['format']} | {r['mode']} | {r['rows']:,} | {r['wall_seconds']:.0f} | {r['peak_rss_mib']:.0f} | "
+                     f"{r['peak_rss_mib_per_10m_rows']:.0f} |")
+    return "\n".join(lines)
+
+
+def table_speed(rows: list[dict]) -> str:
+    base = {r["path"]: r["seq_per_s"] for r in rows if r["items"] == min(x["items"] for x in rows)}
+    lines = ["| items | path | seq/s | ms/step | vs smallest catalogue | peak RSS (MiB) |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        rel = r["seq_per_s"] / base[r["path"]] if r["path"] in base else float("nan")
+        lines.append(f"| {r['items']:,} | {r['path']} | {r['seq_per_s']:.0f} | {r['ms_per_step']:.1f} | "
+                     f"{rel:.0%} | {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def table_ddp(rows: list[dict]) -> str:
+    steps = [p["step"] for p in rows[0]["curve"]]
+    lines = ["| ranks | seq/s | test R@50 | test HR@50 | " + " | ".join(f"loss@{s}" for s in steps) + " |",
+             "|---:|---:|---:|---:|" + "---:|" * len(steps)]
+    for r in rows:
+        losses = {p["step"]: p["loss"] for p in r["curve"]}
+        lines.append(f"| {r['ranks']} | {r['train_seq_per_s']:.0f} | {r['test']['recall@50']:.4f} | "
+                     f"{r['test']['hitrate@50']:.4f} | " + " | ".join(f"{losses.get(s, float('nan')):.3f}"
+                                                                       for s in steps) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--items", default="12000,300000,1000000")
+    s.add_argument("--paths", default="dense,sparse")
+    s.add_argument("--model", default="remi")
+    s.add_argument("--steps", type=int, default=200)
+    s.add_argument("--warmup", type=int, default=20)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--bf16", action="store_true", help="bfloat16 autocast of forward and loss")
+    s.add_argument("--users", type=int, default=20_000, help="synthetic users (about 20 interactions each)")
+    s.add_argument("--tag", default=None, help="key in scale.json (default: speed-DEVICE)")
+    o = sub.add_parser("_speed_one")
+    for name, kind in (("--items", int), ("--path", str), ("--model", str), ("--steps", int), ("--warmup", int),
+                       ("--threads", int), ("--device", str), ("--bf16", int), ("--users", int)):
+        o.add_argument(name, type=kind, required=True)
+    d = sub.add_parser("ddp")
+    d.add_argument("--items", type=int, default=12000)
+    d.add_argument("--model", default="remi")
+    d.add_argument("--steps", type=int, default=600)
+    d.add_argument("--eval_every", type=int, default=150)
+    d.add_argument("--valid_users", type=int, default=1000)
+    r = sub.add_parser("prepare")
+    r.add_argument("--preset", default="books")
+    r.add_argument("--modes", default="stream,memory")
+    r.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    args = p.parse_args(argv)
+    if args.cmd == "_speed_one":
+        speed_one(args)
+        return 0
+    start = time.perf_counter()
+    load_before = os.getloadavg()
+    rows = {"speed": cmd_speed, "ddp": cmd_ddp, "prepare": cmd_prepare}[args.cmd](args)
+    record = {"commit": git_commit(), "machine": machine(), "seed": 0, "argv": sys.argv[1:],
+              "wall_seconds": time.perf_counter() - start, "rows": rows,
+              "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
+              "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    results = json.loads(OUT.read_text()) if OUT.exists() else {}
+    key = {"speed": lambda: args.tag or f"speed-{args.device}", "ddp": lambda: f"ddp-{args.model}-{args.items}",
+           "prepare": lambda: f"prepare-{args.preset}-{args.format}"}[args.cmd]()
+    results[key] = record
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print({"speed": table_speed, "ddp": table_ddp, "prepare": table_prepare}[args.cmd](rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
