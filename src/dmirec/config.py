@@ -92,6 +92,7 @@ class Config:
     coin_bank_sample: int = 40_000  # bank users scored per step for the contrastive loss
     coin_negatives: int = 2560  # contrastive negatives per example
     coin_gru_layers: int = 1
+    coin_ff_dim: int = 2048  # feed-forward width of COIN's Transformer layer (its code: PyTorch's default)
 
     # --- DMI refiner ---------------------------------------------------------------------------
     diffusion_steps: int = 10  # T
@@ -256,7 +257,7 @@ def from_dict(values: dict[str, Any], source: str = "config") -> Config:
 def _check_ranges(cfg: Config, source: str) -> None:
     positive = ("embedding_dim", "num_interests", "seq_len", "batch_size", "eval_every",
                 "eval_batch_size", "diffusion_steps", "routing_iters", "prune_m", "coin_temperature",
-                "coin_bank_sample", "coin_negatives", "coin_gru_layers")
+                "coin_bank_sample", "coin_negatives", "coin_gru_layers", "coin_ff_dim")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{source}: config key {key!r} must be positive, got {getattr(cfg, key)}")

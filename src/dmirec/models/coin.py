@@ -38,7 +38,8 @@ from .base import RetrievalModel, TrainOutput, argmax_readout, reference_init
 
 class COIN(RetrievalModel):
     def __init__(self, num_items: int, embedding_dim: int, num_interests: int, seq_len: int, gru_layers: int,
-                 contrast_weight: float, temperature: float, bank_sample: int, negatives: int, neighbours: int):
+                 ff_dim: int, contrast_weight: float, temperature: float, bank_sample: int, negatives: int,
+                 neighbours: int):
         """Settings come from the config (:meth:`from_config`); no defaults of its own."""
         super().__init__(num_items, embedding_dim)
         self.num_interests = num_interests
@@ -53,7 +54,7 @@ class COIN(RetrievalModel):
         self.w2 = nn.Linear(4 * embedding_dim, num_interests, bias=False)
         reference_init(self)  # Kaiming-normal for the table, positions and W1/W2, before the context layers
         self.context = nn.TransformerEncoder(
-            nn.TransformerEncoderLayer(embedding_dim, nhead=1, dim_feedforward=2048, dropout=0.0, batch_first=True),
+            nn.TransformerEncoderLayer(embedding_dim, nhead=1, dim_feedforward=ff_dim, dropout=0.0, batch_first=True),
             num_layers=1, enable_nested_tensor=False)
         self.gru = nn.GRU(embedding_dim, embedding_dim, num_layers=gru_layers, batch_first=True, bidirectional=True)
         # the context layers' own initialisation, as COIN's code sets it
@@ -68,7 +69,7 @@ class COIN(RetrievalModel):
 
     @classmethod
     def from_config(cls, cfg, num_items: int) -> "COIN":
-        return cls(num_items, cfg.embedding_dim, cfg.num_interests, cfg.seq_len, cfg.coin_gru_layers,
+        return cls(num_items, cfg.embedding_dim, cfg.num_interests, cfg.seq_len, cfg.coin_gru_layers, cfg.coin_ff_dim,
                    cfg.coin_contrast_weight, cfg.coin_temperature, cfg.coin_bank_sample, cfg.coin_negatives,
                    cfg.neighbours)
 
