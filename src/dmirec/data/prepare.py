@@ -115,6 +115,7 @@ def _comirec_split_codes(u_codes: np.ndarray, u_uniques, i_codes: np.ndarray, i_
     """The protocol on factorised rows (codes in first-seen order, their raw ids, timestamps); the
     in-memory and the streaming reader (:mod:`dmirec.data.stream_prepare`) both end here."""
     n_rows, n_users, n_items = len(u_codes), len(u_uniques), len(i_uniques)
+    duplicate_rows = _count_duplicates(u_codes, i_codes, ts)
 
     counts = np.bincount(i_codes, minlength=n_items)  # (I,)
     by_count = np.argsort(-counts, kind="stable")  # descending, ties in first-seen order
@@ -179,9 +180,19 @@ def _comirec_split_codes(u_codes: np.ndarray, u_uniques, i_codes: np.ndarray, i_
         rows_filtered_user_core=int(n_item_kept - n_kept),
         items_filtered_core=int(n_items - num_items),
         ids_with_spaces=_count_spaced(u_uniques) + _count_spaced(i_uniques),
-        duplicate_rows=int(frame.duplicated(["user", "item", "timestamp"]).sum()),
+        duplicate_rows=duplicate_rows,
     )
     return _Split(item_raw=item_raw, user_raw=user_raw, splits=splits), stats
+
+
+def _count_duplicates(u_codes: np.ndarray, i_codes: np.ndarray, ts: np.ndarray) -> int:
+    """Rows repeating an earlier (user, item, timestamp) row."""
+    if len(u_codes) < 2:
+        return 0
+    order = np.lexsort((ts, i_codes, u_codes))
+    same = ((u_codes[order][1:] == u_codes[order][:-1]) & (i_codes[order][1:] == i_codes[order][:-1])
+            & (ts[order][1:] == ts[order][:-1]))
+    return int(same.sum())
 
 
 def _count_spaced(uniques) -> int:
