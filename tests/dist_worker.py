@@ -34,6 +34,7 @@ def main() -> None:
     except Interrupt:
         pass
     train(cfg.replace(dist_negatives="global"), data, f"{out}/global")
+    tdist.barrier()  # no gloo work in flight when the group is torn down
     tdist.destroy_process_group()
 
 

@@ -78,6 +78,9 @@ class Context:
 
     def close(self) -> None:
         if self.owns_group and tdist.is_initialized():
+            # every rank's pending gloo work done first: a group torn down with work in flight can
+            # abort the process at exit ("terminate called without an active exception")
+            tdist.barrier()
             tdist.destroy_process_group()
 
 
