@@ -183,7 +183,10 @@ def _collab_section(records: list[dict], results_dir: Path) -> list[str]:
             main[(r["dataset"], r.get("name", r["model"]))].append(r)
     rules = _rule_records(results_dir)
     rows_by_ds: dict[str, list[tuple[str, list[dict], str]]] = defaultdict(list)
+    selection = {key: recs for key, recs in rules.items() if key[1].startswith("sel-")}
     for (ds, name), recs in rules.items():
+        if (ds, name) in selection:
+            continue  # selection runs: validation numbers only (below)
         rows_by_ds[ds].append((f"{NAMES.get(name, name)} + neighbour rule", [r["test"] for r in recs],
                                "; ".join(f"s{r['seed']}: n={r['chosen']['neighbours']}, alpha={r['chosen']['alpha']}"
                                          for r in sorted(recs, key=lambda r: r["seed"]))))
@@ -204,6 +207,18 @@ def _collab_section(records: list[dict], results_dir: Path) -> list[str]:
             lines.append(f"| {label} | {len(tests)} | " + " | ".join(_fmt([t[k] for t in tests]) for k in keys)
                          + f" | {note} |")
         lines += _collab_targets(ds, rows_by_ds[ds])
+        lines.append("")
+    if selection:
+        lines += ["Neighbour rule on top of the DMI selection runs (validation users only; the run's own valid "
+                  "R@50 without the rule is the tuning table's):", "",
+                  "| dataset | run | valid R@50 without rule | best valid R@50 with rule | chosen n, alpha |",
+                  "|---|---|---|---|---|"]
+        for (ds, name), recs in sorted(selection.items()):
+            for r in recs:
+                base = next(g for g in r["grid"] if g["alpha"] == 0.0)["valid"]["recall@50"]
+                best = max(g["valid"]["recall@50"] for g in r["grid"])
+                lines.append(f"| {ds} | {name} | {base:.4f} | {best:.4f} | {r['chosen']['neighbours']}, "
+                             f"{r['chosen']['alpha']} |")
         lines.append("")
     return lines
 
