@@ -19,6 +19,9 @@ from dmirec.metrics import (
     ndcg_comirec_at,
     recall_at,
     summarize,
+    mrr_at,
+    catalogue_coverage,
+    per_user,
 )
 
 D2, D3, D4, D5 = 1.0, 1 / math.log2(3), 0.5, 1 / math.log2(5)
@@ -137,7 +140,7 @@ def test_summarize_keys_and_means():
     s = summarize(recs, [[5, 5, 7], [1]])
     assert set(s) == {
         "recall@20", "recall@50", "hitrate@20", "hitrate@50",
-        "ndcg@20", "ndcg@50", "ndcg_comirec@20", "ndcg_comirec@50", "users",
+        "ndcg@20", "ndcg@50", "ndcg_comirec@20", "ndcg_comirec@50", "mrr@20", "mrr@50", "users",
     }  # fmt: skip
     assert s["users"] == 2 and isinstance(s["users"], int)
     assert all(isinstance(v, float) for k, v in s.items() if k != "users")
@@ -148,6 +151,8 @@ def test_summarize_keys_and_means():
     assert s["ndcg@50"] == pytest.approx((1.5 / (D2 + D3) + 1 / math.log2(31)) / 2)
     assert s["ndcg_comirec@20"] == pytest.approx((1.5 / (D2 + D3) + 0) / 2)
     assert s["ndcg_comirec@50"] == pytest.approx((1.5 / (D2 + D3) + 1 / math.log2(31)) / 2)
+    assert s["mrr@20"] == pytest.approx((1 + 0) / 2)  # user 0 hits at rank 1, user 1 not in the top 20
+    assert s["mrr@50"] == pytest.approx((1 + 1 / 30) / 2)
 
 
 # --- property test against a slow reference -------------------------------------------------
@@ -202,3 +207,30 @@ def test_matches_slow_reference(case):
         assert np.all((fn(recs, targets, n) >= 0) & (fn(recs, targets, n) <= 1 + 1e-12))
     s = summarize(recs, targets, ns=(n,))
     assert s[f"recall@{n}"] == pytest.approx(np.mean([r["recall"] for r in refs]))
+
+
+def test_mrr_first_hit_only_and_duplicates():
+    recs = np.array([[9, 3, 3, 4], [9, 9, 8, 7], [-1, -1, -1, -1]])
+    # user 0: first hit at rank 2; user 1: no hit; user 2: nothing recommended
+    assert mrr_at(recs, [[3, 4], [1], [2]], 4).tolist() == pytest.approx([0.5, 0.0, 0.0])
+    assert mrr_at(recs, [[4], [7], [2]], 3).tolist() == pytest.approx([0.0, 0.0, 0.0])
+    assert mrr_at(recs, [[4], [7], [2]], 4).tolist() == pytest.approx([0.25, 0.25, 0.0])
+
+
+def test_catalogue_coverage_counts_distinct_real_items():
+    recs = np.array([[1, 2, 3], [2, 1, -1], [5, 5, 4]])
+    assert catalogue_coverage(recs, 10, 2) == pytest.approx(3 / 10)  # {1, 2, 5}
+    assert catalogue_coverage(recs, 10, 3) == pytest.approx(5 / 10)  # {1, 2, 3, 4, 5}
+    with pytest.raises(ValueError):
+        catalogue_coverage(recs, 10, 4)
+
+
+def test_per_user_means_are_summarize():
+    rng = np.random.default_rng(0)
+    recs = rng.integers(1, 30, size=(40, 20))
+    targets = [rng.integers(1, 30, size=rng.integers(1, 5)) for _ in range(40)]
+    pu = per_user(recs, targets, (5, 20))
+    s = summarize(recs, targets, (5, 20))
+    assert set(pu) == set(s) - {"users"}
+    for k, v in pu.items():
+        assert v.shape == (40,) and v.mean() == pytest.approx(s[k])

@@ -79,6 +79,10 @@ class Config:
     retrieval_backend: str = "torch"  # torch | faiss
     exclude_history: bool = False
     progress: bool = True
+    # cutoffs of the reported metrics (comma list on the command line); 20 and 50 are always added,
+    # as the checkpoint is chosen on valid Recall@50 and the tables print @20 and @50
+    metric_ns: tuple[int, ...] = (20, 50)
+    tensorboard: bool = False  # also log the validation scalars to RUN_DIR/tensorboard (extra `tensorboard`)
 
     # --- interest bank and the neighbour rule (any model) ----------------------------------------
     neighbour_alpha: float = 0.0  # query vectors += alpha * cosine-weighted mean of n bank neighbours; 0 = off
@@ -129,7 +133,8 @@ class Config:
     init_from: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # tuples become lists so the dict is plain YAML/JSON
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def replace(self, **changes: Any) -> "Config":
         return from_dict({**self.to_dict(), **changes})
@@ -142,6 +147,8 @@ _HINTS = typing.get_type_hints(Config)
 def _coerce(key: str, value: Any) -> Any:
     """Check (and, for strings from the command line, parse) one value against its field type."""
     want = _HINTS[key]
+    if typing.get_origin(want) is tuple:
+        return _int_tuple(key, value)
     if isinstance(want, types.UnionType) or typing.get_origin(want) is typing.Union:
         raise ConfigError(f"config key {key!r}: unsupported field type {want}")
     if isinstance(value, str) and want is not str:
@@ -194,6 +201,23 @@ def _parse_number(text: str) -> int | float | None:
             return None
         return value
     return None
+
+
+def _int_tuple(key: str, value: Any) -> tuple[int, ...]:
+    """A tuple of positive integers from a list/tuple or a comma string such as ``"10,20,50"``."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.strip().strip("[]()").split(",") if p.strip()]
+        try:
+            value = [int(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"config key {key!r}: expected comma-separated integers, got {value!r}") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"config key {key!r}: expected a non-empty list of integers, got {value!r}")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+        raise ConfigError(f"config key {key!r}: every entry must be a positive integer, got {value!r}")
+    return tuple(sorted(set(value)))
 
 
 # The one registry of allowed values; modules take their choices from here.

@@ -5,6 +5,9 @@ vectors, each retrieves its top N from all items, the K*N candidates are merged 
 de-duplicated and cut to N (:mod:`dmirec.retrieval`), and the metrics of :mod:`dmirec.metrics`
 compare the list with the targets. History items can optionally be excluded from retrieval.
 On a CUDA device the torch backend searches on the GPU (the faiss backend stays on the CPU).
+Besides the per-user metrics, the result holds the catalogue coverage at each cutoff; with
+``per_user=True`` it also holds every user's metric values (``dmirec compare`` pairs users on them)
+and the recommended lists.
 """
 
 from __future__ import annotations
@@ -17,10 +20,16 @@ import torch
 
 from .data.dataset import PreparedData, load_dataset
 from .data.sampler import EvalSet, eval_split
-from .metrics import summarize
+from .metrics import catalogue_coverage, per_user as per_user_metrics, summarize
 from .retrieval import search
 
 METRIC_NS = (20, 50)
+
+
+def metric_cutoffs(cfg) -> tuple[int, ...]:
+    """The cutoffs a run reports: its ``metric_ns`` plus 20 and 50 (always there: the checkpoint is
+    chosen on valid Recall@50 and every table prints @20 and @50)."""
+    return tuple(sorted(set(getattr(cfg, "metric_ns", METRIC_NS)) | set(METRIC_NS)))
 
 
 @torch.no_grad()
@@ -41,8 +50,12 @@ def user_vectors(model, eval_set: EvalSet, batch_size: int = 1024, device: str |
 def evaluate_model(model, data: PreparedData, split: str = "valid", seq_len: int = 20, ns=METRIC_NS,
                    backend: str = "torch", exclude_history: bool = False, batch_size: int = 1024,
                    max_users: int = 0, device: str | torch.device = "cpu",
-                   eval_set: EvalSet | None = None) -> dict:
-    """Metrics of ``model`` on one split's users; adds ``seconds`` (wall time of the pass)."""
+                   eval_set: EvalSet | None = None, per_user: bool = False) -> dict:
+    """Metrics of ``model`` on one split's users; adds ``coverage@n`` and ``seconds`` (wall time).
+
+    ``per_user=True`` adds ``"per_user"``: ``{"user": (U,) user ids, "recall@n": (U,) ..., ...}`` and
+    ``"recs"``: the (U, max(ns)) recommended ids (numpy arrays, so not for JSON lines).
+    """
     start = time.perf_counter()
     if eval_set is None:
         eval_set = eval_split(data.splits[split], seq_len, max_users)
@@ -55,6 +68,11 @@ def evaluate_model(model, data: PreparedData, split: str = "valid", seq_len: int
         items = model.item_embeddings().detach().float().cpu().numpy()  # (N + 1, D)
         result = search(queries, items, max(ns), backend=backend, exclude=exclude)
     metrics = summarize(result.ids, eval_set.targets, ns)
+    for n in ns:
+        metrics[f"coverage@{int(n)}"] = catalogue_coverage(result.ids, data.num_items, n)
+    if per_user:
+        metrics["per_user"] = {"user": eval_set.users, **per_user_metrics(result.ids, eval_set.targets, ns)}
+        metrics["recs"] = result.ids
     metrics["seconds"] = time.perf_counter() - start
     return metrics
 
@@ -77,10 +95,12 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu", over
 
 def evaluate_run(run_dir: str | Path, split: str = "test", exclude_history: bool | None = None,
                  backend: str | None = None, which: str = "best", device: str = "cpu",
-                 overrides: dict | None = None) -> dict:
-    """Load a run's checkpoint (with evaluation-time ``overrides``) and its dataset, and evaluate on ``split``."""
+                 overrides: dict | None = None, ns: tuple[int, ...] | None = None, per_user: bool = False) -> dict:
+    """Load a run's checkpoint (with evaluation-time ``overrides``) and its dataset, and evaluate on
+    ``split`` (cutoffs: ``ns`` plus 20 and 50, by default the run's ``metric_ns``)."""
     model, cfg, data = load_run(run_dir, which, device, overrides)
-    return evaluate_model(model, data, split, cfg.seq_len, METRIC_NS,
+    cutoffs = metric_cutoffs(cfg if ns is None else cfg.replace(metric_ns=tuple(ns)))
+    return evaluate_model(model, data, split, cfg.seq_len, cutoffs,
                           backend or cfg.retrieval_backend,
                           cfg.exclude_history if exclude_history is None else exclude_history,
-                          cfg.eval_batch_size, 0, device)
+                          cfg.eval_batch_size, 0, device, per_user=per_user)

@@ -17,6 +17,9 @@ README, which matter on data with repeat consumption (gowalla):
   IDCG = the DCG of min(number of distinct targets, n) hits at ranks 1, 2, ...
 * NDCG@n (ComiRec variant) = the same DCG divided by the IDCG of the number of hits (so any
   list whose hits are all at the top scores 1); 0 when there is no hit.
+* MRR@n = 1 / (1-based rank of the first hit among the first n); 0 when there is none.
+* Catalogue coverage@n (a list-level number, not per user) = distinct item ids in the first n
+  positions of all rows / catalogue size.
 
 Every metric returns the per-user array ``(B,)`` of float64; :func:`summarize` averages them
 over users. Nothing loops over users except building the flat target array; membership is one
@@ -36,6 +39,9 @@ __all__ = [
     "hitrate_at",
     "ndcg_at",
     "ndcg_comirec_at",
+    "mrr_at",
+    "catalogue_coverage",
+    "per_user",
     "summarize",
 ]
 
@@ -154,6 +160,16 @@ def _ndcg_comirec(p: _Prepared, n: int) -> np.ndarray:
     return out
 
 
+def _mrr(p: _Prepared, n: int) -> np.ndarray:
+    h = p.hits[:, :n]  # (B, n)
+    first = h.argmax(axis=1)  # (B,) 0-based rank of the first hit (0 when none)
+    return np.where(h.any(axis=1), 1.0 / (first + 1.0), 0.0)  # (B,)
+
+
+_METRICS = (("recall", _recall), ("hitrate", _hitrate), ("ndcg", _ndcg), ("ndcg_comirec", _ndcg_comirec),
+            ("mrr", _mrr))
+
+
 def hit_matrix(recs: np.ndarray, targets: Targets) -> np.ndarray:
     """(B, N) bool: ``recs[b, j]`` is in ``targets[b]`` and not earlier in row b; -1 never hits."""
     return _prepare(recs, targets).hits
@@ -183,23 +199,41 @@ def ndcg_comirec_at(recs: np.ndarray, targets: Targets, n: int) -> np.ndarray:
     return _ndcg_comirec(p, _check_n(n, p.hits.shape[1]))
 
 
+def mrr_at(recs: np.ndarray, targets: Targets, n: int) -> np.ndarray:
+    """(B,) MRR@n: 1 / rank of the first hit among the first n; 0 without a hit."""
+    p = _prepare(recs, targets)
+    return _mrr(p, _check_n(n, p.hits.shape[1]))
+
+
+def catalogue_coverage(recs: np.ndarray, num_items: int, n: int) -> float:
+    """Share of the catalogue (items 1..num_items) that appears in the first n slots of any row."""
+    recs = _as_recs(recs)  # (B, N)
+    if num_items < 1:
+        raise ValueError(f"num_items must be positive, got {num_items}")
+    top = recs[:, :_check_n(n, recs.shape[1])]  # (B, n)
+    ids = np.unique(top[(top >= 1) & (top <= num_items)])
+    return float(ids.size / num_items)
+
+
+def per_user(recs: np.ndarray, targets: Targets, ns: Sequence[int] = (20, 50)) -> dict[str, np.ndarray]:
+    """Every metric of :func:`summarize` per user, ``{"recall@n": (B,) float64, ...}`` (no averaging)."""
+    p = _prepare(recs, targets)
+    return {f"{name}@{int(n)}": fn(p, _check_n(n, p.hits.shape[1])) for name, fn in _METRICS for n in ns}
+
+
 def summarize(
     recs: np.ndarray, targets: Targets, ns: Sequence[int] = (20, 50)
 ) -> dict[str, float | int]:
     """User means of every metric at every n in ``ns``, plus ``users``.
 
-    Keys: ``recall@n``, ``hitrate@n``, ``ndcg@n``, ``ndcg_comirec@n`` for each n, and ``users``.
+    Keys: ``recall@n``, ``hitrate@n``, ``ndcg@n``, ``ndcg_comirec@n``, ``mrr@n`` for each n, and
+    ``users``.
     """
     p = _prepare(recs, targets)
     if p.hits.shape[0] == 0:
         raise ValueError("cannot summarize metrics over zero users")
     out: dict[str, float | int] = {}
-    for name, fn in (
-        ("recall", _recall),
-        ("hitrate", _hitrate),
-        ("ndcg", _ndcg),
-        ("ndcg_comirec", _ndcg_comirec),
-    ):
+    for name, fn in _METRICS:
         for n in ns:
             out[f"{name}@{int(n)}"] = float(fn(p, _check_n(n, p.hits.shape[1])).mean())
     out["users"] = int(p.hits.shape[0])

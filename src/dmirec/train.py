@@ -23,11 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import dist as distrib
-from . import optim, rundir
+from . import optim, rundir, tblog
 from .config import Config, ConfigError, make_config, model_defaults  # noqa: F401 (re-exported)
 from .data.dataset import load_dataset
 from .data.sampler import TrainSampler, eval_split, valid_split  # noqa: F401 (eval_split re-exported)
-from .evaluate import METRIC_NS, evaluate_model
+from .evaluate import evaluate_model, metric_cutoffs
 from .losses import NegativeSampler, sampled_softmax_loss
 from .models import build_model
 from .neighbours import build_bank
@@ -156,6 +156,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         if has_bank:
             build_bank(model, data.splits["train"], cfg.seq_len, cfg.eval_batch_size, device, cfg.bank_max_users,
                        cfg.seed)
+    tb = tblog.open_writer(run_dir / "tensorboard") if cfg.tensorboard and ctx.main else None
     sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=cfg.seed)
     negatives = NegativeSampler(data.num_items, cfg.negative_sampler, device)
     neg_seed = cfg.seed + 1 + (7919 * ctx.rank if cfg.dist_negatives == "rank" else 0)
@@ -234,7 +235,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         return row
 
     def _validate(window_loss: float, window_steps: int, window_seconds: float) -> dict:
-        metrics = evaluate_model(model, data, "valid", cfg.seq_len, METRIC_NS, cfg.retrieval_backend,
+        metrics = evaluate_model(model, data, "valid", cfg.seq_len, metric_cutoffs(cfg), cfg.retrieval_backend,
                                  cfg.exclude_history, cfg.eval_batch_size, device=device, eval_set=valid_set)
         improved = metrics["recall@50"] > state["best"]
         if improved:
@@ -247,6 +248,8 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
                "train_seq_per_s": cfg.batch_size * window_steps / window_seconds if window_seconds > 0 else None,
                **metrics, "best_step": state["best_step"]}
         rundir.append_metrics(run_dir, row)
+        if tb is not None:
+            tblog.log_row(tb, row, "valid")
         if state["bad"] > cfg.patience > 0:  # the reference's `trials > patience`
             state["stopped"] = "patience"
         return row
@@ -310,7 +313,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         return ctx.broadcast(None)
     best = rundir.load_checkpoint(ckpt_dir / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
-    test = evaluate_model(model, data, "test", cfg.seq_len, METRIC_NS, cfg.retrieval_backend,
+    test = evaluate_model(model, data, "test", cfg.seq_len, metric_cutoffs(cfg), cfg.retrieval_backend,
                           cfg.exclude_history, cfg.eval_batch_size, device=device)
     result = {"model": cfg.model, "dataset": data.name, "seed": cfg.seed, "steps": state["step"],
               "best_step": state["best_step"], "stopped": state["stopped"], "valid_recall@50": state["best"],
@@ -318,6 +321,9 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
               "train_seq_per_s": state["sequences"] / state["train_seconds"] if state["train_seconds"] else None,
               "test": test}
     rundir.append_metrics(run_dir, {"split": "test", "step": state["best_step"], **test})
+    if tb is not None:
+        tblog.log_row(tb, {"step": state["best_step"], **test}, "test")
+        tb.close()
     rundir.atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
     return ctx.broadcast(result)
 
