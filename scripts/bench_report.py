@@ -11,6 +11,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from dmirec.compare import format_mean_sd, mean_sd
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCH = ROOT / "configs" / "bench" / "reference_remi_code.md"
 NAMES = {"comirec-sa": "ComiRec-SA", "comirec-dr": "ComiRec-DR", "mind": "MIND", "remi": "REMI",
@@ -56,9 +58,7 @@ def _overrides(record: dict) -> str:
 
 
 def _fmt(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+    return format_mean_sd(values)  # mean ± sample sd, the table code of `dmirec compare`
 
 
 def write_report(results_dir: Path, out: Path) -> None:
@@ -392,8 +392,8 @@ def _targets(dataset: str, groups: dict, refs: dict) -> list[str]:
         if not rs or not ref:
             continue
         vals = [r["test"]["recall@50"] for r in rs]
-        mean = statistics.mean(vals)
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        mean, sd = mean_sd(vals)
+        sd = sd or 0.0
         best_ref = max(float(x["R@50"]) for x in ref)
         verdict = "meets" if mean - sd >= best_ref else "does NOT meet"
         out.append(f"- {NAMES[name]}: mean - sd = {mean - sd:.4f} over {len(vals)} seed(s) vs reference {best_ref:.4f}: "
@@ -406,12 +406,13 @@ def _targets(dataset: str, groups: dict, refs: dict) -> list[str]:
         d = [r["test"]["recall@50"] for r in dmi]
         m = [r["test"]["recall@50"] for r in remi]
         ref = [float(x["R@50"]) for x in refs.get((dataset, "REMI"), [])]
-        bar = 1.05 * max([statistics.mean(m)] + ref)
-        sd = max(statistics.stdev(d) if len(d) > 1 else 0.0, statistics.stdev(m) if len(m) > 1 else 0.0)
-        gap = statistics.mean(d) - statistics.mean(m)
+        (d_mean, d_sd), (m_mean, m_sd) = mean_sd(d), mean_sd(m)
+        bar = 1.05 * max([m_mean] + ref)
+        sd = max(d_sd or 0.0, m_sd or 0.0)
+        gap = d_mean - m_mean
         label = NAMES[variant]
-        out.append(f"- {label} target 1: mean {statistics.mean(d):.4f} >= 1.05 x max(REMI mean, reference REMI) = "
-                   f"{bar:.4f}: {'met' if statistics.mean(d) >= bar else 'NOT met'}")
+        out.append(f"- {label} target 1: mean {d_mean:.4f} >= 1.05 x max(REMI mean, reference REMI) = "
+                   f"{bar:.4f}: {'met' if d_mean >= bar else 'NOT met'}")
         out.append(f"- {label} target 2: mean - REMI mean = {gap:+.4f} > 2 x max seed sd = {2 * sd:.4f}: "
                    f"{'met' if gap > 2 * sd else 'NOT met'}")
     return out if len(out) > 3 else []

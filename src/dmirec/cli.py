@@ -3,7 +3,9 @@
     dmirec prepare INPUT OUTDIR [--format ...] [--core 5] [--seed 1230] [--name NAME] [--comirec-files]
     dmirec train --data OUTDIR --model NAME --out RUN_DIR [--seed N] [--device ...] [--config f.yaml] [--key=value ...]
     dmirec train --resume RUN_DIR
-    dmirec evaluate RUN_DIR [--split valid|test] [--exclude-history] [--json]
+    dmirec evaluate RUN_DIR [--split valid|test] [--exclude-history] [--ns 10,20,50,100] [--json]
+    dmirec report RUN_DIR [--out report.html] [--categories FILE] [--bundle BUNDLE_DIR]
+    dmirec compare RUN_DIR... [--by model] [--metric recall@50] [--out FILE.md|FILE.html]
     dmirec export RUN_DIR BUNDLE_DIR
     dmirec index BUNDLE_DIR --kind flat|hnsw|ivf
     dmirec serve BUNDLE_DIR --port 8000
@@ -23,10 +25,14 @@ from pathlib import Path
 
 from .config import ConfigError, parse_overrides
 
+DEMO_STEPS = 4000  # per model; see README "Reports and comparisons" for the measured wall time
+
 
 def _metrics_table(metrics: dict, title: str = "") -> str:
-    ns = (20, 50)
-    rows = [("Recall", "recall"), ("HitRate", "hitrate"), ("NDCG", "ndcg"), ("NDCG (ComiRec)", "ndcg_comirec")]
+    ns = sorted({int(k.split("@")[1]) for k in metrics if k.startswith("recall@")}) or [20, 50]
+    rows = [("Recall", "recall"), ("HitRate", "hitrate"), ("NDCG", "ndcg"), ("NDCG (ComiRec)", "ndcg_comirec"),
+            ("MRR", "mrr"), ("Coverage", "coverage")]
+    rows = [(label, key) for label, key in rows if all(f"{key}@{n}" in metrics for n in ns)]
     lines = []
     if title:
         lines.append(title)
@@ -75,6 +81,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
             overrides["device"] = args.device
         if args.backbone is not None:
             overrides["backbone"] = args.backbone
+        if args.ns is not None:
+            overrides["metric_ns"] = args.ns
+        if args.tensorboard:
+            overrides["tensorboard"] = True
         cfg = make_config(args.model, args.config or [], overrides)
         out = Path(args.out)
         if (out / "checkpoints" / "last.pt").exists():
@@ -88,20 +98,24 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    from .config import from_dict
     from .evaluate import evaluate_run
     from .rundir import unfinished_note
-
     from .train import resolve_device
 
     note = unfinished_note(args.run_dir)
     if note:
         print(f"dmirec evaluate: note: {note}", file=sys.stderr)
+    ns = from_dict({"metric_ns": args.ns}).metric_ns if args.ns is not None else None
     # --key=value: evaluation-time config changes (neighbour rule, guidance, sampler, ...)
     metrics = evaluate_run(args.run_dir, split=args.split, exclude_history=args.exclude_history or None,
                            backend=args.backend, which=args.checkpoint, overrides=parse_overrides(extra) or None,
-                           device=resolve_device(args.device))
+                           device=resolve_device(args.device), ns=ns)
     if args.json:
-        keys = [f"{m}@{n}" for m in ("recall", "hitrate", "ndcg", "ndcg_comirec") for n in (20, 50)] + ["users"]
+        if ns is None:  # the fixed set of keys scripts rely on
+            keys = [f"{m}@{n}" for m in ("recall", "hitrate", "ndcg", "ndcg_comirec") for n in (20, 50)] + ["users"]
+        else:  # every metric at every cutoff
+            keys = [k for k in metrics if "@" in k] + ["users"]
         print(json.dumps({k: metrics[k] for k in keys}))
     else:
         print(_metrics_table(metrics, f"{args.run_dir} ({args.split})"))
@@ -109,7 +123,8 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Prepare the shipped beauty log, train ComiRec-SA briefly, evaluate on test users."""
+    """The main job on the shipped beauty log: DMI (default config) against its backbone REMI,
+    trained for the same short step budget; prints the comparison and writes the report."""
     from .data.prepare import prepare_shipped_beauty
     from .train import make_config, train
 
@@ -118,18 +133,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data_dir = work / "beauty"
     report = prepare_shipped_beauty(data_dir)
     print(report.summary())
-    run_dir = work / "run-comirec-sa"
-    if run_dir.exists():
-        import shutil
+    runs = []
+    for model in ("remi", "dmi"):
+        run_dir = work / f"run-{model}"
+        if run_dir.exists():
+            import shutil
 
-        shutil.rmtree(run_dir)
-    cfg = make_config("comirec-sa", [], {"max_steps": args.steps, "eval_every": 1000, "seed": 2021})
-    print(f"training comirec-sa for {cfg.max_steps} steps (batch {cfg.batch_size}); the full benchmark "
-          f"runs to early stopping, see BENCHMARKS.md")
-    result = train(cfg, data_dir, run_dir)
-    print(_metrics_table(result["test"], f"\ncomirec-sa on beauty, test users, {result['steps']} steps "
-                                         f"(best step {result['best_step']})"))
-    print(f"wall time: {time.perf_counter() - start:.1f} s   run directory: {run_dir}")
+            shutil.rmtree(run_dir)
+        cfg = make_config(model, [], {"max_steps": args.steps, "eval_every": max(args.steps // 4, 1),
+                                      "seed": args.seed, "threads": args.threads, "progress": args.progress})
+        print(f"\ntraining {model} for {cfg.max_steps} steps (batch {cfg.batch_size}, seed {cfg.seed}); the full "
+              f"benchmark runs to early stopping, see BENCHMARKS.md")
+        result = train(cfg, data_dir, run_dir)
+        print(_metrics_table(result["test"], f"{model} on beauty, test users, {result['steps']} steps "
+                                             f"(best step {result['best_step']})"))
+        runs.append(run_dir)
+    from .compare import compare, to_markdown
+
+    c = compare(runs, metric="recall@50", resamples=1000)
+    print("\n" + to_markdown(c))
+    chart = work / "compare.png"
+    if c["chart"]:
+        chart.write_bytes(c["chart"])
+    (work / "compare.md").write_text(to_markdown(c, chart.name if c["chart"] else None), encoding="utf-8")
+    if args.report:
+        try:
+            from .report import build_report
+
+            out = build_report(runs[1], work / "report" / "report.html", users=args.report_users)
+            print(f"report of the DMI run (refined vs its coarse REMI interests): {out}")
+        except ImportError as exc:
+            print(f"no report: {exc}")
+    print(f"wall time: {time.perf_counter() - start:.1f} s   runs: {', '.join(map(str, runs))}   "
+          f"comparison: {work / 'compare.md'}")
     return 0
 
 
@@ -144,6 +180,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
     print(f"wrote {record['rows']:,} interactions of {spec.users:,} users and {spec.items:,} items to "
           f"{args.output} ({record['format']}) in {time.perf_counter() - start:.1f} s; spec in {args.output}.json")
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import report_cmd
+
+    return report_cmd(args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_cmd
+
+    return compare_cmd(args)
 
 
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
@@ -204,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--config", action="append", help="YAML config file (repeatable)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR")
+    p.add_argument("--ns", default=None, help="extra metric cutoffs, e.g. 10,20,50,100 (20 and 50 are always there)")
+    p.add_argument("--tensorboard", action="store_true", help="also log the scalars for TensorBoard (extra)")
 
     p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
     p.add_argument("run_dir")
@@ -211,12 +261,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-history", action="store_true")
     p.add_argument("--backend", choices=["torch", "faiss"], default=None)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--ns", default=None, help="metric cutoffs, e.g. 10,20,50,100 (20 and 50 are always there)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
 
-    p = sub.add_parser("demo", help="prepare the shipped beauty data, train ComiRec-SA briefly, evaluate")
+    p = sub.add_parser("demo", help="DMI against its backbone REMI on the shipped beauty data: table and report")
     p.add_argument("--workdir", default="demo_run")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=DEMO_STEPS)
+    p.add_argument("--seed", type=int, default=2021)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-report", dest="report", action="store_false")
+    p.add_argument("--report-users", type=int, default=1000)
+
+    p = sub.add_parser("report", help="an HTML report (figures embedded) of a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report/report.html); PNGs go beside it")
+    p.add_argument("--categories", default=None, help="item->category file: CSV item,category, RecBole .item, "
+                                                       "or ComiRec NAME_item_cate.txt")
+    p.add_argument("--category-ids", choices=["auto", "raw", "new"], default="auto",
+                   help="ids in the category file: raw (as in the log), new (prepared 1..N), auto "
+                        "(new for *_item_cate.txt)")
+    p.add_argument("--bundle", default=None, help="a bundle exported from the run: report its index recall")
+    p.add_argument("--users", type=int, default=1000, help="test users sampled for the diagnostics (0 = all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the user sample")
+
+    p = sub.add_parser("compare", help="test metrics of several runs grouped by config, seed spread, paired test")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--by", default=None, help="group by these config keys (comma list) instead of config minus seed")
+    p.add_argument("--metric", default="recall@50", help="metric of the chart and the paired test")
+    p.add_argument("--baseline", default=None, help="group label the others are paired against (default: first)")
+    p.add_argument("--no-paired", action="store_true", help="skip the per-user paired test (it re-evaluates runs)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="FILE.md (chart as FILE.png beside it) or FILE.html")
 
     p = sub.add_parser("synth", help="write a synthetic interaction log with planted interests (csv or parquet)")
     p.add_argument("output", help="OUT.parquet or OUT.csv")
@@ -285,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             return cmd_export(args, extra)
         handler = {"prepare": cmd_prepare, "demo": cmd_demo, "index": cmd_index, "serve": cmd_serve,
-                   "recommend": cmd_recommend, "synth": cmd_synth}[args.command]
+                   "recommend": cmd_recommend, "synth": cmd_synth,
+                   "report": cmd_report, "compare": cmd_compare}[args.command]
         return handler(args)
     except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"dmirec {args.command}: error: {exc}", file=sys.stderr)

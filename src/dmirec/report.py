@@ -435,6 +435,11 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, **options: 
 
 
 def report_cmd(args) -> int:
+    try:
+        _plt()
+    except ImportError as exc:
+        print(f"dmirec report: error: {exc}", file=sys.stderr)
+        return 2
     out = build_report(args.run_dir, args.out, categories=args.categories, category_ids=args.category_ids,
                        users=args.users, seed=args.seed, bundle=args.bundle)
     print(f"wrote {out} (and its figures as {out.stem}_*.png beside it)")
