@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[serve,test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[serve,test,report]'
 	touch $(STAMP)
 
 setup: $(STAMP)

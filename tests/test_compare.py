@@ -50,7 +50,7 @@ def test_compare_recovers_mean_and_sd_of_constructed_runs(tmp_path):
     dirs.append(fake_run(tmp_path / "c1", "dmi", 1, 0.3, backbone="remi", eta=0.5))
     c = compare(dirs, paired=False)
     labels = [g.label for g in c["groups"]]
-    assert labels == ["remi", "dmi, backbone=remi, eta=0.2", "dmi, backbone=remi, eta=0.5"]
+    assert labels == ["remi", "dmi, eta=0.2", "dmi, eta=0.5"]
     col = c["header"].index("recall@50")
     cells = [row[col] for row in c["rows"]]
     assert cells[0] == f"{statistics.mean(a_vals):.4f} ± {statistics.stdev(a_vals):.4f}" == "0.1300 ± 0.0300"
@@ -59,6 +59,8 @@ def test_compare_recovers_mean_and_sd_of_constructed_runs(tmp_path):
     # --by model: the two DMI configurations fall into one group
     groups = group_runs([load_run(d) for d in dirs], by=["model"])
     assert [g.label for g in groups] == ["remi", "dmi"] and len(groups[1].runs) == 3
+    groups = group_runs([load_run(d) for d in dirs[3:]], by=["eta"])  # the DMI runs by eta alone
+    assert [g.label for g in groups] == ["eta=0.2", "eta=0.5"] and [len(g.runs) for g in groups] == [2, 1]
 
 
 def test_compare_refuses_duplicate_seeds_and_unfinished_runs(tmp_path):

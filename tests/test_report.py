@@ -312,3 +312,24 @@ def test_metric_cutoffs_add_to_the_default_ones(tiny_runs):
         assert more[k] == pytest.approx(base[k])
     assert more["recall@10"] <= more["recall@20"] <= more["recall@60"]
     assert 0 < more["coverage@10"] <= more["coverage@60"] <= 1
+
+
+def test_ns_option_on_the_command_line(tiny_runs, capsys):
+    from dmirec.cli import main
+    from dmirec.config import from_dict
+    from dmirec.rundir import read_config, write_config
+
+    _, _, runs = tiny_runs
+    assert main(["evaluate", str(runs["comirec-sa"]), "--json"]) == 0
+    base = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(runs["comirec-sa"]), "--ns", "10,60", "--json"]) == 0
+    more = json.loads(capsys.readouterr().out)
+    assert {"recall@10", "recall@60", "mrr@10", "mrr@50", "coverage@60"} <= set(more)
+    assert more["recall@50"] == pytest.approx(base["recall@50"])
+    assert main(["evaluate", str(runs["comirec-sa"]), "--ns", "ten"]) == 2
+    assert "metric_ns" in capsys.readouterr().err
+    # the config key survives config.yaml
+    cfg = from_dict({"metric_ns": "100, 10"})
+    assert cfg.metric_ns == (10, 100)
+    write_config(runs["comirec-sa"].parent, cfg)
+    assert read_config(runs["comirec-sa"].parent).metric_ns == (10, 100)

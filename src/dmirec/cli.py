@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="demo_run")
     p.add_argument("--steps", type=int, default=DEMO_STEPS)
     p.add_argument("--seed", type=int, default=2021)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (0 = torch's default; 1 stays fast when other jobs share the cores)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--no-report", dest="report", action="store_false")
     p.add_argument("--report-users", type=int, default=1000)

@@ -139,23 +139,24 @@ def _identity(config: dict[str, Any], by: list[str] | None) -> dict[str, Any]:
 
 
 def group_runs(runs: list[Run], by: list[str] | None = None) -> list[Group]:
-    """Groups in first-seen order, each labelled by the config values that tell the groups apart."""
+    """Groups in first-seen order, each labelled by its model and the config values that tell it from
+    the other groups of the same model."""
     groups: dict[tuple, Group] = {}
-    idents = []
     for r in runs:
         ident = {"dataset": r.dataset, **_identity(r.config, by)}
-        idents.append(ident)
         key = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in ident.items()))
         groups.setdefault(key, Group(key)).runs.append(r)
-    keys = sorted({k for ident in idents for k in ident})
-    differing = [k for k in keys if len({json.dumps(i.get(k), sort_keys=True) for i in idents}) > 1]
     for g in groups.values():
+        # the model name, then the values that tell this group from the other groups of the same model
         ident = dict(g.key)
-        shown = ["model"] + [k for k in differing if k != "model"]
-        g.label = ", ".join(f"{k}={json.loads(ident[k])}" if k != "model" else json.loads(ident[k])
-                            for k in shown if k in ident)
+        peers = [dict(h.key) for h in groups.values() if dict(h.key).get("model") == ident.get("model")]
+        keys = sorted({k for p in peers for k in p} - {"model"})
+        differing = [k for k in keys if len({p.get(k) for p in peers}) > 1]
+        head = [json.loads(ident["model"])] if "model" in ident else []
+        shown = differing if differing or head else sorted(set(ident) - {"dataset"})
+        g.label = ", ".join(head + [f"{k}={json.loads(ident[k])}" for k in shown if k in ident])
         seeds = [r.seed for r in g.runs]
-        if len(seeds) != len(set(seeds)):
+        if by is None and len(seeds) != len(set(seeds)):  # same config, same seed: the same run twice
             raise ValueError(f"group {g.label!r} holds two runs with the same seed ({', '.join(str(r.path) for r in g.runs)}); "
                              "they are not independent repeats")
     return list(groups.values())

@@ -429,8 +429,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, **options: 
     out = Path(out) if out else Path(run_dir) / "report" / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     for name, png in figs.items():
-        rundir.atomic_write_bytes(out.parent / f"{out.stem}_{name}.png", png)
-    rundir.atomic_write_text(out, render_html(analysis, figs))
+        (out.parent / f"{out.stem}_{name}.png").write_bytes(png)
+    out.write_text(render_html(analysis, figs), encoding="utf-8")
     return out
 
 
