@@ -133,7 +133,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data_dir = work / "beauty"
     report = prepare_shipped_beauty(data_dir)
     print(report.summary())
-    runs = []
+    runs, results, configs = [], {}, {}
     for model in ("remi", "dmi"):
         run_dir = work / f"run-{model}"
         if run_dir.exists():
@@ -148,6 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(_metrics_table(result["test"], f"{model} on beauty, test users, {result['steps']} steps "
                                              f"(best step {result['best_step']})"))
         runs.append(run_dir)
+        results[model], configs[model] = result, cfg.to_dict()
     from .compare import compare, to_markdown
 
     c = compare(runs, metric="recall@50", resamples=1000)
@@ -164,9 +165,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"report of the DMI run (refined vs its coarse REMI interests): {out}")
         except ImportError as exc:
             print(f"no report: {exc}")
-    print(f"wall time: {time.perf_counter() - start:.1f} s   runs: {', '.join(map(str, runs))}   "
-          f"comparison: {work / 'compare.md'}")
+    wall = time.perf_counter() - start
+    _write_demo_record(work / "demo.json", args, results, configs, c, wall)
+    print(f"wall time: {wall:.1f} s   runs: {', '.join(map(str, runs))}   comparison: {work / 'compare.md'}   "
+          f"record: {work / 'demo.json'}")
     return 0
+
+
+def _write_demo_record(path: Path, args: argparse.Namespace, results: dict, configs: dict, comparison: dict,
+                       wall: float) -> None:
+    """What the demo measured, with the resolved configs, the commit, the machine and the wall time."""
+    import os
+    import platform
+    import subprocess
+
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
+        platform.processor()
+    record = {"command": "dmirec demo " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                                                   if k not in ("command",)),
+              "git_commit": commit, "wall_s": round(wall, 1), "cpu_s": round(time.process_time(), 1),
+              "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                          "load_avg_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                          "python": platform.python_version(), "torch": torch.__version__},
+              "runs": results, "configs": configs,
+              "paired": [{k: v for k, v in t.items()} for t in comparison["tests"]]}
+    path.write_text(json.dumps(record, indent=2, default=str))
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
