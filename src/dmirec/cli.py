@@ -189,8 +189,8 @@ def _write_demo_record(path: Path, args: argparse.Namespace, results: dict, conf
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
         platform.processor()
-    record = {"command": "dmirec demo " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                                                   if k not in ("command",)),
+    record = {"command": "dmirec " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).stem in ("dmirec", "__main__")
+              else "dmirec demo", "options": {k: v for k, v in vars(args).items() if k != "command"},
               "git_commit": commit, "wall_s": round(wall, 1), "cpu_s": round(time.process_time(), 1),
               "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "load_avg_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
