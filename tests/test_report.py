@@ -333,3 +333,19 @@ def test_ns_option_on_the_command_line(tiny_runs, capsys):
     assert cfg.metric_ns == (10, 100)
     write_config(runs["comirec-sa"].parent, cfg)
     assert read_config(runs["comirec-sa"].parent).metric_ns == (10, 100)
+
+
+def test_missing_optional_packages_give_clear_errors(tiny_runs, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from dmirec.cli import main
+    from dmirec.config import ConfigError
+    from dmirec.tblog import open_writer
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if `tensorboard` were not installed
+    with pytest.raises(ConfigError, match="tensorboard"):
+        open_writer(tmp_path / "tb")
+    _, _, runs = tiny_runs
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["report", str(runs["remi"]), "--out", str(tmp_path / "r.html")]) == 2
+    assert "dmirec[report]" in capsys.readouterr().err and not (tmp_path / "r.html").exists()

@@ -363,7 +363,7 @@ def render_html(a: dict[str, Any], figs: dict[str, bytes]) -> str:
         info = a["category_info"]
         pur = a["category_purity"]
         crows = [[j, _fmt(_finite_mean(pur[:, j]))] for j in range(k)]
-        body = (f"<p>{_e(info['file'])} read as {info['id_space']} ids: {info['items_with_category']} items with a "
+        body = (f"<p>{_e(Path(info['file']).name)} read as {info['id_space']} ids: {info['items_with_category']} items with a "
                 f"category ({len(info['categories'])} categories), {info['items_without_category']} without, "
                 f"{info['rows_unmatched']} rows not in the dataset. Category diversity of the merged top {n} "
                 f"(ComiRec): mean {_fmt(_finite_mean(a['category_diversity']))}; purity of each interest's own top "
