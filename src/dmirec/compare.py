@@ -1,9 +1,9 @@
 """``dmirec compare RUN_DIR...``: test metrics of several runs, grouped, with seed spread and a paired test.
 
 Runs are grouped by their resolved config minus the seed (and minus keys that do not change
-the result: progress bar, threads, device, evaluation batch size, TensorBoard; a warm start
-counts only as "set"), or by the config keys named with ``--by`` (the dataset always splits
-groups). Each group shows mean ± sample sd over its runs (the seeds). A bar chart shows the
+the result: progress bar, threads, device, evaluation batch size, TensorBoard, extra metric
+cutoffs; a warm start counts only as "set"), or by the config keys named with ``--by`` (the
+dataset always splits groups). Each group shows mean ± sample sd over its runs (the seeds). A bar chart shows the
 group means with every run as a dot. Between a baseline group (the first, or ``--baseline``)
 and every other group on the same test users, a per-user paired comparison: each user's metric
 averaged over the group's runs, the mean difference with a paired bootstrap confidence interval
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-IGNORED_KEYS = ("seed", "progress", "threads", "device", "eval_batch_size", "tensorboard")
+IGNORED_KEYS = ("seed", "progress", "threads", "device", "eval_batch_size", "tensorboard", "metric_ns")
 TABLE_KEYS = ("recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "mrr@50")
 
 
