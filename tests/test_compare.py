@@ -7,6 +7,7 @@ import statistics
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from dmirec.compare import (
@@ -20,6 +21,15 @@ from dmirec.compare import (
     table_rows,
 )
 from dmirec.config import Config
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The tiny runs train on one thread (`threads: 1`, much faster on a busy machine); train() sets it
+    process-wide, so put the previous value back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 def fake_run(path, model: str, seed: int, recall50: float, data="/data/x", **config):
@@ -47,10 +57,10 @@ def test_compare_recovers_mean_and_sd_of_constructed_runs(tmp_path):
     a_vals, b_vals = [0.10, 0.13, 0.16], [0.20, 0.22]
     dirs = [fake_run(tmp_path / f"a{s}", "remi", s, v) for s, v in zip((1, 2, 3), a_vals)]
     dirs += [fake_run(tmp_path / f"b{s}", "dmi", s, v, backbone="remi") for s, v in zip((1, 2), b_vals)]
-    dirs.append(fake_run(tmp_path / "c1", "dmi", 1, 0.3, backbone="remi", eta=0.5))
+    dirs.append(fake_run(tmp_path / "c1", "dmi", 1, 0.3, backbone="remi", fusion_weight=0.5))
     c = compare(dirs, paired=False)
     labels = [g.label for g in c["groups"]]
-    assert labels == ["remi", "dmi, eta=0.2", "dmi, eta=0.5"]
+    assert labels == ["remi", "dmi, fusion_weight=0.2", "dmi, fusion_weight=0.5"]
     col = c["header"].index("recall@50")
     cells = [row[col] for row in c["rows"]]
     assert cells[0] == f"{statistics.mean(a_vals):.4f} ± {statistics.stdev(a_vals):.4f}" == "0.1300 ± 0.0300"
@@ -59,8 +69,8 @@ def test_compare_recovers_mean_and_sd_of_constructed_runs(tmp_path):
     # --by model: the two DMI configurations fall into one group
     groups = group_runs([load_run(d) for d in dirs], by=["model"])
     assert [g.label for g in groups] == ["remi", "dmi"] and len(groups[1].runs) == 3
-    groups = group_runs([load_run(d) for d in dirs[3:]], by=["eta"])  # the DMI runs by eta alone
-    assert [g.label for g in groups] == ["eta=0.2", "eta=0.5"] and [len(g.runs) for g in groups] == [2, 1]
+    groups = group_runs([load_run(d) for d in dirs[3:]], by=["fusion_weight"])  # the DMI runs by fusion weight alone
+    assert [g.label for g in groups] == ["fusion_weight=0.2", "fusion_weight=0.5"] and [len(g.runs) for g in groups] == [2, 1]
 
 
 def test_compare_refuses_duplicate_seeds_and_unfinished_runs(tmp_path):
@@ -96,7 +106,7 @@ def test_paired_test_on_real_runs_and_cli(tmp_path, capsys):
 
     data = make_planted_dataset(tmp_path / "data", num_users=200, num_items=60, num_clusters=4)
     ov = {"embedding_dim": 8, "max_steps": 10, "eval_every": 10, "batch_size": 32, "num_negatives": 16,
-          "progress": False, "device": "cpu", "seq_len": 8}
+          "progress": False, "device": "cpu", "seq_len": 8, "threads": 1}
     runs = []
     for model, seed in (("comirec-sa", 1), ("comirec-sa", 2), ("most-popular", 1)):
         runs.append(tmp_path / f"{model}-{seed}")

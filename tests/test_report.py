@@ -14,6 +14,15 @@ import torch
 from dmirec import diagnostics as dg
 from dmirec.models import REGISTRY
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The tiny runs train on one thread (`threads: 1`, much faster on a busy machine); train() sets it
+    process-wide, so put the previous value back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 # ---- diagnostics with known answers -----------------------------------------------------------
 
 
@@ -145,7 +154,7 @@ def test_untrained_dmi_refiner_is_the_identity():
 # ---- the report on tiny runs of every model ---------------------------------------------------
 
 OVERRIDES = {"embedding_dim": 8, "max_steps": 12, "eval_every": 6, "batch_size": 32, "num_negatives": 16,
-             "progress": False, "device": "cpu", "seq_len": 8}
+             "progress": False, "device": "cpu", "seq_len": 8, "threads": 1}
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,7 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def _wrappers() -> set[str]:
-    from .models import MODEL_DEFAULTS
+    from .config import MODEL_DEFAULTS
 
     return {m for m, d in MODEL_DEFAULTS.items() if "backbone" in d}
 

@@ -28,9 +28,8 @@ import torch
 
 from . import diagnostics as dg
 from . import rundir
-from .data.dataset import load_dataset
 from .data.sampler import eval_split
-from .evaluate import metric_cutoffs
+from .evaluate import load_run, metric_cutoffs
 from .metrics import hit_matrix, summarize
 from .retrieval import search
 
@@ -47,17 +46,20 @@ def _machine() -> dict[str, Any]:
 
 @torch.no_grad()
 def _vectors(model, history: np.ndarray, mask: np.ndarray, is_dmi: bool, batch: int = 512) -> dict[str, np.ndarray]:
-    """Query vectors (and, for DMI, the coarse ones) of a set of users, in batches."""
-    parts: dict[str, list[np.ndarray]] = {"user": [], "coarse": []}
+    """The served query vectors of a set of users (``user``, as evaluation uses them), in batches;
+    for DMI also the backbone's ``coarse`` interests and the ``refined`` ones (``refine()``'s output,
+    or the generated vectors when they are extra queries rather than fused)."""
+    parts: dict[str, list[np.ndarray]] = {"user": [], "coarse": [], "refined": []}
     for s in range(0, len(history), batch):
         h = torch.from_numpy(history[s:s + batch])  # (b, L)
         m = torch.from_numpy(mask[s:s + batch])  # (b, L)
+        parts["user"].append(model.user_vectors(h, m).float().numpy())  # (b, K or 2K, D)
         if is_dmi:
             out = model.refine(h, m)
-            parts["user"].append(out["user"].float().numpy())  # (b, K, D)
-            parts["coarse"].append(out["coarse"].float().numpy())  # (b, K, D)
-        else:
-            parts["user"].append(model.user_vectors(h, m).float().numpy())  # (b, K, D)
+            coarse = out["coarse"]  # (b, K, D)
+            refined = out["user"] if out["user"].shape == coarse.shape else out["v0_hat"]  # (b, K, D)
+            parts["coarse"].append(coarse.float().numpy())
+            parts["refined"].append(refined.float().numpy())
     return {k: np.concatenate(v) for k, v in parts.items() if v}
 
 
@@ -77,8 +79,7 @@ def analyse_run(run_dir: str | Path, categories: str | Path | None = None, categ
     rows = rundir.read_metrics(run_dir)
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None
-    data = load_dataset(ref["path"])
-    model, _ = rundir.load_trained_model(run_dir, "best")
+    model, _, data = load_run(run_dir, "best")  # builds the interest bank of a model that reads one
     is_dmi = cfg.model == "dmi" and hasattr(model, "refine")
 
     out: dict[str, Any] = {"run_dir": str(run_dir), "model": cfg.model, "config": cfg.to_dict(), "data_ref": ref,
@@ -148,13 +149,14 @@ def analyse_run(run_dir: str | Path, categories: str | Path | None = None, categ
         coarse = vecs["coarse"]
         res_c = search(coarse, items, width, exclude=exclude)
         hits_c = hit_matrix(res_c.ids, targets)
+        refined = vecs["refined"]
         out["refine"] = {
-            "shift": dg.refinement_shift(coarse, user),
-            "profile": dg.dimension_profile(coarse, user),
+            "shift": dg.refinement_shift(coarse, refined),
+            "profile": dg.dimension_profile(coarse, refined),
             "overlap": dg.list_overlap(res.ids, res_c.ids, n),
             "gained_lost": dg.hits_gained_lost(hits, hits_c, res.ids, res_c.ids, n),
             "coarse_metrics": summarize(res_c.ids, targets, (20, n) if n != 20 else (20,)),
-            "eta": cfg.eta,
+            "fusion_weight": cfg.fusion_weight, "output": getattr(cfg, "dmi_output", "fuse"),
         }
 
     # repeats
@@ -243,8 +245,9 @@ def make_figures(a: dict[str, Any]) -> dict[str, bytes]:
         r = a["refine"]
         fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
         shift = r["shift"]
-        axes[0].hist([shift["relative_change"][:, j] for j in range(k)], bins=30, stacked=True,
-                     label=[f"interest {j}" for j in range(k)])
+        kr = shift["relative_change"].shape[1]
+        axes[0].hist([shift["relative_change"][:, j] for j in range(kr)], bins=30, stacked=True,
+                     label=[f"interest {j}" for j in range(kr)])
         axes[0].set(xlabel="||u - V|| / ||V||", ylabel="interests", title="how far refinement moves an interest")
         axes[0].legend(fontsize=7)
         prof = r["profile"]
@@ -380,8 +383,10 @@ def render_html(a: dict[str, Any], figs: dict[str, bytes]) -> str:
         gl = r["gained_lost"]
         cm = r["coarse_metrics"]
         top_dims = np.argsort(-r["profile"]["relative"])[:8]
-        body = (f"<p>The backbone's coarse interests V against the refined u = eta v0_hat + (1 - eta) V "
-                f"(eta = {r['eta']}) on the same users.</p>"
+        what = (f"the refined u = w v0_hat + (1 - w) V (fusion weight w = {r['fusion_weight']})"
+                if r["output"] == "fuse" else "the generated vectors v0_hat (served as extra queries)")
+        body = (f"<p>The backbone's coarse interests V against {what} on the same users; the lists compare "
+                f"the served queries with the coarse interests alone.</p>"
                 + _table(["", "mean", "p10", "p90"],
                          [[name, _fmt(float(np.mean(v))), _fmt(float(np.percentile(v, 10))),
                            _fmt(float(np.percentile(v, 90)))] for name, v in
