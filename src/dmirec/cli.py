@@ -20,12 +20,9 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from .config import ConfigError, parse_overrides
-
-DEMO_STEPS = 4000  # per model; see README "Reports and comparisons" for the measured wall time
 
 
 def _metrics_table(metrics: dict, title: str = "") -> str:
@@ -123,81 +120,9 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on the shipped beauty log: DMI (default config) against its backbone REMI,
-    trained for the same short step budget; prints the comparison and writes the report."""
-    from .data.prepare import prepare_shipped_beauty
-    from .train import make_config, train
+    from .demo import run_demo
 
-    start = time.perf_counter()
-    work = Path(args.workdir)
-    data_dir = work / "beauty"
-    report = prepare_shipped_beauty(data_dir)
-    print(report.summary())
-    runs, results, configs = [], {}, {}
-    for model in ("remi", "dmi"):
-        run_dir = work / f"run-{model}"
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
-        cfg = make_config(model, [], {"max_steps": args.steps, "eval_every": max(args.steps // 4, 1),
-                                      "seed": args.seed, "threads": args.threads, "progress": args.progress})
-        print(f"\ntraining {model} for {cfg.max_steps} steps (batch {cfg.batch_size}, seed {cfg.seed}); the full "
-              f"benchmark runs to early stopping, see BENCHMARKS.md")
-        result = train(cfg, data_dir, run_dir)
-        print(_metrics_table(result["test"], f"{model} on beauty, test users, {result['steps']} steps "
-                                             f"(best step {result['best_step']})"))
-        runs.append(run_dir)
-        results[model], configs[model] = result, cfg.to_dict()
-    from .compare import compare, to_markdown
-
-    c = compare(runs, metric="recall@50", resamples=1000)
-    print("\n" + to_markdown(c))
-    chart = work / "compare.png"
-    if c["chart"]:
-        chart.write_bytes(c["chart"])
-    (work / "compare.md").write_text(to_markdown(c, chart.name if c["chart"] else None), encoding="utf-8")
-    if args.report:
-        try:
-            from .report import build_report
-
-            out = build_report(runs[1], work / "report" / "report.html", users=args.report_users)
-            print(f"report of the DMI run (refined vs its coarse REMI interests): {out}")
-        except ImportError as exc:
-            print(f"no report: {exc}")
-    wall = time.perf_counter() - start
-    _write_demo_record(work / "demo.json", args, results, configs, c, wall)
-    print(f"wall time: {wall:.1f} s   runs: {', '.join(map(str, runs))}   comparison: {work / 'compare.md'}   "
-          f"record: {work / 'demo.json'}")
-    return 0
-
-
-def _write_demo_record(path: Path, args: argparse.Namespace, results: dict, configs: dict, comparison: dict,
-                       wall: float) -> None:
-    """What the demo measured, with the resolved configs, the commit, the machine and the wall time."""
-    import os
-    import platform
-    import subprocess
-
-    import torch
-
-    try:
-        commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
-        platform.processor()
-    record = {"command": "dmirec " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).stem in ("dmirec", "__main__")
-              else "dmirec demo", "options": {k: v for k, v in vars(args).items() if k != "command"},
-              "git_commit": commit, "wall_s": round(wall, 1), "cpu_s": round(time.process_time(), 1),
-              "machine": {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                          "load_avg_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                          "python": platform.python_version(), "torch": torch.__version__},
-              "runs": results, "configs": configs,
-              "paired": [{k: v for k, v in t.items()} for t in comparison["tests"]]}
-    path.write_text(json.dumps(record, indent=2, default=str))
+    return run_demo(args.workdir, args.steps, args.seed, args.threads, args.progress, args.report, args.report_users)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -298,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="DMI against its backbone REMI on the shipped beauty data: table and report")
     p.add_argument("--workdir", default="demo_run")
-    p.add_argument("--steps", type=int, default=DEMO_STEPS)
+    p.add_argument("--steps", type=int, default=4000, help="training steps per model")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (0 = torch's default; 1 stays fast when other jobs share the cores)")
