@@ -3,9 +3,10 @@
     dmirec prepare INPUT OUTDIR [--format ...] [--core 5] [--seed 1230] [--name NAME] [--comirec-files]
     dmirec train --data OUTDIR --model NAME --out RUN_DIR [--seed N] [--device ...] [--config f.yaml] [--key=value ...]
     dmirec train --resume RUN_DIR
-    dmirec evaluate RUN_DIR [--split valid|test] [--exclude-history] [--ns 10,20,50,100] [--json]
+    dmirec evaluate RUN_DIR [--split valid|test] [--exclude-history] [--ns 10,20,50,100] [--new-items-only | --both-views] [--json]
     dmirec report RUN_DIR [--out report.html] [--categories FILE] [--bundle BUNDLE_DIR]
     dmirec compare RUN_DIR... [--by model] [--metric recall@50] [--out FILE.md|FILE.html]
+    dmirec fit-repeat RUN_DIR [--output repeat.json]
     dmirec export RUN_DIR BUNDLE_DIR
     dmirec index BUNDLE_DIR --kind flat|hnsw|ivf
     dmirec serve BUNDLE_DIR --port 8000
@@ -37,7 +38,8 @@ def _metrics_table(metrics: dict, title: str = "") -> str:
     lines.append(f"{'metric':<16}" + "".join(f"{'@' + str(n):>10}" for n in ns))
     for label, key in rows:
         lines.append(f"{label:<16}" + "".join(f"{metrics[f'{key}@{n}']:>10.4f}" for n in ns))
-    lines.append(f"users: {metrics['users']}")
+    skipped = f" (skipped, no new target: {metrics['skipped_users']})" if "skipped_users" in metrics else ""
+    lines.append(f"users: {metrics['users']}{skipped}")
     return "\n".join(lines)
 
 
@@ -105,19 +107,33 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     if note:
         print(f"dmirec evaluate: note: {note}", file=sys.stderr)
     ns = from_dict({"metric_ns": args.ns}).metric_ns if args.ns is not None else None
-    # --key=value: evaluation-time config changes (neighbour rule, guidance, sampler, ...)
-    metrics = evaluate_run(args.run_dir, split=args.split, exclude_history=args.exclude_history or None,
-                           backend=args.backend, which=args.checkpoint, overrides=parse_overrides(extra) or None,
-                           device=resolve_device(args.device), ns=ns)
-    if args.json:
+    channel = {"on": True, "off": False}.get(args.repeat_channel)
+    views = [("published", False), ("new_items", True)] if args.both_views else \
+        [("new_items" if args.new_items_only else "", True if args.new_items_only else None)]
+    out = {}
+    for name, new_only in views:
+        # --key=value: evaluation-time config changes (neighbour rule, guidance, sampler, ...)
+        metrics = evaluate_run(args.run_dir, split=args.split, exclude_history=args.exclude_history or None,
+                               backend=args.backend, which=args.checkpoint, overrides=parse_overrides(extra) or None,
+                               device=resolve_device(args.device), ns=ns, new_items_only=new_only,
+                               repeat_channel=channel, repeat_params=args.repeat_params)
         if ns is None:  # the fixed set of keys scripts rely on
             keys = [f"{m}@{n}" for m in ("recall", "hitrate", "ndcg", "ndcg_comirec") for n in (20, 50)] + ["users"]
         else:  # every metric at every cutoff
             keys = [k for k in metrics if "@" in k] + ["users"]
-        print(json.dumps({k: metrics[k] for k in keys}))
-    else:
-        print(_metrics_table(metrics, f"{args.run_dir} ({args.split})"))
+        out[name] = {k: metrics[k] for k in keys + ["skipped_users"] if k in metrics}
+        if not args.json:
+            label = f", {name.replace('_', '-')} view" if name else ""
+            print(_metrics_table(metrics, f"{args.run_dir} ({args.split}{label})"))
+    if args.json:
+        print(json.dumps(out if args.both_views else next(iter(out.values()))))
     return 0
+
+
+def cmd_fit_repeat(args: argparse.Namespace) -> int:
+    from .repeat_fit import fit_repeat_cmd
+
+    return fit_repeat_cmd(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -221,6 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ns", default=None, help="metric cutoffs, e.g. 10,20,50,100 (20 and 50 are always there)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    view = p.add_mutually_exclusive_group()
+    view.add_argument("--new-items-only", action="store_true",
+                      help="targets already in the history removed, history items excluded from the candidates")
+    view.add_argument("--both-views", action="store_true", help="report the published and the new-items view")
+    p.add_argument("--repeat-channel", choices=["on", "off"], default=None,
+                   help="the repeat channel on/off (default: the run's config and repeat.json)")
+    p.add_argument("--repeat-params", default=None, metavar="FILE",
+                   help="repeat channel parameters (default: RUN_DIR/repeat.json when it exists)")
+
+    p = sub.add_parser("fit-repeat", help="choose the repeat channel's parameters on validation users")
+    p.add_argument("run_dir")
+    p.add_argument("--output", default=None, help="where to write them (default RUN_DIR/repeat.json)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--backend", choices=["torch", "faiss"], default=None)
+    p.add_argument("--max-users", type=int, default=0, help="first validation users only (0 = all)")
 
     p = sub.add_parser("demo", help="DMI against its backbone REMI on the shipped beauty data: table and report")
     p.add_argument("--workdir", default="demo_run")
@@ -270,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", dest="which", choices=["best", "last"], default="best")
     p.add_argument("--query-sample", type=int, default=1000, help="validation users whose interests are stored")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--repeat-params", default=None, metavar="FILE",
+                   help="repeat channel parameters (default: RUN_DIR/repeat.json when it exists)")
 
     p = sub.add_parser("index", help="build a faiss index in a bundle and measure its recall")
     p.add_argument("bundle_dir")
@@ -322,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_export(args, extra)
         handler = {"prepare": cmd_prepare, "demo": cmd_demo, "index": cmd_index, "serve": cmd_serve,
                    "recommend": cmd_recommend, "synth": cmd_synth,
-                   "report": cmd_report, "compare": cmd_compare}[args.command]
+                   "report": cmd_report, "compare": cmd_compare,
+                   "fit-repeat": cmd_fit_repeat}[args.command]
         return handler(args)
     except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"dmirec {args.command}: error: {exc}", file=sys.stderr)

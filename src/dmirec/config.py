@@ -132,6 +132,18 @@ class Config:
     # into the whole model otherwise; the start is validated as step 0
     init_from: str = ""
 
+    # --- repeats (README, "Repeats") -----------------------------------------------------------
+    # the user's own history items as a channel merged into any model's list; off by default.
+    # `dmirec fit-repeat RUN_DIR` chooses weight/recency/bias on validation users (repeat.json)
+    repeat_channel: bool = False
+    repeat_weight: float = 0.0  # 0 = exactly the model's list
+    repeat_recency: float = 0.0  # weight of 1 / (1 + age of the last visit) in the repeat score
+    repeat_bias: float = 0.0  # subtracted from every history item's repeat score
+    repeat_decay: float = 0.0  # visit weight exp(-decay * age); 0 = plain counts (also --model repeat)
+    repeat_ref_rank: int = 50  # the model's score spread s_1 - s_R scales the repeat bonus
+    # evaluation view: drop targets already in the history, exclude history items from the candidates
+    new_items_only: bool = False
+
     def to_dict(self) -> dict[str, Any]:
         # tuples become lists so the dict is plain YAML/JSON
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -281,7 +293,7 @@ def from_dict(values: dict[str, Any], source: str = "config") -> Config:
 def _check_ranges(cfg: Config, source: str) -> None:
     positive = ("embedding_dim", "num_interests", "seq_len", "batch_size", "eval_every",
                 "eval_batch_size", "diffusion_steps", "routing_iters", "prune_m", "coin_temperature",
-                "coin_bank_sample", "coin_negatives", "coin_gru_layers", "coin_ff_dim")
+                "coin_bank_sample", "coin_negatives", "coin_gru_layers", "coin_ff_dim", "repeat_ref_rank")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{source}: config key {key!r} must be positive, got {getattr(cfg, key)}")
@@ -307,6 +319,9 @@ def _check_ranges(cfg: Config, source: str) -> None:
     if cfg.embedding_optimizer == "sparse" and cfg.weight_decay:
         raise ConfigError(f"{source}: config key 'weight_decay' must be 0 with embedding_optimizer=sparse "
                           f"(decay would touch every row of the item table)")
+    for key in ("repeat_weight", "repeat_decay"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if cfg.start_step > cfg.diffusion_steps:
         raise ConfigError(f"{source}: config key 'start_step' must be <= diffusion_steps")
     if cfg.reverse_steps > (cfg.start_step or cfg.diffusion_steps):
@@ -359,6 +374,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "coin": {"hard_negative_beta": 1.0, "routing_reg": 100.0, "neighbour_alpha": 0.55, "neighbours": 3},
     "youtube-dnn": {"num_interests": 1},
     "most-popular": {"num_interests": 1, "max_steps": 0},
+    "repeat": {"num_interests": 1, "max_steps": 0},
 }
 
 

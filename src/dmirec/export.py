@@ -41,16 +41,22 @@ def _query_sample(model, data, seq_len: int, users: int, batch_size: int = 1024)
 
 def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "best",
                   query_sample: int = DEFAULT_QUERY_SAMPLE, overwrite: bool = False,
-                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                  overrides: dict[str, Any] | None = None,
+                  repeat_params: str | Path | None = None) -> dict[str, Any]:
     """Export ``run_dir`` (its ``which`` checkpoint: best or last) to ``bundle_dir``; returns the manifest.
 
     Needs the prepared dataset the run used (``data.json``) for the raw item ids, popularity and
     validation users. ``query_sample`` validation users' interest vectors are stored for
     recall measurement. ``overrides``: evaluation-time config changes (e.g. the neighbour rule);
     an interest bank the model reads travels in the bundle's weights, checksummed with them.
+    The repeat channel's parameters (``RUN_DIR/repeat.json`` or the file ``repeat_params``, see
+    ``dmirec fit-repeat``) go into the bundle's config.
     """
+    from .repeat_fit import with_repeat_params
+
     run_dir = Path(run_dir)
     model, cfg = load_trained_model(run_dir, which=which, device="cpu", overrides=overrides)
+    cfg = with_repeat_params(cfg, run_dir, repeat_params)
     ref = read_data_ref(run_dir)
     data_path = Path(ref["path"])
     if not (data_path / "meta.json").exists():
@@ -78,6 +84,8 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
             "best_step": result.get("best_step"),
             "test": result.get("test"),
         },
+        "repeat": {k: getattr(cfg, k) for k in ("repeat_channel", "repeat_weight", "repeat_recency",
+                                                 "repeat_bias", "repeat_decay", "repeat_ref_rank")},
     }
     return write_bundle(bundle_dir, model_state=model.state_dict(), config=cfg, item_ids=data.item_ids,
                         item_embeddings=items, popularity=popularity, query_sample=queries, info=info,
@@ -88,7 +96,8 @@ def export_cmd(args) -> int:
     """CLI entry: ``args.run_dir``, ``args.bundle_dir``; optional ``which``, ``query_sample``, ``overwrite``."""
     manifest = export_bundle(args.run_dir, args.bundle_dir, which=getattr(args, "which", "best"),
                              query_sample=getattr(args, "query_sample", DEFAULT_QUERY_SAMPLE),
-                             overwrite=getattr(args, "overwrite", False), overrides=getattr(args, "overrides", None))
+                             overwrite=getattr(args, "overwrite", False), overrides=getattr(args, "overrides", None),
+                             repeat_params=getattr(args, "repeat_params", None))
     print(f"exported {manifest['model']} ({manifest['num_items']} items, D={manifest['embedding_dim']}, "
           f"K={manifest['num_interests']}, {manifest['query_sample_users']} sample users) to {args.bundle_dir}")
     return 0

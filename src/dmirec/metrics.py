@@ -21,6 +21,10 @@ README, which matter on data with repeat consumption (gowalla):
 * Catalogue coverage@n (a list-level number, not per user) = distinct item ids in the first n
   positions of all rows / catalogue size.
 
+The new-items view (:func:`drop_seen_targets`) removes from each user's targets the items that
+already occur in the user's history; the caller also excludes history items from the candidates
+and skips users left with no target.
+
 Every metric returns the per-user array ``(B,)`` of float64; :func:`summarize` averages them
 over users. Nothing loops over users except building the flat target array; membership is one
 sort plus ``searchsorted`` over ``(row, item)`` keys, so memory is O(B * N + total targets).
@@ -43,6 +47,7 @@ __all__ = [
     "catalogue_coverage",
     "per_user",
     "summarize",
+    "drop_seen_targets",
 ]
 
 Targets = Sequence[np.ndarray] | Sequence[Sequence[int]]
@@ -238,3 +243,31 @@ def summarize(
             out[f"{name}@{int(n)}"] = float(fn(p, _check_n(n, p.hits.shape[1])).mean())
     out["users"] = int(p.hits.shape[0])
     return out
+
+
+def drop_seen_targets(
+    targets: Targets, histories: Sequence[np.ndarray] | Sequence[Sequence[int]]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The new-items view of the targets: each user's targets minus the items of their history.
+
+    Returns (targets without history items, repeats among the new ones kept; (B,) bool mask of the
+    users left with at least one target). Users whose every target is a history item get an empty
+    array and False in the mask: the caller skips (and counts) them.
+    """
+    if len(histories) != len(targets):
+        raise ValueError(f"targets has {len(targets)} users but histories has {len(histories)}")
+    batch = len(targets)
+    t_parts = [np.asarray(t, dtype=np.int64).ravel() for t in targets]
+    h_parts = [np.asarray(h, dtype=np.int64).ravel() for h in histories]
+    t_len = np.fromiter((p.size for p in t_parts), dtype=np.int64, count=batch)  # (B,)
+    h_len = np.fromiter((p.size for p in h_parts), dtype=np.int64, count=batch)  # (B,)
+    t_flat = np.concatenate(t_parts) if batch else np.zeros(0, dtype=np.int64)  # (T,)
+    h_flat = np.concatenate(h_parts) if batch else np.zeros(0, dtype=np.int64)  # (H,)
+    base = int(max(t_flat.max(initial=0), h_flat.max(initial=0))) + 1
+    t_rows = np.repeat(np.arange(batch, dtype=np.int64), t_len)  # (T,)
+    h_keys = np.repeat(np.arange(batch, dtype=np.int64), h_len) * base + h_flat  # (H,)
+    new = ~np.isin(t_rows * base + t_flat, h_keys)  # (T,)
+    counts = np.bincount(t_rows[new], minlength=batch)  # (B,)
+    kept = np.split(t_flat[new], np.cumsum(counts)[:-1]) if batch else []
+    keep = np.fromiter((k.size > 0 for k in kept), dtype=bool, count=batch)  # (B,)
+    return kept, keep

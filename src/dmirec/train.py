@@ -236,7 +236,8 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
 
     def _validate(window_loss: float, window_steps: int, window_seconds: float) -> dict:
         metrics = evaluate_model(model, data, "valid", cfg.seq_len, metric_cutoffs(cfg), cfg.retrieval_backend,
-                                 cfg.exclude_history, cfg.eval_batch_size, device=device, eval_set=valid_set)
+                                 cfg.exclude_history, cfg.eval_batch_size, device=device, eval_set=valid_set,
+                                 new_items_only=cfg.new_items_only)
         improved = metrics["recall@50"] > state["best"]
         if improved:
             state.update(best=metrics["recall@50"], best_step=state["step"], bad=0)
@@ -314,7 +315,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     best = rundir.load_checkpoint(ckpt_dir / "best.pt", map_location=device)
     model.load_state_dict(best["model"])
     test = evaluate_model(model, data, "test", cfg.seq_len, metric_cutoffs(cfg), cfg.retrieval_backend,
-                          cfg.exclude_history, cfg.eval_batch_size, device=device)
+                          cfg.exclude_history, cfg.eval_batch_size, device=device, new_items_only=cfg.new_items_only)
     result = {"model": cfg.model, "dataset": data.name, "seed": cfg.seed, "steps": state["step"],
               "best_step": state["best_step"], "stopped": state["stopped"], "valid_recall@50": state["best"],
               "train_seconds": state["train_seconds"],

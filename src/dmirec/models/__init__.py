@@ -57,6 +57,12 @@ def _coin(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel
     return COIN.from_config(cfg, num_items)
 
 
+def _repeat(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
+    from .repeat import RepeatBaseline
+
+    return RepeatBaseline(num_items, popularity, cfg.repeat_decay)
+
+
 def _dmi(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
     from .dmi import DMI
 
@@ -72,6 +78,7 @@ REGISTRY: dict[str, Builder] = {
     "youtube-dnn": _youtube_dnn,
     "most-popular": _most_popular,
     "coin": _coin,
+    "repeat": _repeat,
     "dmi": _dmi,
 }
 

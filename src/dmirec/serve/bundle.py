@@ -40,6 +40,7 @@ import yaml
 
 from ..config import Config, from_dict, upgrade_saved
 from ..models import build_model
+from ..repeats import RepeatFirst, channel_from_config, model_stage, retrieve
 from ..retrieval import ExactTorchSearch, FaissSearch, SearchResult
 
 FORMAT = "dmirec-bundle"
@@ -344,6 +345,8 @@ class Bundle:
         pop = self.popularity[1:]
         self.popular_order = (np.lexsort((np.arange(1, self.num_items + 1), -pop)) + 1).astype(np.int64)  # (N,)
         self.model = self._load_model() if load_model else None
+        # the repeat model's ranking or the repeat channel (README, "Repeats"); None: plain search
+        self.repeat_stage = model_stage(self.model) or channel_from_config(self.config)
         self.index = None
         self.index_info: dict[str, Any] | None = None
         if use_index and self.manifest.get("index"):
@@ -461,6 +464,8 @@ class Bundle:
 
         Sequences with no item get the ``n`` most popular items (score = training count,
         interest = -1). With ``exclude_history`` the items of each whole sequence are excluded.
+        The repeat model's ranking or the repeat channel, when the bundle's config has one, runs
+        over each whole sequence (:func:`dmirec.repeats.retrieve`, as evaluation does).
         Missing slots (fewer than n items available) hold id -1.
         """
         n = int(n)
@@ -475,7 +480,8 @@ class Bundle:
         if len(rows):
             sub = [seqs[r] for r in rows]
             queries = self.user_vectors_ids(sub)  # (b, K, D)
-            res = self.searcher.search(queries, n, exclude=sub if exclude_history else None)
+            res = retrieve(self.searcher.search, queries, sub, n, exclude_history=exclude_history,
+                           stage=self.repeat_stage, item_embeddings=self.item_embeddings)
             ids[rows], scores[rows], interest[rows] = res.ids, res.scores, res.interest
         if fallback.any():
             top = self.popular(n)
@@ -516,6 +522,7 @@ class Bundle:
             "num_interests": m.get("num_interests"),
             "seq_len": self.seq_len,
             "index": index,
+            "repeat": _repeat_info(self.repeat_stage),
             "bundle": {"name": self.path.name, "created": m.get("created"), "format_version": m.get("format_version")},
             "versions": {
                 "format_version": m.get("format_version"),
@@ -523,6 +530,15 @@ class Bundle:
                 "serving": {"dmirec": dmirec_version(), "torch": torch.__version__, "faiss": faiss_version()},
             },
         }
+
+
+def _repeat_info(stage) -> dict[str, Any] | None:
+    """What ``/metadata`` says about the repeat stage: the repeat model's ranking or the channel."""
+    if stage is None:
+        return None
+    from dataclasses import asdict
+
+    return {"stage": "repeat_first" if isinstance(stage, RepeatFirst) else "channel", **asdict(stage)}
 
 
 def load_faiss_index(path: Path, info: dict[str, Any]):
