@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench import git_commit as commit, machine  # noqa: E402
+
 RESULTS = ROOT / "bench_results" / "repeat"
 RUNS = ROOT / "bench_runs" / "repeat"
 SPLITS = ("valid", "test")
@@ -36,67 +36,10 @@ VIEWS = (("published", False), ("new_items", True))
 KEYS = ("recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "users", "skipped_users")
 
 
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "os": platform.platform()}
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        # the records themselves (bench_results/) do not make the code dirty
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)bench_results"], cwd=ROOT, capture_output=True, text=True,
-                               check=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-# keys renamed in the config since some runs were written: old key -> (new key, value map)
-RENAMED = {"eta": ("fusion_weight", None),
-           "stochastic_reverse": ("sampler", {False: "posterior_mean", True: "ancestral"}),
-           "denoiser_residual": ("prediction", {True: "x0_residual", False: "x0"})}
-
-
 def readable(run_dir: Path) -> Path:
-    """The run itself, or, when its config.yaml predates a key rename, a copy under bench_runs/repeat/
-    (config with the renamed keys translated, data.json, checkpoints/best.pt): the run is only read."""
-    import shutil
-
-    import yaml
-
-    from dmirec.config import ConfigError
-    from dmirec.rundir import read_config
-
-    try:
-        read_config(run_dir)
-        return run_dir
-    except ConfigError:
-        pass
-    data = yaml.safe_load((run_dir / "config.yaml").read_text())
-    for old, (new, values) in RENAMED.items():
-        if old in data:
-            value = data.pop(old)
-            data[new] = values[value] if values else value
-    copy = RUNS / "translated" / run_dir.name
-    (copy / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (copy / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    shutil.copy2(run_dir / "data.json", copy / "data.json")
-    shutil.copy2(run_dir / "checkpoints" / "best.pt", copy / "checkpoints" / "best.pt")
-    read_config(copy)  # fails loudly if anything else changed
-    return copy
+    """The run directory as it is: configs saved before a key rename load through
+    :func:`dmirec.config.upgrade_saved`."""
+    return run_dir
 
 
 def both_views(run_dir: Path, **kwargs) -> dict:

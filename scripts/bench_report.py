@@ -121,6 +121,7 @@ def write_report(results_dir: Path, out: Path) -> None:
                                                           if len(rs) > 1 else ""))
         lines.append("")
     lines += _collab_section(records, results_dir)
+    lines += _repeat_section()
     lines += _reproduce_section(results_dir / "reproduce")
     lines += _other_groups(records)
     lines += _eval_variants_section(results_dir / "dmi_eval_variants.json")
@@ -242,6 +243,25 @@ def _collab_targets(dataset: str, rows: list[tuple[str, list[dict], str]]) -> li
                 out.append(f"  - vs {other_label}: gap {gap:+.4f} > 2 x max sd {need:.4f}: "
                            f"{'met' if gap > need else 'NOT met'}")
     return ["", "Targets (test Recall@50):", ""] + out if out else []
+
+
+def _repeat_section() -> list[str]:
+    """Repeats (scripts/bench_repeat.py report): target statistics, both evaluation views, gains."""
+    import contextlib
+    import io
+    import types
+
+    from bench_repeat import RESULTS as REPEAT_RESULTS, cmd_report  # scripts/bench_repeat.py
+
+    if not any(REPEAT_RESULTS.glob("*.json")):
+        return []
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cmd_report(types.SimpleNamespace())
+    return ["## Repeats: the repeat baseline, the repeat channel and the new-items view", "",
+            "From `python scripts/bench_repeat.py report` (records in `bench_results/repeat/`). 'published': the "
+            "protocol as published (repeat targets count); 'new-items': targets already in the history removed and "
+            "history items excluded from the candidates.", "", out.getvalue().rstrip(), ""]
 
 
 def _reproduce_section(path: Path) -> list[str]:
