@@ -128,6 +128,9 @@ def write_report(results_dir: Path, out: Path) -> None:
     lines += _correction_section(results_dir / "dmi_correction.json")
     lines += _speed_section(results_dir / "speed.json")
     lines += _serve_section(results_dir)
+    load = ROOT / "configs" / "bench" / "serving_under_load.md"  # the table printed by scripts/bench_serve.py
+    if load.exists():
+        lines += [load.read_text().rstrip(), ""]
     notes = ROOT / "configs" / "bench" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
