@@ -131,9 +131,16 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_fit_repeat(args: argparse.Namespace) -> int:
-    from .repeat_fit import fit_repeat_cmd
+    from .repeat_fit import fit_repeat_run
 
-    return fit_repeat_cmd(args)
+    rec = fit_repeat_run(args.run_dir, args.output, args.checkpoint, args.backend, args.max_users or 0)
+    c, m, key = rec["chosen"], rec["model"], rec["metric"]
+    print(f"repeat channel for {rec['model_name']} on {rec['dataset']}, chosen on {rec['users']} validation "
+          f"users over {len(rec['grid'])} grid points ({rec['seconds']:.1f} s):")
+    print(f"  weight={c['weight']} recency={c['recency']} bias={c['bias']}  valid {key} "
+          f"{m[key]:.4f} -> {c[key]:.4f}, recall@20 {m['recall@20']:.4f} -> {c['recall@20']:.4f}")
+    print(f"written to {rec['output']}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -156,46 +163,72 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import report_cmd
+    from .report import _plt, build_report
 
-    return report_cmd(args)
+    try:
+        _plt()
+    except ImportError as exc:
+        raise ConfigError(str(exc)) from None
+    out = build_report(args.run_dir, args.out, categories=args.categories, category_ids=args.category_ids,
+                       users=args.users, seed=args.seed, bundle=args.bundle)
+    print(f"wrote {out} (and its figures as {out.stem}_*.png beside it)")
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_cmd
+    from .compare import compare, to_markdown, write_outputs
 
-    return compare_cmd(args)
+    by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
+    c = compare(args.run_dirs, by, args.metric, not args.no_paired, args.baseline, args.bootstrap, args.seed)
+    print(to_markdown(c))
+    if args.out:
+        print(f"wrote {write_outputs(c, args.out)}")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
-    from .export import export_cmd
+    from .export import export_bundle
     from .rundir import unfinished_note
 
-    args.overrides = parse_overrides(extra) or None  # --key=value: e.g. the neighbour rule, served as evaluated
     note = unfinished_note(args.run_dir)
     if note:
         print(f"dmirec export: note: {note}", file=sys.stderr)
-    return export_cmd(args)
+    # --key=value: evaluation-time changes (e.g. the neighbour rule), served as evaluated
+    manifest = export_bundle(args.run_dir, args.bundle_dir, which=args.which, query_sample=args.query_sample,
+                             overwrite=args.overwrite, overrides=parse_overrides(extra) or None,
+                             repeat_params=args.repeat_params)
+    print(f"exported {manifest['model']} ({manifest['num_items']} items, D={manifest['embedding_dim']}, "
+          f"K={manifest['num_interests']}, {manifest['query_sample_users']} sample users) to {args.bundle_dir}")
+    return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .serve.index import index_cmd
+    from .serve.index import DEFAULTS, build_index
 
-    return index_cmd(args)
+    opts = {k: getattr(args, k) for k in (*DEFAULTS, "train_size", "seed")}
+    build_index(args.bundle_dir, args.kind, recall_n=args.recall_n or 50, threads=args.threads, **opts)
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve.app import serve_cmd
+    from .serve.app import SERVE_OPTIONS, run_server
     from .train import resolve_device
 
     resolve_device(args.device)  # --device cuda without a GPU: the same error as train's
-    return serve_cmd(args)
+    run_server(args.bundle_dir, port=args.port, **{k: getattr(args, k) for k in SERVE_OPTIONS})
+    return 0
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from .serve.batch import recommend_cmd
+    from .serve.batch import recommend_batch
 
-    return recommend_cmd(args)
+    cols = {k: getattr(args, k) for k in ("user_col", "item_col", "time_col") if getattr(args, k)}
+    stats = recommend_batch(args.bundle_dir, args.input, args.output, args.n, args.format, args.chunk_users or 4096,
+                            exclude_history=args.exclude_history, progress=args.progress, **cols)
+    print(f"{stats['users']} users ({stats['rows']} rows, {stats['unknown_rows']} unknown items, "
+          f"{stats['fallback_users']} on the popularity fallback) -> {stats['candidates']} candidates in "
+          f"{stats['output']} ({stats['seconds']:.1f} s, {stats['users_per_second']} users/s)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

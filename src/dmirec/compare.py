@@ -306,20 +306,16 @@ def to_html(c: dict[str, Any]) -> str:
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{img}<ul>{tests}</ul></body></html>\n")
 
 
-def compare_cmd(args) -> int:
-    by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
-    c = compare(args.run_dirs, by, args.metric, not args.no_paired, args.baseline, args.bootstrap, args.seed)
-    print(to_markdown(c))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".html":
-            out.write_text(to_html(c), encoding="utf-8")
-        else:
-            chart = None
-            if c["chart"]:
-                chart = out.with_suffix(".png")
-                chart.write_bytes(c["chart"])
-            out.write_text(to_markdown(c, chart.name if chart else None), encoding="utf-8")
-        print(f"wrote {out}")
-    return 0
+def write_outputs(c: dict, out: str | Path) -> Path:
+    """Write a comparison to ``out``: HTML (chart embedded), or markdown with the chart as a PNG beside it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".html":
+        out.write_text(to_html(c), encoding="utf-8")
+        return out
+    chart = None
+    if c["chart"]:
+        chart = out.with_suffix(".png")
+        chart.write_bytes(c["chart"])
+    out.write_text(to_markdown(c, chart.name if chart else None), encoding="utf-8")
+    return out

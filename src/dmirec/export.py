@@ -90,14 +90,3 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
     return write_bundle(bundle_dir, model_state=model.state_dict(), config=cfg, item_ids=data.item_ids,
                         item_embeddings=items, popularity=popularity, query_sample=queries, info=info,
                         overwrite=overwrite)
-
-
-def export_cmd(args) -> int:
-    """CLI entry: ``args.run_dir``, ``args.bundle_dir``; optional ``which``, ``query_sample``, ``overwrite``."""
-    manifest = export_bundle(args.run_dir, args.bundle_dir, which=getattr(args, "which", "best"),
-                             query_sample=getattr(args, "query_sample", DEFAULT_QUERY_SAMPLE),
-                             overwrite=getattr(args, "overwrite", False), overrides=getattr(args, "overrides", None),
-                             repeat_params=getattr(args, "repeat_params", None))
-    print(f"exported {manifest['model']} ({manifest['num_items']} items, D={manifest['embedding_dim']}, "
-          f"K={manifest['num_interests']}, {manifest['query_sample_users']} sample users) to {args.bundle_dir}")
-    return 0

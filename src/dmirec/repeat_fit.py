@@ -121,16 +121,3 @@ def fit_repeat_run(run_dir: str | Path, output: str | Path | None = None, which:
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     record["output"] = str(out)
     return record
-
-
-def fit_repeat_cmd(args) -> int:
-    """CLI entry: ``args.run_dir``; optional ``output``, ``checkpoint``, ``backend``, ``max_users``."""
-    rec = fit_repeat_run(args.run_dir, getattr(args, "output", None), getattr(args, "checkpoint", "best"),
-                         getattr(args, "backend", None), getattr(args, "max_users", 0) or 0)
-    c, m, key = rec["chosen"], rec["model"], rec["metric"]
-    print(f"repeat channel for {rec['model_name']} on {rec['dataset']}, chosen on {rec['users']} validation "
-          f"users over {len(rec['grid'])} grid points ({rec['seconds']:.1f} s):")
-    print(f"  weight={c['weight']} recency={c['recency']} bias={c['bias']}  valid {key} "
-          f"{m[key]:.4f} -> {c[key]:.4f}, recall@20 {m['recall@20']:.4f} -> {c['recall@20']:.4f}")
-    print(f"written to {rec['output']}")
-    return 0

@@ -437,15 +437,3 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, **options: 
         (out.parent / f"{out.stem}_{name}.png").write_bytes(png)
     out.write_text(render_html(analysis, figs), encoding="utf-8")
     return out
-
-
-def report_cmd(args) -> int:
-    try:
-        _plt()
-    except ImportError as exc:
-        print(f"dmirec report: error: {exc}", file=sys.stderr)
-        return 2
-    out = build_report(args.run_dir, args.out, categories=args.categories, category_ids=args.category_ids,
-                       users=args.users, seed=args.seed, bundle=args.bundle)
-    print(f"wrote {out} (and its figures as {out.stem}_*.png beside it)")
-    return 0

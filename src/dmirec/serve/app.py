@@ -364,13 +364,6 @@ SERVE_OPTIONS = ("host", "threads", "log_level", "access_log", "workers", "max_i
                  "keep_alive", "max_connections", "device")
 
 
-def serve_cmd(args) -> int:
-    """CLI entry: ``args.bundle_dir``, ``args.port``; optional :data:`SERVE_OPTIONS`."""
-    opts = {k: getattr(args, k) for k in SERVE_OPTIONS if getattr(args, k, None) is not None}
-    run_server(args.bundle_dir, port=args.port, **opts)
-    return 0
-
-
 def _main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
@@ -378,7 +371,9 @@ def _main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dmirec.serve.app", description="Serve a dmirec bundle over HTTP.")
     add_serve_arguments(p)
     try:
-        return serve_cmd(p.parse_args(argv))
+        args = p.parse_args(argv)
+        run_server(args.bundle_dir, port=args.port, **{k: getattr(args, k) for k in SERVE_OPTIONS})
+        return 0
     except (ValueError, OSError) as exc:
         print(f"dmirec serve: error: {exc}", file=sys.stderr)
         return 2

@@ -440,19 +440,5 @@ def recommend_batch(bundle_dir: str | Path | Bundle, input: str | Path, output: 
     return stats
 
 
-def recommend_cmd(args) -> int:
-    """CLI entry: ``args.bundle_dir``, ``args.input``, ``args.output``, ``args.n``; optional ``format``,
-    ``chunk_users``, ``exclude_history``, ``progress``."""
-    cols = {k: getattr(args, k) for k in ("user_col", "item_col", "time_col") if getattr(args, k, None)}
-    stats = recommend_batch(args.bundle_dir, args.input, args.output, args.n, getattr(args, "format", None),
-                            getattr(args, "chunk_users", None) or 4096,
-                            exclude_history=bool(getattr(args, "exclude_history", False)),
-                            progress=getattr(args, "progress", True), **cols)
-    print(f"{stats['users']} users ({stats['rows']} rows, {stats['unknown_rows']} unknown items, "
-          f"{stats['fallback_users']} on the popularity fallback) -> {stats['candidates']} candidates in "
-          f"{stats['output']} ({stats['seconds']:.1f} s, {stats['users_per_second']} users/s)")
-    return 0
-
-
 __all__ = ["OUTPUT_SCHEMA", "BatchInputError", "LogBatch", "iter_log", "iter_user_sequences",
-           "recommend_batch", "recommend_cmd"]
+           "recommend_batch"]

@@ -243,13 +243,4 @@ def format_index_report(info: dict[str, Any], num_items: int) -> str:
     return f"built {info['kind']} index ({params}) over {num_items} items in {info['build_seconds']:.1f} s\n{rec}"
 
 
-def index_cmd(args) -> int:
-    """CLI entry: ``args.bundle_dir``, ``args.kind``; optional ``hnsw_m``, ``ef_construction``,
-    ``ef_search``, ``nlist``, ``nprobe``, ``train_size``, ``seed``, ``recall_n``, ``threads``."""
-    opts = {k: getattr(args, k, None) for k in (*DEFAULTS, "train_size", "seed")}
-    build_index(args.bundle_dir, args.kind, recall_n=getattr(args, "recall_n", None) or 50,
-                threads=getattr(args, "threads", None), **opts)
-    return 0
-
-
-__all__ = ["KINDS", "DEFAULTS", "make_index", "measure_recall", "build_index", "index_cmd", "load_faiss_index"]
+__all__ = ["KINDS", "DEFAULTS", "make_index", "measure_recall", "build_index", "load_faiss_index"]
