@@ -93,7 +93,7 @@ def prepared(dataset: str) -> Path:
 
 
 def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list[str],
-            name: str | None = None, group: str = "main") -> dict | None:
+            name: str | None = None, group: str = "main", reuse_from: str | None = None) -> dict | None:
     label = name or model
     tag = f"{dataset}-{label}-s{seed}"
     result_file = RESULTS / f"{tag}.json"
@@ -110,9 +110,23 @@ def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list
         lock.close()
         return None
     try:
+        source = RESULTS / f"{dataset}-{reuse_from}-s{seed}.json" if reuse_from else None
+        if source is not None and source.exists():
+            old = json.loads(source.read_text())
+            if (old["model"], old["config"], old["extra"]) == (model, config, extra):  # the identical command
+                _reuse(RUNS / f"{dataset}-{reuse_from}-s{seed}", RUNS / tag)
         return _run_locked(tag, dataset, model, seed, config, extra, label, group, result_file)
     finally:
         lock.close()
+
+
+def _reuse(source: Path, run_dir: Path) -> None:
+    """A finished run trained under another label with the identical command is recorded, not
+    retrained: its directory is linked as this run's (the record says so by its "recovered" flag)."""
+    if run_dir.exists() or not (source / "result.json").exists():
+        return
+    run_dir.symlink_to(source.resolve(), target_is_directory=True)
+    print(f"[reuse] {run_dir.name}: the finished run {source.name} has the same command; recording it", flush=True)
 
 
 def _run_locked(tag: str, dataset: str, model: str, seed: int, config: str | None, extra: list[str],
@@ -172,6 +186,7 @@ def _run_locked(tag: str, dataset: str, model: str, seed: int, config: str | Non
         "valid_pass_s": statistics.median(r["seconds"] for r in valid) if valid else None,
         "wall_s_last_call": wall, "peak_rss_mb_last_call": rss,
         "resumed": cmd[3:5] == ["train", "--resume"], "recovered": recovered,
+        "reused_from": run_dir.resolve().name if run_dir.is_symlink() else None,
         "machine": {**machine(), "torch_threads": int(env["OMP_NUM_THREADS"])},
         # frozen: enough to rerun this number exactly after defaults change
         "resolved_config": yaml.safe_load((run_dir / "config.yaml").read_text()),
@@ -191,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             continue
         for seed in entry.get("seeds", [2021]):
             run_one(entry["dataset"], entry["model"], seed, entry.get("config"), entry.get("extra", []),
-                    entry.get("name"), entry.get("group", suite.get("group", "main")))
+                    entry.get("name"), entry.get("group", suite.get("group", "main")), entry.get("reuse_from"))
 
 
 def cmd_reproduce(tags: list[str], suffix: str = "") -> None:
