@@ -120,8 +120,10 @@ def main() -> None:
         rows[label] = {"train_seq_per_s": speed, **lat, "resolved_config": cfg.to_dict()}
         print(f"{label}: {speed or 0:,.0f} train seq/s; serving p50 {lat['p50_ms']:.2f} ms, p99 {lat['p99_ms']:.2f} ms",
               flush=True)
+    import os
+
     out = {"dataset": args.dataset, "steps": args.steps, "rows": rows, "commit": git_commit(), "machine": machine(),
-           "wall_s": time.perf_counter() - start}
+           "wall_s": time.perf_counter() - start, "load_average_at_end": os.getloadavg()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "collab_cost.json").write_text(json.dumps(out, indent=2))
 
