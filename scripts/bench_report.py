@@ -18,7 +18,10 @@ SHARED_BENCH = ROOT / "configs" / "bench" / "reference_remi_code.md"
 NAMES = {"comirec-sa": "ComiRec-SA", "comirec-dr": "ComiRec-DR", "mind": "MIND", "remi": "REMI",
          "youtube-dnn": "YouTube-DNN", "most-popular": "Most-popular", "dmi": "DMI",
          "dmi-sa": "DMI on ComiRec-SA", "dmi-after": "DMI, refiner trained after REMI", "coin": "COIN",
-         "dmi-collab": "DMI, collaborative keys", "dmi-target": "DMI, target-supervised"}
+         "dmi-collab": "DMI, collaborative (refiner after REMI, neighbour rule)",
+         "dmi-collab-ctl-no-noise": "control: DMI collaborative without noise",
+         "dmi-collab-ctl-plain-attention": "control: one plain cross-attention pass, same keys",
+         "dmi-target": "DMI, target-supervised"}
 KEYS = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "ndcg_comirec@20",
         "ndcg_comirec@50"]
 
@@ -121,6 +124,7 @@ def write_report(results_dir: Path, out: Path) -> None:
                                                           if len(rs) > 1 else ""))
         lines.append("")
     lines += _collab_section(records, results_dir)
+    lines += _collab_cost_section(results_dir / "collab_cost.json")
     lines += _repeat_section()
     lines += _reproduce_section(results_dir / "reproduce")
     lines += _other_groups(records)
@@ -234,7 +238,7 @@ def _collab_targets(dataset: str, rows: list[tuple[str, list[dict], str]]) -> li
     sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
     out = []
     for label, vals in by.items():
-        if not label.startswith("DMI, ") or not remi:
+        if not label.startswith("DMI, ") or not remi:  # controls are labelled "control: ..."
             continue
         mean = statistics.mean(vals)
         bar = 1.05 * statistics.mean(remi)
@@ -246,6 +250,27 @@ def _collab_targets(dataset: str, rows: list[tuple[str, list[dict], str]]) -> li
                 out.append(f"  - vs {other_label}: gap {gap:+.4f} > 2 x max sd {need:.4f}: "
                            f"{'met' if gap > need else 'NOT met'}")
     return ["", "Targets (test Recall@50):", ""] + out if out else []
+
+
+def _collab_cost_section(path: Path) -> list[str]:
+    """scripts/bench_collab_cost.py: training seq/s and per-request latency against REMI."""
+    if not path.exists():
+        return []
+    rec = json.loads(path.read_text())
+    load = rec.get("load_average_at_end")
+    lines = [f"### What collaborative information costs ({rec['dataset']}, `scripts/bench_collab_cost.py`)", "",
+             f"One torch thread, {rec['steps']} timed training steps; serving is `Bundle.recommend` for one user per "
+             f"call (bank search included), n = 50. Machine load average at the end: "
+             f"{', '.join(f'{x:.1f}' for x in load) if load else 'n/a'} (other jobs ran: read the ratios, not the "
+             f"absolute numbers).", "",
+             "| model | train seq/s | vs REMI | serving p50 ms | serving p99 ms |", "|---|---|---|---|---|"]
+    base = rec["rows"].get("remi", {}).get("train_seq_per_s")
+    for label, r in rec["rows"].items():
+        speed = r["train_seq_per_s"]
+        ratio = f"{speed / base:.2f}x" if speed and base else "-"
+        lines.append(f"| {label} | {f'{speed:,.0f}' if speed else 'as REMI'} | {ratio} | {r['p50_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} |")
+    return lines + [""]
 
 
 def _repeat_section() -> list[str]:
