@@ -29,7 +29,7 @@ from dmirec.data.sampler import TrainSampler, eval_split
 from dmirec.losses import NegativeSampler
 from dmirec.models import build_model
 from dmirec.neighbours import build_bank
-from dmirec.train import batch_loss, make_config, make_optimizer
+from dmirec.train import make_config, make_optimizer, train_step
 
 VARIANTS = {
     "remi": ("remi", []),
@@ -62,13 +62,7 @@ def train_speed(net, cfg, data, steps: int, warmup: int = 20) -> float:
     net.train()
 
     def step() -> None:
-        b = sampler.sample()
-        users = torch.from_numpy(b.rows) if has_bank else None
-        loss = batch_loss(net, cfg, torch.from_numpy(b.history), torch.from_numpy(b.mask),
-                          torch.from_numpy(b.target), negatives, gen, users)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(net, opt, cfg, sampler.sample(), negatives, gen, "cpu", use_users=has_bank)
 
     for _ in range(warmup):
         step()

@@ -26,7 +26,7 @@ from dmirec.data.sampler import TrainSampler, eval_split
 from dmirec.losses import NegativeSampler
 from dmirec.models import build_model
 from dmirec.retrieval import search
-from dmirec.train import make_optimizer, batch_loss, make_config
+from dmirec.train import make_config, make_optimizer, train_step
 
 MODELS = ["comirec-sa", "remi", "comirec-dr", "mind", "youtube-dnn", "dmi"]
 
@@ -43,12 +43,7 @@ def train_speed(dataset: str, model_name: str, steps: int, warmup: int = 30) -> 
     model.train()
 
     def step() -> None:
-        b = sampler.sample()
-        h, m, t = torch.from_numpy(b.history), torch.from_numpy(b.mask), torch.from_numpy(b.target)
-        loss = batch_loss(model, cfg, h, m, t, negatives, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu")
 
     for _ in range(warmup):
         step()

@@ -59,6 +59,29 @@ def batch_loss(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask:
     return loss_with_negatives(model, cfg, history, mask, target, neg_ids, log_probs, users)
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, batch, negatives: NegativeSampler,
+               neg_gen: torch.Generator, device: torch.device | str, *, share: slice = slice(None),
+               use_users: bool = False, ddp=None) -> torch.Tensor:
+    """One optimisation step on this rank's ``share`` of a sampled batch; returns the loss.
+
+    The one training step of the package: the training loop and the speed benchmarks run it.
+    ``use_users`` passes the batch's train-split rows (models reading the interest bank); ``ddp``
+    is the data-parallel wrapper of :mod:`dmirec.dist` when several processes train."""
+    history = torch.from_numpy(batch.history[share]).to(device)  # (B / P, L)
+    mask = torch.from_numpy(batch.mask[share]).to(device)  # (B / P, L)
+    target = torch.from_numpy(batch.target[share]).to(device)  # (B / P,)
+    users = torch.from_numpy(batch.rows[share]).to(device) if use_users else None  # (B / P,)
+    with autocast(cfg, device):
+        if ddp is None:
+            loss = batch_loss(model, cfg, history, mask, target, negatives, neg_gen, users)
+        else:
+            loss = ddp(history, mask, target, negatives.sample(cfg.num_negatives, neg_gen), users)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def loss_with_negatives(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask: torch.Tensor,
                         target: torch.Tensor, neg_ids: torch.Tensor, log_probs: torch.Tensor | None,
                         users: torch.Tensor | None = None, reg_scale: float = 1.0) -> torch.Tensor:
@@ -273,19 +296,8 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     share = ctx.share(cfg.batch_size)  # this rank's rows of every global batch (all of them in one process)
     while trainable and state["stopped"] is None and state["step"] < cfg.max_steps:
         tick = time.perf_counter()
-        batch = sampler.sample()
-        history = torch.from_numpy(batch.history[share]).to(device)  # (B / P, L)
-        mask = torch.from_numpy(batch.mask[share]).to(device)  # (B / P, L)
-        target = torch.from_numpy(batch.target[share]).to(device)  # (B / P,)
-        users = torch.from_numpy(batch.rows[share]).to(device) if has_bank else None  # (B / P,)
-        with autocast(cfg, device):
-            if ddp is None:
-                loss = batch_loss(model, cfg, history, mask, target, negatives, neg_gen, users)
-            else:
-                loss = ddp(history, mask, target, negatives.sample(cfg.num_negatives, neg_gen), users)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = train_step(model, optimizer, cfg, sampler.sample(), negatives, neg_gen, device, share=share,
+                          use_users=has_bank, ddp=ddp)
         state["step"] += 1
         state["sequences"] += cfg.batch_size
         elapsed = time.perf_counter() - tick
