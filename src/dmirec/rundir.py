@@ -31,28 +31,9 @@ from typing import Any
 import torch
 import yaml
 
+from .atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
+
 from .config import Config, from_dict, upgrade_saved
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not exc.filename:  # e.g. a full disk: name the file
-            raise OSError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:

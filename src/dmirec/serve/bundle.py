@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..atomic import atomic_write_bytes, make_readable
 from ..config import Config, from_dict, upgrade_saved
 from ..models import build_model
 from ..repeats import RepeatFirst, channel_from_config, model_stage, retrieve
@@ -101,17 +102,6 @@ def file_entry(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def make_readable(path: Path, directory: bool = False) -> None:
-    """Give a mkstemp/mkdtemp result (mode 0600/0700) the permissions a plain open() would."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
-
-
 def _fsync_write(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
@@ -134,16 +124,7 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> None:
     bundle_dir = Path(bundle_dir)
     manifest = {**{k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}}
     manifest[MANIFEST_CHECKSUM] = manifest_digest(manifest)
-    fd, tmp = tempfile.mkstemp(dir=bundle_dir, prefix=".manifest.", suffix=".tmp")
-    os.close(fd)
-    try:
-        make_readable(Path(tmp))
-        _fsync_write(Path(tmp), (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
-        os.replace(tmp, bundle_dir / MANIFEST)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(bundle_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
 
 
 def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:

@@ -25,8 +25,6 @@ Whatever the index, a user for whom it finds fewer than n items is answered by e
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,8 +32,9 @@ from typing import Any
 import faiss
 import numpy as np
 
+from ..atomic import atomic_write
 from ..retrieval import merge_candidates
-from .bundle import (INDEX_FILE, Bundle, BundleError, faiss_version, file_entry, load_faiss_index, make_readable,
+from .bundle import (INDEX_FILE, Bundle, BundleError, faiss_version, file_entry, load_faiss_index,
                      write_manifest)
 
 KINDS = ("flat", "hnsw", "ivf")
@@ -204,18 +203,7 @@ def build_index(bundle_dir: str | Path, kind: str = "hnsw", *, recall_n: int = 5
             "recall": recall, "build_seconds": round(build_seconds, 3), "faiss_version": faiss_version(),
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
-    fd, tmp = tempfile.mkstemp(dir=bundle_dir, prefix=".index.", suffix=".tmp")
-    os.close(fd)
-    try:
-        make_readable(Path(tmp))
-        faiss.write_index(index, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, bundle_dir / INDEX_FILE)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(bundle_dir / INDEX_FILE, lambda tmp: faiss.write_index(index, tmp))
     manifest = dict(bundle.manifest)
     manifest["files"] = {**manifest["files"], INDEX_FILE: file_entry(bundle_dir / INDEX_FILE)}
     manifest["index"] = info
