@@ -541,10 +541,6 @@ class ComirecSplit:
     item_map: pd.DataFrame | None
     files: dict[str, Path]
 
-    @property
-    def num_rows(self) -> int:
-        return sum(len(df) for df in self.splits.values())
-
 
 _TRAIN_RE = re.compile(r"^(?P<name>.+)_train\.txt$")
 
