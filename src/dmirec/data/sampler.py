@@ -33,6 +33,16 @@ def gather_windows(seqs: Sequences, rows: np.ndarray, ends: np.ndarray, seq_len:
     return history, mask
 
 
+def left_pad(seqs, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``seq_len`` ids of each id sequence, left-padded with 0: history (B, L) int64, mask (B, L)."""
+    history = np.zeros((len(seqs), seq_len), dtype=np.int64)  # (B, L)
+    for b, seq in enumerate(seqs):
+        tail = np.asarray(seq)[-seq_len:]
+        if len(tail):
+            history[b, seq_len - len(tail):] = tail
+    return history, history > 0
+
+
 @dataclass
 class TrainBatch:
     history: np.ndarray  # (B, L) int64

@@ -39,6 +39,7 @@ import torch
 import yaml
 
 from ..atomic import atomic_write_bytes, make_readable
+from ..data.sampler import left_pad
 from ..config import Config, from_dict, upgrade_saved
 from ..models import build_model
 from ..repeats import RepeatFirst, channel_from_config, model_stage, retrieve
@@ -409,13 +410,7 @@ class Bundle:
 
     def model_inputs(self, seqs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The last ``seq_len`` ids of each sequence, left-padded with 0: history (B, L), mask (B, L)."""
-        L = self.seq_len
-        hist = np.zeros((len(seqs), L), dtype=np.int64)  # (B, L)
-        for b, s in enumerate(seqs):
-            tail = s[-L:]
-            if len(tail):
-                hist[b, L - len(tail):] = tail
-        return hist, hist > 0
+        return left_pad(seqs, self.seq_len)
 
     # -- scoring -----------------------------------------------------------------------------
     def user_vectors_ids(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
