@@ -127,6 +127,12 @@ def write_report(results_dir: Path, out: Path) -> None:
     lines += _collab_cost_section(results_dir / "collab_cost.json")
     lines += _repeat_section()
     lines += _reproduce_section(results_dir / "reproduce")
+    reports = sorted((ROOT / "docs" / "reports").glob("*.html"))
+    if reports:
+        lines += ["## Run reports (`dmirec report`)", "",
+                  "One run per dataset, self-contained HTML (training curves, metrics, interest diagnostics; "
+                  "categories on gowalla; DMI's refinement on beauty):", ""]
+        lines += [f"- [{r.stem}](docs/reports/{r.name})" for r in reports] + [""]
     lines += _other_groups(records)
     lines += _eval_variants_section(results_dir / "dmi_eval_variants.json")
     lines += _correction_section(results_dir / "dmi_correction.json")
