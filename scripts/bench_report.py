@@ -66,7 +66,7 @@ def _fmt(values: list[float]) -> str:
 
 def write_report(results_dir: Path, out: Path) -> None:
     records = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
-    records = [r for r in records if "dataset" in r]  # skip speed/serve files
+    records = [r for r in records if "dataset" in r and "model" in r]  # skip speed/serve/cost files
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         if r.get("group", "main") == "main":
