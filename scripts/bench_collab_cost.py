@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from bench import DATA, RESULTS, ROOT, git_commit, machine, prepared
+from bench_speed import timed_steps
 from dmirec.data.dataset import load_dataset
-from dmirec.data.sampler import TrainSampler, eval_split
-from dmirec.losses import NegativeSampler
+from dmirec.data.sampler import eval_split
 from dmirec.models import build_model
 from dmirec.neighbours import build_bank
-from dmirec.train import make_config, make_optimizer, train_step
+from dmirec.train import make_config
 
 VARIANTS = {
     "remi": ("remi", []),
@@ -51,25 +51,6 @@ def build(dataset: str, model: str, extra: list[str]):
     if getattr(net, "bank", None) is not None:
         build_bank(net, data.splits["train"], cfg.seq_len, cfg.eval_batch_size, "cpu", cfg.bank_max_users, cfg.seed)
     return net, cfg, data
-
-
-def train_speed(net, cfg, data, steps: int, warmup: int = 20) -> float:
-    sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=0)
-    negatives = NegativeSampler(data.num_items, cfg.negative_sampler)
-    gen = torch.Generator().manual_seed(1)
-    opt = make_optimizer(net, cfg)
-    has_bank = getattr(net, "bank", None) is not None
-    net.train()
-
-    def step() -> None:
-        train_step(net, opt, cfg, sampler.sample(), negatives, gen, "cpu", use_users=has_bank)
-
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return cfg.batch_size * steps / (time.perf_counter() - start)
 
 
 def serving_latency(net, cfg, data, requests: int) -> dict:
@@ -108,7 +89,7 @@ def main() -> None:
     rows = {}
     for label, (model, extra) in VARIANTS.items():
         net, cfg, data = build(args.dataset, model, extra)
-        speed = train_speed(net, cfg, data, args.steps) if net.trainable and "rule" not in label else None  # the rule trains as REMI
+        speed = timed_steps(net, cfg, data, args.steps, warmup=20) if net.trainable and "rule" not in label else None  # the rule trains as REMI
         net, cfg, data = build(args.dataset, model, extra)  # bank of the same (initial) weights
         lat = serving_latency(net, cfg, data, args.requests)
         rows[label] = {"train_seq_per_s": speed, **lat, "resolved_config": cfg.to_dict()}

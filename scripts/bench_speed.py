@@ -31,26 +31,27 @@ from dmirec.train import make_config, make_optimizer, train_step
 MODELS = ["comirec-sa", "remi", "comirec-dr", "mind", "youtube-dnn", "dmi"]
 
 
+def timed_steps(model, cfg, data, steps: int, warmup: int = 30) -> float:
+    """Training seq/s of ``model``: ``warmup`` steps, then ``steps`` timed full steps (train_step)."""
+    sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=0)
+    negatives = NegativeSampler(data.num_items, cfg.negative_sampler)
+    gen = torch.Generator().manual_seed(1)
+    opt = make_optimizer(model, cfg)
+    has_bank = getattr(model, "bank", None) is not None
+    model.train()
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu", use_users=has_bank)
+    return cfg.batch_size * steps / (time.perf_counter() - start)
+
+
 def train_speed(dataset: str, model_name: str, steps: int, warmup: int = 30) -> float:
     data = load_dataset(DATA / dataset)
     cfg = make_config(model_name, [ROOT / "configs" / dataset / f"{model_name}.yaml"], {"progress": False})
     torch.manual_seed(0)
     model = build_model(cfg, data.num_items, data.item_popularity())
-    sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=0)
-    negatives = NegativeSampler(data.num_items, cfg.negative_sampler)
-    gen = torch.Generator().manual_seed(1)
-    opt = make_optimizer(model, cfg)
-    model.train()
-
-    def step() -> None:
-        train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu")
-
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return cfg.batch_size * steps / (time.perf_counter() - start)
+    return timed_steps(model, cfg, data, steps, warmup)
 
 
 @torch.no_grad()
