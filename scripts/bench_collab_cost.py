@@ -28,7 +28,7 @@ from bench_speed import timed_steps
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import eval_split
 from dmirec.models import build_model
-from dmirec.neighbours import build_bank
+from dmirec.neighbours import fill_bank
 from dmirec.train import make_config
 
 VARIANTS = {
@@ -49,7 +49,7 @@ def build(dataset: str, model: str, extra: list[str]):
     torch.manual_seed(0)
     net = build_model(cfg, data.num_items, data.item_popularity())
     if getattr(net, "bank", None) is not None:
-        build_bank(net, data.splits["train"], cfg.seq_len, cfg.eval_batch_size, "cpu", cfg.bank_max_users, cfg.seed)
+        fill_bank(net, cfg, data.splits["train"])
     return net, cfg, data
 
 

@@ -118,14 +118,14 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu", over
 
     A model that reads an interest bank its checkpoint does not hold gets one built from the
     run's training users (deterministic: same weights, same bank)."""
-    from .neighbours import build_bank
+    from .neighbours import fill_bank
     from .rundir import load_trained_model, read_data_ref
 
     model, cfg = load_trained_model(run_dir, which=which, device=device, overrides=overrides)
     data = load_dataset(read_data_ref(Path(run_dir))["path"], mmap=True)
     bank = getattr(model, "bank", None)
     if bank is not None and bank.size == 0:
-        build_bank(model, data.splits["train"], cfg.seq_len, cfg.eval_batch_size, device, cfg.bank_max_users, cfg.seed)
+        fill_bank(model, cfg, data.splits["train"], device)
     return model, cfg, data
 
 

@@ -20,7 +20,7 @@ import torch
 from .data.dataset import load_dataset
 from .data.sampler import eval_split
 from .evaluate import user_vectors
-from .neighbours import build_bank
+from .neighbours import fill_bank
 from .rundir import load_trained_model, read_data_ref
 from .serve.bundle import BundleError, write_bundle
 
@@ -66,8 +66,7 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
     if data.num_items != int(ref["num_items"]):
         raise BundleError(f"{data_path}: has {data.num_items} items but the run was trained on {ref['num_items']}")
     if getattr(model, "bank", None) is not None and model.bank.size == 0:
-        build_bank(model, data.splits["train"], cfg.seq_len, cfg.eval_batch_size, "cpu", cfg.bank_max_users,
-                   cfg.seed)
+        fill_bank(model, cfg, data.splits["train"])
     model.eval()
     items = model.item_embeddings().detach().float().cpu().numpy()  # (N + 1, D)
     popularity = data.item_popularity("train")  # (N + 1,)

@@ -143,3 +143,9 @@ def build_bank(model, train: Sequences, seq_len: int, batch_size: int = 1024, de
     dim, k = model.bank.vectors.shape[2], model.bank.vectors.shape[1]
     vectors = torch.cat(out) if out else torch.zeros(0, k, dim, device=device)
     model.bank.set(vectors, torch.from_numpy(rows).long())
+
+
+def fill_bank(model, cfg, train: Sequences, device: str | torch.device = "cpu") -> None:
+    """:func:`build_bank` with a run's settings (its ``seq_len``, batch size, user cap and seed):
+    the one way training, evaluation, export and the benchmarks fill a model's bank."""
+    build_bank(model, train, cfg.seq_len, cfg.eval_batch_size, device, cfg.bank_max_users, cfg.seed)

@@ -181,7 +181,7 @@ def load_trained_model(run_dir: str | Path, which: str = "best", device: str | t
     ``overrides`` are evaluation-time config changes (e.g. ``{"neighbour_alpha": 0.5}`` or
     ``{"fusion_weight": 0.0}``); weights must still fit. An interest bank the checkpoint does not
     hold (the neighbour rule asked for after training) is left empty: fill it with
-    :func:`dmirec.neighbours.build_bank` (``dmirec.evaluate.load_run`` does).
+    :func:`dmirec.neighbours.fill_bank` (``dmirec.evaluate.load_run`` does).
     """
     from .models import build_model
 

@@ -30,7 +30,7 @@ from .data.sampler import TrainSampler, eval_split, valid_split  # noqa: F401 (e
 from .evaluate import evaluate_model, metric_cutoffs
 from .losses import NegativeSampler, sampled_softmax_loss
 from .models import build_model
-from .neighbours import build_bank
+from .neighbours import fill_bank
 from .models.remi import routing_regularizer
 
 
@@ -177,8 +177,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         """The interest bank from the current model (training users only); it is part of the model's
         state, so checkpoints keep the bank their validation used."""
         if has_bank:
-            build_bank(model, data.splits["train"], cfg.seq_len, cfg.eval_batch_size, device, cfg.bank_max_users,
-                       cfg.seed)
+            fill_bank(model, cfg, data.splits["train"], device)
     tb = tblog.open_writer(run_dir / "tensorboard") if cfg.tensorboard and ctx.main else None
     sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=cfg.seed)
     negatives = NegativeSampler(data.num_items, cfg.negative_sampler, device)
