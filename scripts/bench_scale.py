@@ -54,8 +54,8 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                                capture_output=True, text=True, check=True).stdout.strip()
         return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    except (OSError, subprocess.CalledProcessError):  # a copy without .git (a remote GPU machine)
+        return os.environ.get("DMIREC_COMMIT", "unknown")
 
 
 def synth_data(items: int, users: int = 20_000, seed: int = 0) -> Path:
