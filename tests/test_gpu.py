@@ -123,3 +123,10 @@ def test_http_app_on_gpu_answers_what_cpu_answers(cuda_run, tmp_path):
             assert client.post("/recommend", json={"history": history, "n": 0}).status_code == 422
             answers.append([x["item"] if isinstance(x, dict) else x for x in r.json()["items"]])
     assert len(set(answers[0]) & set(answers[1])) >= 18
+
+
+def test_training_on_gpu_resumes(planted, tmp_path):
+    over = {**SMALL, "device": "cuda", "max_steps": 100}
+    train(make_config("remi", overrides=over), planted, tmp_path / "run")
+    result = train(make_config("remi", overrides={**over, "max_steps": 200}), planted, tmp_path / "run", resume=True)
+    assert result["steps"] == 200 and result["test"]["recall@20"] > 0.3

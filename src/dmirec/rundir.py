@@ -189,7 +189,7 @@ def load_trained_model(run_dir: str | Path, which: str = "best", device: str | t
     cfg = read_config(run_dir)
     if overrides:
         cfg = cfg.replace(**overrides)
-    ckpt = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt", map_location=device)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt", map_location="cpu")  # built on the CPU, then moved
     ref = read_data_ref(run_dir)
     popularity = ckpt.get("popularity")
     model = build_model(cfg, int(ref["num_items"]), None if popularity is None else popularity.numpy())

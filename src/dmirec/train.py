@@ -118,7 +118,7 @@ def warm_start(model: torch.nn.Module, cfg: Config, device: torch.device) -> Pat
     ckpt_path = source / "checkpoints" / "best.pt" if source.is_dir() else source
     if not ckpt_path.is_file():
         raise ConfigError(f"config key 'init_from': no checkpoint at {ckpt_path}")
-    ckpt = rundir.load_checkpoint(ckpt_path, map_location=device)
+    ckpt = rundir.load_checkpoint(ckpt_path, map_location="cpu")
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ConfigError(f"config key 'init_from': {ckpt_path} is not a dmirec checkpoint (no 'model' entry)")
     target = getattr(model, "backbone", model)
@@ -197,7 +197,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
              "stopped": None}
 
     if resume:
-        ckpt = rundir.load_checkpoint(ckpt_dir / "last.pt", map_location=device)
+        ckpt = rundir.load_checkpoint(ckpt_dir / "last.pt", map_location="cpu")  # RNG states stay CPU tensors
         try:
             model.load_state_dict(ckpt["model"])
         except (RuntimeError, KeyError, TypeError) as err:
@@ -215,7 +215,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         else:  # a new rank count: the other ranks start fresh streams, seeded by rank and step
             neg_state = torch.Generator(device=device).manual_seed(neg_seed + ckpt["state"]["step"]).get_state()
             torch_state = torch.Generator().manual_seed(cfg.seed + 7919 * ctx.rank + ckpt["state"]["step"]).get_state()
-        neg_gen.set_state(neg_state.to("cpu") if device.type == "cpu" else neg_state)
+        neg_gen.set_state(neg_state)
         torch.set_rng_state(torch_state)
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"])
@@ -323,7 +323,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
 
     if not ctx.main:
         return ctx.broadcast(None)
-    best = rundir.load_checkpoint(ckpt_dir / "best.pt", map_location=device)
+    best = rundir.load_checkpoint(ckpt_dir / "best.pt", map_location="cpu")
     model.load_state_dict(best["model"])
     test = evaluate_model(model, data, "test", cfg.seq_len, metric_cutoffs(cfg), cfg.retrieval_backend,
                           cfg.exclude_history, cfg.eval_batch_size, device=device, new_items_only=cfg.new_items_only)
