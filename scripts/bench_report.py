@@ -137,6 +137,7 @@ def write_report(results_dir: Path, out: Path) -> None:
     lines += _eval_variants_section(results_dir / "dmi_eval_variants.json")
     lines += _correction_section(results_dir / "dmi_correction.json")
     lines += _speed_section(results_dir / "speed.json")
+    lines += _scale_section(results_dir / "scale.json")
     lines += _serve_section(results_dir)
     load = ROOT / "configs" / "bench" / "serving_under_load.md"  # the table printed by scripts/bench_serve.py
     if load.exists():
@@ -368,6 +369,44 @@ def _speed_section(path: Path) -> list[str]:
     for ds, by_s in d["dmi_inference_ms_per_1000_users"].items():
         lines.append(f"| {ds} | " + " | ".join(f"{by_s[k]:.0f} ms" for k in ("0", "1", "5", "10")) + " |")
     lines.append("")
+    return lines
+
+
+def _count(n: int | None) -> str:
+    return f"{n:,}" if n else "-"
+
+
+def _scale_section(path: Path) -> list[str]:
+    """Every entry of scale.json (scripts/bench_scale.py), one table per entry, with its machine."""
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    lines = ["## Large catalogues, many processes, GPU (`scripts/bench_scale.py`)", "",
+             "One table per record in `bench_results/scale.json` (its key, commit, machine and the "
+             "command's arguments); the README's \"Large data and many machines\" explains them. CPU "
+             "records were taken on a shared 2-core machine: compare rows of one table, not tables.", ""]
+    for key, e in d.items():
+        m = e.get("machine", {})
+        where = f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}"
+        lines += [f"### `{key}`: `{' '.join(e.get('argv', []))}`", "",
+                  f"{where}; commit {str(e.get('commit', '?'))[:12]}; wall {e.get('wall_seconds', 0):.0f} s.", ""]
+        rows = e.get("rows", [])
+        if key.startswith("speed"):
+            lines += ["| model | items | interactions | path | seq/s | ms/step | peak RSS (MiB) |",
+                      "|---|---:|---:|---|---:|---:|---:|"]
+            lines += [f"| {r['model']} | {r['items']:,} | {_count(r.get('interactions'))} | {r['path']} | "
+                      f"{r['seq_per_s']:,.0f} | {r['ms_per_step']:.1f} | {r['peak_rss_mib']:.0f} |" for r in rows]
+        elif key.startswith("prepare"):
+            lines += ["| reader | format | rows | wall (s) | peak RSS (MiB) | MiB per 10M rows | same output |",
+                      "|---|---|---:|---:|---:|---:|---|"]
+            lines += [f"| {r['mode']} | {r['format']} | {r['rows']:,} | {r['wall_seconds']:.0f} | "
+                      f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib_per_10m_rows']:.0f} | {r.get('outputs_identical')} |"
+                      for r in rows]
+        elif all("train_seq_per_s" in r for r in rows):  # ddp / sharded: one row per setting
+            lines += ["| setting | train seq/s | test R@50 | test HR@50 |", "|---|---:|---:|---:|"]
+            lines += [f"| {r.get('label', str(r.get('ranks', '?')) + ' process(es)')} | {r['train_seq_per_s']:,.0f} | "
+                      f"{r['test']['recall@50']:.4f} | {r['test']['hitrate@50']:.4f} |" for r in rows]
+        lines.append("")
     return lines
 
 
