@@ -53,6 +53,21 @@ def build(dataset: str, model: str, extra: list[str]):
     return net, cfg, data
 
 
+def recommend_latency(bundle, data, seq_len: int, requests: int) -> dict:
+    """p50/p99 ms of ``bundle.recommend`` (top 50), one test user per call, after 20 warm-up calls."""
+    ev = eval_split(data.splits["test"], seq_len, requests)
+    histories = [[data.item_ids[i - 1] for i in row[m]] for row, m in zip(ev.history, ev.mask)]
+    for h in histories[:20]:
+        bundle.recommend(h, 50)
+    times = []
+    for h in histories:
+        start = time.perf_counter()
+        bundle.recommend(h, 50)
+        times.append(1000 * (time.perf_counter() - start))
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+            "requests": len(times)}
+
+
 def serving_latency(net, cfg, data, requests: int) -> dict:
     from dmirec.serve.bundle import load_bundle, write_bundle
 
@@ -63,18 +78,7 @@ def serving_latency(net, cfg, data, requests: int) -> dict:
         write_bundle(path, model_state=net.state_dict(), config=cfg, item_ids=data.item_ids,
                      item_embeddings=net.item_embeddings().detach().float().numpy(),
                      popularity=data.item_popularity("train"), query_sample=queries, info={})
-        bundle = load_bundle(path)
-        ev = eval_split(data.splits["test"], cfg.seq_len, requests)
-        histories = [[data.item_ids[i - 1] for i in row[m]] for row, m in zip(ev.history, ev.mask)]
-        for h in histories[:20]:
-            bundle.recommend(h, 50)
-        times = []
-        for h in histories:
-            start = time.perf_counter()
-            bundle.recommend(h, 50)
-            times.append(1000 * (time.perf_counter() - start))
-    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
-            "requests": len(times)}
+        return recommend_latency(load_bundle(path), data, cfg.seq_len, requests)
 
 
 def main() -> None:

@@ -170,3 +170,21 @@ def test_sampled_search_looks_at_that_many_users_only():
     assert found.sum(1).tolist() == [10, 10, 10]  # only the sampled users can be found
     full = bank.search(q, 1)[1][:, 0]
     assert (sims[:, 0] <= full + 1e-6).all()
+
+
+def test_bundle_with_an_hnsw_bank_serves_what_evaluate_measures(remi_run, tmp_path):
+    from dmirec.data.sampler import eval_split
+    from dmirec.evaluate import load_run, user_vectors
+    from dmirec.export import export_bundle
+    from dmirec.serve import load_bundle
+
+    data_dir, run, _ = remi_run
+    over = {"neighbour_alpha": 0.6, "neighbours": 3, "bank_search": "hnsw"}
+    export_bundle(run, tmp_path / "b", overrides=over)
+    bundle = load_bundle(tmp_path / "b")
+    model, cfg, data = load_run(run, overrides=over)
+    assert bundle.model.bank.search_kind == model.bank.search_kind == "hnsw"
+    ev = eval_split(data.splits["test"], cfg.seq_len, max_users=20)
+    assert np.array_equal(user_vectors(model, ev), user_vectors(bundle.model, ev))
+    exact, _, _ = load_run(run, overrides={**over, "bank_search": "exact"})
+    assert np.abs(user_vectors(exact, ev) - user_vectors(model, ev)).max() < 0.5  # approximate, not another rule

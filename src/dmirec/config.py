@@ -89,6 +89,8 @@ class Config:
     neighbours: int = 4  # n, for the rule and for DMI's neighbour keys
     bank_max_users: int = 0  # 0 = every training user in the bank; else a seeded sample of that many
     bank_train_sample: int = 2048  # DMI's neighbour keys in training: bank users searched per step (0 = all)
+    bank_search: str = "exact"  # exact | hnsw: bank search outside training (evaluate, export, serve)
+    bank_hnsw_ef: int = 128  # hnsw: candidate list size per query (efSearch); larger = closer to exact
 
     # --- COIN (baseline) ------------------------------------------------------------------------
     coin_contrast_weight: float = 10.0  # weight of the bank contrastive loss
@@ -248,6 +250,7 @@ CHOICES = {
     "dmi_output": ("fuse", "extra"),
     "embedding_optimizer": ("auto", "dense", "sparse"),
     "dist_negatives": ("rank", "global"),
+    "bank_search": ("exact", "hnsw"),
 }
 DMI_KEY_SOURCES = ("items", "neighbours", "others")
 
@@ -309,6 +312,8 @@ def _check_ranges(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if cfg.neighbours <= 0:
         raise ConfigError(f"{source}: config key 'neighbours' must be positive, got {cfg.neighbours}")
+    if cfg.bank_hnsw_ef <= 0:
+        raise ConfigError(f"{source}: config key 'bank_hnsw_ef' must be positive, got {cfg.bank_hnsw_ef}")
     keys = [k.strip() for k in cfg.dmi_keys.split(",") if k.strip()]
     if not keys or len(set(keys)) != len(keys) or any(k not in DMI_KEY_SOURCES for k in keys):
         raise ConfigError(f"{source}: config key 'dmi_keys' must be a comma list of distinct names from "

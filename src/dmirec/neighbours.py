@@ -19,6 +19,14 @@ with a seeded sample of training users.
 
 Padding never enters: a user with no training items has no entry, and a query that finds fewer
 than n entries (tiny banks, exclusions) marks the missing neighbours as not found.
+
+Large banks (``bank_search=hnsw``): outside training (no exclusions, no sampling) the bank can be
+searched through a faiss HNSW graph over its U*K unit interests (inner product = cosine). A query
+asks for ``max(64, 4 n K)`` nearest interests; the first hit of each bank user is its best
+interest, and the first n distinct users are the neighbours: the exact rule's definition with an
+approximate candidate list. The graph is built on first use from the bank's buffers, on one
+thread so that it is the same graph in every process (evaluate and serve agree), and dropped
+whenever the bank changes; it is not stored. Training searches stay exact.
 """
 
 from __future__ import annotations
@@ -34,12 +42,16 @@ from .data.sampler import gather_windows
 class InterestBank(nn.Module):
     """Training users' interests ``vectors (U, K, D)`` and their row ids in the train split ``owners (U,)``."""
 
-    def __init__(self, dim: int, num_interests: int):
+    def __init__(self, dim: int, num_interests: int, search: str = "exact", hnsw_ef: int = 128):
         super().__init__()
         self.register_buffer("vectors", torch.zeros(0, num_interests, dim))  # (U, K, D)
         self.register_buffer("owners", torch.zeros(0, dtype=torch.long))  # (U,) train-split row ids
+        self.search_kind = search  # exact | hnsw (outside training)
+        self.hnsw_ef = hnsw_ef
+        self._hnsw = None  # faiss graph over the unit interests, built on first use
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._hnsw = None
         # a bank's size is data, not architecture: take the stored shape before copying
         for name in ("vectors", "owners"):
             stored = state_dict.get(prefix + name)
@@ -54,6 +66,59 @@ class InterestBank(nn.Module):
     def set(self, vectors: torch.Tensor, owners: torch.Tensor) -> None:
         self.vectors = vectors.detach().float().to(self.vectors.device)  # (U, K, D)
         self.owners = owners.to(self.owners.device, torch.long)  # (U,)
+        self._hnsw = None
+
+    def _hnsw_index(self):
+        """The HNSW graph over the bank's U*K unit interests (built once per bank content)."""
+        if self._hnsw is None:
+            import faiss
+
+            unit = nn.functional.normalize(self.vectors.reshape(-1, self.vectors.shape[2]), dim=-1)  # (U*K, D)
+            index = faiss.IndexHNSWFlat(unit.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = 80
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)  # one thread: the same graph in every process
+            try:
+                index.add(np.ascontiguousarray(unit.cpu().numpy(), dtype=np.float32))
+            finally:
+                faiss.omp_set_num_threads(threads)
+            self._hnsw = index
+        self._hnsw.hnsw.efSearch = max(self.hnsw_ef, 1)
+        return self._hnsw
+
+    def _search_hnsw(self, queries: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`search` through the HNSW graph (no exclusions, no sampling)."""
+        q, d = queries.shape
+        k = self.vectors.shape[1]
+        unit_q = nn.functional.normalize(queries.detach().float(), dim=-1)  # (Q, D)
+        want = min(self.size * k, max(64, 4 * n * k))
+        index = self._hnsw_index()
+        index.hnsw.efSearch = max(self.hnsw_ef, want)
+        scores, ids = index.search(np.ascontiguousarray(unit_q.cpu().numpy(), dtype=np.float32), want)  # (Q, m)
+        users = np.where(ids >= 0, ids // k, -1)  # (Q, m) bank user of each hit, best hit first
+        order = np.argsort(users, axis=1, kind="stable")  # (Q, m)
+        sorted_users = np.take_along_axis(users, order, 1)
+        first = np.ones_like(sorted_users, dtype=bool)
+        first[:, 1:] = sorted_users[:, 1:] != sorted_users[:, :-1]
+        first &= sorted_users >= 0
+        is_first = np.zeros_like(first)
+        np.put_along_axis(is_first, order, first, 1)  # (Q, m) a user's first (best) hit, in hit order
+        chosen = is_first & (np.cumsum(is_first, axis=1) <= n)
+        pos = np.argsort(~chosen, axis=1, kind="stable")[:, :n]  # (Q, <=n) chosen hits first, in order
+        found = np.take_along_axis(chosen, pos, 1)
+        hit = np.where(found, np.take_along_axis(ids, pos, 1), 0)  # (Q, <=n) flat interest ids
+        sims = np.where(found, np.take_along_axis(scores, pos, 1), 0.0)
+        device = queries.device
+        found_t = torch.from_numpy(found).to(device)
+        vectors = self.vectors.reshape(-1, d)[torch.from_numpy(hit).to(self.vectors.device)].to(device)  # (Q, <=n, D)
+        vectors = vectors * found_t.unsqueeze(-1)
+        sims_t = torch.from_numpy(sims.astype(np.float32)).to(device)
+        missing = n - found.shape[1]
+        if missing:  # fewer candidates than n
+            vectors = torch.cat([vectors, vectors.new_zeros(q, missing, d)], dim=1)
+            sims_t = torch.cat([sims_t, sims_t.new_zeros(q, missing)], dim=1)
+            found_t = torch.cat([found_t, found_t.new_zeros(q, missing)], dim=1)
+        return vectors, sims_t, found_t
 
     def search(self, queries: torch.Tensor, n: int, exclude: torch.Tensor | None = None, block: int = 8192,
                sample: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,6 +131,8 @@ class InterestBank(nn.Module):
         n)`` and ``found (Q, n)`` (False where fewer than n entries qualify; those rows of
         ``vectors`` and ``sims`` are 0).
         """
+        if self.search_kind == "hnsw" and exclude is None and sample == 0 and self.size > 0:
+            return self._search_hnsw(queries, n)
         bank_vecs, owners = self.vectors, self.owners
         if 0 < sample < self.size:
             pick = torch.randperm(self.size, device=bank_vecs.device)[:sample]  # (S,)

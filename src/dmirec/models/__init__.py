@@ -93,7 +93,7 @@ def attach_bank(model: RetrievalModel, cfg: Config) -> RetrievalModel:
     from ..neighbours import InterestBank
 
     k = getattr(model, "num_interests", None) or cfg.num_interests
-    model.bank = InterestBank(model.embedding_dim, k)
+    model.bank = InterestBank(model.embedding_dim, k, search=cfg.bank_search, hnsw_ef=cfg.bank_hnsw_ef)
     model.neighbour_alpha = cfg.neighbour_alpha
     model.neighbours = cfg.neighbours
     return model
