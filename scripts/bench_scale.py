@@ -5,6 +5,7 @@ and data-parallel training (torchrun, 2 gloo ranks vs 1 process).
     python scripts/bench_scale.py speed [--items 12000,300000,1000000] [--steps 200] [--model remi]
     python scripts/bench_scale.py ddp [--items 12000] [--steps 600]
     python scripts/bench_scale.py prepare [--preset books] [--modes stream,memory]
+    python scripts/bench_scale.py books [--model remi] [--max_steps 100000]
 
 ``speed``: for every catalogue size, a synthetic prepared dataset (:mod:`dmirec.data.synth_log`,
 ``--users`` users, 20,000 by default, item ids as generated) and, for each path (dense Adam /
@@ -16,6 +17,11 @@ disturbed block is the closest to the step's own cost; every block's time is rec
 reports its peak RSS. ``ddp``: the same `dmirec train` (one thread per rank) with 1 process and
 with 2 torchrun ranks at the same global batch; records the validation loss/recall curve, the
 test metrics and the training seq/s of each.
+
+``books``: the Books-scale synthetic log (preset ``books``, 460k users, 310k items, ~9.3M rows),
+prepared with ``--stream``, then ``dmirec train`` of ``--model`` at its defaults with
+``--valid_users 2000`` and one thread until early stopping (or ``--max_steps``), and
+most-popular on the same split: wall time, seq/s, peak RSS of each child, test metrics.
 
 ``prepare``: writes the preset's synthetic log (``--format`` parquet or csv) and times ``dmirec prepare`` on it in a
 child process per mode (``--stream`` or the in-memory reader), reporting wall time and the
@@ -232,6 +238,66 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def _dmirec_child(argv: list[str]) -> tuple[float, float]:
+    """Run ``dmirec ARGV`` in a child process: (wall seconds, the child's peak RSS in MiB)."""
+    code = ("import resource, sys, time\n"
+            "from dmirec.cli import main\n"
+            "t = time.perf_counter()\n"
+            f"rc = main({argv!r})\n"
+            "print('RESULT', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+            "sys.exit(rc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"dmirec {' '.join(argv)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+    _, wall, rss = proc.stdout.strip().splitlines()[-1].split()
+    return float(wall), float(rss)
+
+
+def cmd_books(args: argparse.Namespace) -> list[dict]:
+    from dmirec.data.synth_log import spec_from, write_log
+
+    work = ROOT / "bench_runs" / "scale-books"
+    work.mkdir(parents=True, exist_ok=True)
+    log, data = work / f"{args.preset}.parquet", DATA / f"synth-{args.preset}"
+    rows = []
+    if not Path(f"{log}.json").exists():  # written after the log itself
+        write_log(spec_from(args.preset), log)
+    if not (data / "meta.json").exists():
+        wall, rss = _dmirec_child(["prepare", str(log), str(data), "--stream"])
+        rows.append({"step": "prepare --stream", "wall_seconds": wall, "peak_rss_mib": rss})
+    for model in (args.model, "most-popular"):
+        run = work / f"{args.preset}-{model}-s{args.seed}"
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)
+        wall, rss = _dmirec_child(["train", "--data", str(data), "--model", model, "--out", str(run),
+                                   "--seed", str(args.seed), "--valid_users=2000", "--threads=1",
+                                   "--progress=false", f"--max_steps={args.max_steps}"])
+        result = json.loads((run / "result.json").read_text())
+        import yaml
+
+        rows.append({"step": f"train {model}", "wall_seconds": wall, "peak_rss_mib": rss,
+                     "steps": result.get("steps"), "best_step": result.get("best_step"),
+                     "stopped": result.get("stopped"), "train_seq_per_s": result.get("train_seq_per_s"),
+                     "test": result["test"], "config": yaml.safe_load((run / "config.yaml").read_text())})
+        print(f"{model}: {wall:.0f} s, steps {result.get('steps')} (best {result.get('best_step')}, "
+              f"{result.get('stopped')}), test R@50 {result['test']['recall@50']:.4f}, peak RSS {rss:.0f} MiB",
+              flush=True)
+    return rows
+
+
+def table_books(rows: list[dict]) -> str:
+    lines = ["| step | wall (s) | peak RSS (MiB) | steps (best) | stopped | train seq/s | test R@20 | test R@50 | test HR@50 |",
+             "|---|---:|---:|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        t = r.get("test")
+        cells = (f"{r['steps']} ({r['best_step']}) | {r['stopped']} | {r.get('train_seq_per_s') or 0:,.0f} | "
+                 f"{t['recall@20']:.4f} | {t['recall@50']:.4f} | {t['hitrate@50']:.4f}") if t else "- | - | - | - | - | -"
+        lines.append(f"| {r['step']} | {r['wall_seconds']:.0f} | {r['peak_rss_mib']:.0f} | {cells} |")
+    return "\n".join(lines)
+
+
 def table_prepare(rows: list[dict]) -> str:
     lines = ["| log | reader | rows | wall (s) | peak RSS (MiB) | MiB per 10M rows |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -291,25 +357,31 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--preset", default="books")
     r.add_argument("--modes", default="stream,memory")
     r.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    b = sub.add_parser("books")
+    b.add_argument("--model", default="remi")
+    b.add_argument("--preset", default="books")
+    b.add_argument("--seed", type=int, default=2021)
+    b.add_argument("--max_steps", type=int, default=100_000)
     args = p.parse_args(argv)
     if args.cmd == "_speed_one":
         speed_one(args)
         return 0
     start = time.perf_counter()
     load_before = os.getloadavg()
-    rows = {"speed": cmd_speed, "ddp": cmd_ddp, "prepare": cmd_prepare}[args.cmd](args)
+    rows = {"speed": cmd_speed, "ddp": cmd_ddp, "prepare": cmd_prepare, "books": cmd_books}[args.cmd](args)
     record = {"commit": git_commit(), "machine": machine(), "seed": 0, "argv": sys.argv[1:],
               "wall_seconds": time.perf_counter() - start, "rows": rows,
               "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
               "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     key = {"speed": lambda: args.tag or f"speed-{args.device}", "ddp": lambda: f"ddp-{args.model}-{args.items}",
-           "prepare": lambda: f"prepare-{args.preset}-{args.format}"}[args.cmd]()
+           "prepare": lambda: f"prepare-{args.preset}-{args.format}",
+           "books": lambda: f"{args.preset}-{args.model}-s{args.seed}"}[args.cmd]()
     results[key] = record
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print()
-    print({"speed": table_speed, "ddp": table_ddp, "prepare": table_prepare}[args.cmd](rows))
+    print({"speed": table_speed, "ddp": table_ddp, "prepare": table_prepare, "books": table_books}[args.cmd](rows))
     return 0
 
 
