@@ -125,6 +125,7 @@ def write_report(results_dir: Path, out: Path) -> None:
         lines.append("")
     lines += _collab_section(records, results_dir)
     lines += _collab_cost_section(results_dir / "collab_cost.json")
+    lines += _bank_search_section(results_dir / "bank_search")
     lines += _repeat_section()
     lines += _reproduce_section(results_dir / "reproduce")
     reports = sorted((ROOT / "docs" / "reports").glob("*.html"))
@@ -277,6 +278,37 @@ def _collab_cost_section(path: Path) -> list[str]:
         ratio = f"{speed / base:.2f}x" if speed and base else "-"
         lines.append(f"| {label} | {f'{speed:,.0f}' if speed else 'as REMI'} | {ratio} | {r['p50_ms']:.2f} | "
                      f"{r['p99_ms']:.2f} |")
+    return lines + [""]
+
+
+def _bank_search_section(folder: Path) -> list[str]:
+    """scripts/bench_bank_search.py: the bank searched exactly or through HNSW."""
+    if not folder.is_dir():
+        return []
+    lines = ["### Exact or HNSW search of the bank (`scripts/bench_bank_search.py`)", "",
+             "Finished runs with the rule their seed chose on validation users; `Bundle.recommend` per test "
+             "user (top 50, bank included). Shared machine: read the ratios.", "",
+             "| run | bank users | n | overlap with exact | test R@50 exact / hnsw | p50 ms exact / hnsw | "
+             "p99 ms exact / hnsw | graph build s |", "|---|---:|---:|---:|---|---|---|---:|"]
+    for path in sorted(folder.glob("*.json")):
+        r = json.loads(path.read_text())
+        if "kinds" not in r:
+            continue
+        e, h = r["kinds"]["exact"], r["kinds"]["hnsw"]
+        lines.append(f"| {r['run']} | {r['bank_users']:,} | {r['rule']['neighbours']} | {r['neighbour_overlap']:.4f} | "
+                     f"{e['test']['recall@50']:.4f} / {h['test']['recall@50']:.4f} | {e['p50_ms']:.2f} / {h['p50_ms']:.2f} | "
+                     f"{e['p99_ms']:.2f} / {h['p99_ms']:.2f} | {h['graph_build_s']:.0f} |")
+    synth = folder / "synthetic.json"
+    if synth.exists():
+        rec = json.loads(synth.read_text())
+        lines += ["", f"Synthetic banks (`{' '.join(rec['argv'])}`; K=4, D=64; one user's K searches per call, "
+                  "one thread; commit " + str(rec.get("commit"))[:12] + "):", "",
+                  "| bank users | n | overlap with exact | p50 ms exact / hnsw | p99 ms exact / hnsw | graph build s |",
+                  "|---:|---:|---:|---|---|---:|"]
+        for r in rec["rows"]:
+            lines.append(f"| {r['bank_users']:,} | {r['neighbours']} | {r['neighbour_overlap']:.4f} | "
+                         f"{r['exact']['p50_ms']:.2f} / {r['hnsw']['p50_ms']:.2f} | "
+                         f"{r['exact']['p99_ms']:.2f} / {r['hnsw']['p99_ms']:.2f} | {r['hnsw']['graph_build_s']:.0f} |")
     return lines + [""]
 
 
