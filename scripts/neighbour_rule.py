@@ -3,6 +3,7 @@
 
     python scripts/neighbour_rule.py select RUN_DIR [RUN_DIR ...] [--grid configs/bench/neighbour_grid.yaml]
     python scripts/neighbour_rule.py apply RUN_DIR [RUN_DIR ...] --alpha A --neighbours N
+    python scripts/neighbour_rule.py select RUN_DIR --grid configs/bench/neighbour_grid_wide.yaml --tag wide --reuse
 
 ``select`` evaluates every (n, alpha) of the grid on the run's VALIDATION users and picks by the
 rule written in the grid file (highest valid Recall@50; ties within ``tie`` go to the smaller
@@ -10,7 +11,10 @@ alpha, then the smaller n); only the chosen setting is evaluated on test users. 
 a fixed setting (chosen on another seed or dataset) on valid and test users. The bank is rebuilt
 from each run's best checkpoint and training users (deterministic). Records land in
 bench_results/neighbour_rule/RUN_NAME.json with the resolved config, commit, data fingerprint,
-machine and wall time.
+machine and wall time. ``--tag T`` writes to bench_results/neighbour_rule/T/ instead (a second
+grid beside the reported one); ``--reuse`` takes the valid metrics of settings the untagged
+record already evaluated from it (same run, same bank: the numbers are deterministic) and
+evaluates only the new settings.
 """
 
 from __future__ import annotations
@@ -49,26 +53,32 @@ def metrics_of(run: Path, split: str, overrides: dict) -> dict:
                           cfg.eval_batch_size)
 
 
-def record(run: Path, rows: list[dict], chosen: dict, test: dict, base_test: dict, wall: float, rule: str) -> None:
+def record(run: Path, rows: list[dict], chosen: dict, test: dict, base_test: dict, wall: float, rule: str,
+           tag: str = "") -> None:
     from dmirec import rundir
 
     cfg = rundir.read_config(run)
     data = Path(rundir.read_data_ref(run)["path"])
-    OUT.mkdir(parents=True, exist_ok=True)
+    folder = OUT / tag if tag else OUT
+    folder.mkdir(parents=True, exist_ok=True)
     out = {"run": run.name, "model": cfg.model, "seed": cfg.seed, "rule": rule, "grid": rows, "chosen": chosen,
            "test": test, "test_without_rule": base_test, "resolved_config": cfg.to_dict(), "commit": git_commit(),
            "data_fingerprint": data_fingerprint(data), "machine": machine(), "wall_s": wall}
-    (OUT / f"{run.name}.json").write_text(json.dumps(out, indent=2))
+    (folder / f"{run.name}.json").write_text(json.dumps(out, indent=2))
 
 
-def select(runs: list[Path], grid_file: Path) -> None:
+def select(runs: list[Path], grid_file: Path, tag: str = "", reuse: bool = False) -> None:
     grid = yaml.safe_load(grid_file.read_text())
     for run in runs:
         start = time.perf_counter()
         rows = []
+        known = {}
+        if reuse and (OUT / f"{run.name}.json").exists():
+            old = json.loads((OUT / f"{run.name}.json").read_text())
+            known = {(r["neighbours"], r["alpha"]): r["valid"] for r in old["grid"] if r["neighbours"]}
         for n in grid["neighbours"]:
             for alpha in grid["alpha"]:
-                m = metrics_of(run, "valid", {"neighbour_alpha": alpha, "neighbours": n})
+                m = known.get((n, alpha)) or metrics_of(run, "valid", {"neighbour_alpha": alpha, "neighbours": n})
                 rows.append({"neighbours": n, "alpha": alpha, "valid": m})
                 print(f"{run.name}: n={n} alpha={alpha} valid R@50 {m['recall@50']:.4f}", flush=True)
         base_valid = metrics_of(run, "valid", {"neighbour_alpha": 0.0})
@@ -80,7 +90,8 @@ def select(runs: list[Path], grid_file: Path) -> None:
         test = metrics_of(run, "test", over)
         base_test = metrics_of(run, "test", {"neighbour_alpha": 0.0})
         record(run, rows, {k: chosen[k] for k in ("neighbours", "alpha")}, test, base_test,
-               time.perf_counter() - start, f"select on valid ({grid_file.name})")
+               time.perf_counter() - start, f"select on valid ({grid_file.name})" + (
+                   f"; {len(known)} settings reused from the untagged record" if known else ""), tag)
         print(f"{run.name}: chosen n={chosen['neighbours']} alpha={chosen['alpha']}; test R@50 "
               f"{test['recall@50']:.4f} (without {base_test['recall@50']:.4f})", flush=True)
 
@@ -104,6 +115,8 @@ if __name__ == "__main__":
     p = sub.add_parser("select")
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--grid", type=Path, default=ROOT / "configs" / "bench" / "neighbour_grid.yaml")
+    p.add_argument("--tag", default="", help="write to bench_results/neighbour_rule/TAG/ (a second grid)")
+    p.add_argument("--reuse", action="store_true", help="reuse the untagged record's valid metrics")
     p = sub.add_parser("apply")
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--alpha", type=float, required=True)
@@ -111,6 +124,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.cmd == "select":
-        select(args.runs, args.grid)
+        select(args.runs, args.grid, args.tag, args.reuse)
     else:
         apply(args.runs, args.alpha, args.neighbours)
