@@ -67,6 +67,9 @@ class Config:
     # torchrun: each rank draws its own negatives for its share of the batch (rank), or every rank
     # draws the same ones (global: the step equals a one-process step, for checks)
     dist_negatives: str = "rank"  # rank | global
+    # torchrun: the item table sharded row-wise over the ranks with TorchRec (the `dist` extra;
+    # dmirec.sharded); the rest of the model stays data-parallel
+    sharded_embeddings: bool = False
     bf16: bool = False  # bfloat16 autocast of forward and loss (CUDA; CPU works but is slow)
 
     # --- budget, validation, early stopping ----------------------------------------------------
@@ -293,6 +296,9 @@ def from_dict(values: dict[str, Any], source: str = "config") -> Config:
     return cfg
 
 
+SHARDED_MODELS = ("comirec-sa", "remi", "comirec-dr", "mind")  # read the item table only through item_emb(ids)
+
+
 def _check_ranges(cfg: Config, source: str) -> None:
     positive = ("embedding_dim", "num_interests", "seq_len", "batch_size", "eval_every",
                 "eval_batch_size", "diffusion_steps", "routing_iters", "prune_m", "coin_temperature",
@@ -321,6 +327,12 @@ def _check_ranges(cfg: Config, source: str) -> None:
     if cfg.valid_users and cfg.eval_max_users:
         raise ConfigError(f"{source}: config keys 'valid_users' (a seeded sample) and 'eval_max_users' (the first "
                           f"users) both choose validation users; set only one")
+    if cfg.sharded_embeddings and cfg.model not in SHARDED_MODELS:
+        raise ConfigError(f"{source}: config key 'sharded_embeddings' supports models {', '.join(SHARDED_MODELS)}, "
+                          f"not {cfg.model}")
+    if cfg.sharded_embeddings and cfg.embedding_optimizer == "sparse":
+        raise ConfigError(f"{source}: config key 'sharded_embeddings' updates each rank's rows with dense Adam; "
+                          f"embedding_optimizer=sparse cannot be combined with it")
     if cfg.embedding_optimizer == "sparse" and cfg.weight_decay:
         raise ConfigError(f"{source}: config key 'weight_decay' must be 0 with embedding_optimizer=sparse "
                           f"(decay would touch every row of the item table)")

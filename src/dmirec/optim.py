@@ -26,6 +26,8 @@ from .config import Config, ConfigError
 
 def use_sparse(cfg: Config, num_items: int) -> bool:
     """Whether a run of ``cfg`` on ``num_items`` items updates the item table row-sparsely."""
+    if cfg.sharded_embeddings:  # each rank's rows on dense Adam (dmirec.sharded)
+        return False
     if cfg.embedding_optimizer == "sparse":
         return True
     if cfg.embedding_optimizer == "dense":
@@ -53,7 +55,7 @@ def item_lookup(model: torch.nn.Module) -> torch.Tensor | Callable[[torch.Tensor
     The dense path indexes ``item_embeddings()`` exactly as before; the sparse path must go
     through the embedding module, or the table's gradient would be dense again.
     """
-    if is_sparse(model):
+    if is_sparse(model) or getattr(getattr(model, "item_emb", None), "sharded", False):
         return model.item_rows
     return model.item_embeddings()  # (N + 1, D)
 

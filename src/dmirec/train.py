@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import dist as distrib
-from . import optim, rundir, tblog
+from . import optim, rundir, sharded, tblog
 from .config import Config, ConfigError, make_config, model_defaults  # noqa: F401 (re-exported)
 from .data.dataset import load_dataset
 from .data.sampler import TrainSampler, eval_split, valid_split  # noqa: F401 (eval_split re-exported)
@@ -159,6 +159,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     run_dir = Path(run_dir)
     if ctx.active and cfg.batch_size % ctx.world:
         raise ConfigError(f"config key 'batch_size': {cfg.batch_size} does not split evenly over {ctx.world} ranks")
+    sharded.check(cfg, ctx.world, device)
     data = load_dataset(data_dir, mmap=True)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -169,6 +170,8 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     optim.set_sparse(model, getattr(model, "trainable", True) and optim.use_sparse(cfg, data.num_items))
     if cfg.init_from and not resume:  # before anything is written: a bad source leaves no run behind
         warm_start(model, cfg, device)
+    if cfg.sharded_embeddings:  # each rank keeps its rows of the table (dmirec.sharded)
+        sharded.install(model)
     if ctx.rank > 0:  # ranks draw their own model noise (DMI); rank 0 keeps the single-process stream
         torch.manual_seed(cfg.seed + 7919 * ctx.rank)
     has_bank = getattr(model, "bank", None) is not None
@@ -184,14 +187,16 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     neg_seed = cfg.seed + 1 + (7919 * ctx.rank if cfg.dist_negatives == "rank" else 0)
     neg_gen = torch.Generator(device=device).manual_seed(neg_seed)
     trainable = getattr(model, "trainable", True) and cfg.max_steps > 0
-    optimizer = make_optimizer(model, cfg) if trainable else None
+    make_opt = sharded.make_optimizer if cfg.sharded_embeddings else make_optimizer
+    optimizer = make_opt(model, cfg) if trainable else None
     valid_set = valid_split(data.splits["valid"], cfg) if ctx.main else None
     log_probs = negatives.log_probs if cfg.logq_correction else None
     ddp = None
     if ctx.active and trainable:
         def loss_fn(m, h, mk, t, neg_ids, users):
             return loss_with_negatives(m, cfg, h, mk, t, neg_ids, log_probs, users, reg_scale=float(ctx.world))
-        ddp = distrib.wrap(model, loss_fn, device, find_unused=cfg.model in ("dmi", "coin"))
+        ddp = sharded.wrap(model, loss_fn, device) if cfg.sharded_embeddings else \
+            distrib.wrap(model, loss_fn, device, find_unused=cfg.model in ("dmi", "coin"))
     ckpt_dir = run_dir / "checkpoints"
     state = {"step": 0, "best": -1.0, "best_step": 0, "bad": 0, "train_seconds": 0.0, "sequences": 0,
              "stopped": None}
@@ -234,12 +239,14 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
 
     def save_last() -> None:
         ranks = ctx.gather((neg_gen.get_state(), torch.get_rng_state())) if ctx.active else None
+        model_state = model.state_dict()  # every rank: a sharded table is gathered to rank 0 here
+        optimizer_state = optimizer.state_dict() if optimizer is not None else None
         if not ctx.main:
             return
         extra = {"rank_rng": ranks} if ranks is not None else {}
         rundir.save_checkpoint(ckpt_dir / "last.pt", {**extra,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "model": model_state,
+            "optimizer": optimizer_state,
             "sampler": sampler.state(),
             "neg_gen": neg_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -251,7 +258,8 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     def validate(window_loss: float, window_steps: int, window_seconds: float) -> dict | None:
         """Rank 0 validates and decides; the other ranks receive its state (best, patience, stop)."""
         refresh_bank()  # every rank: the bank is model state the next steps read
-        row = _validate(window_loss, window_steps, window_seconds) if ctx.main else None
+        with sharded.gathered(model):  # every rank: a sharded table is whole on rank 0 while it validates
+            row = _validate(window_loss, window_steps, window_seconds) if ctx.main else None
         if ctx.active:
             state.update(ctx.broadcast(dict(state)))
         return row
@@ -324,6 +332,10 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     if not ctx.main:
         return ctx.broadcast(None)
     best = rundir.load_checkpoint(ckpt_dir / "best.pt", map_location="cpu")
+    if cfg.sharded_embeddings:  # rank 0 tests alone, on the whole table best.pt holds
+        rng = torch.get_rng_state()  # building draws initial weights: keep the stream stochastic models test with
+        model = build_model(cfg, data.num_items, popularity).to(device)
+        torch.set_rng_state(rng)
     model.load_state_dict(best["model"])
     test = evaluate_model(model, data, "test", cfg.seq_len, metric_cutoffs(cfg), cfg.retrieval_backend,
                           cfg.exclude_history, cfg.eval_batch_size, device=device, new_items_only=cfg.new_items_only)

@@ -1,0 +1,76 @@
+"""Worker of tests/test_sharded.py, started by torchrun with 2 gloo ranks (not a test module itself).
+
+    python -m torch.distributed.run --nproc_per_node=2 tests/sharded_worker.py DATA OUT OVERRIDES_JSON
+
+In one process group: OUT/grads.pt (one step's gradients through the sharded table, gathered on
+rank 0, with the batch and negatives that made them), OUT/full (sharded, per-rank negatives, to
+max_steps), OUT/cut (the same run interrupted after step ``cut_at``) and OUT/ddp (the same run
+unsharded, plain DDP).
+"""
+
+import json
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+
+from dmirec import sharded
+from dmirec.data.dataset import load_dataset
+from dmirec.data.sampler import TrainSampler
+from dmirec.dist import Context
+from dmirec.losses import NegativeSampler
+from dmirec.models import build_model
+from dmirec.train import loss_with_negatives, make_config, train
+
+
+class Interrupt(Exception):
+    pass
+
+
+def one_step_gradients(cfg, data_dir: str, out: str) -> None:
+    """The gradients of one 2-rank step through the sharded table (and DDP for the rest)."""
+    rank, world = tdist.get_rank(), tdist.get_world_size()
+    data = load_dataset(data_dir)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.num_items)
+    table = sharded.install(model)
+    batch = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=cfg.seed).sample()
+    neg = NegativeSampler(data.num_items).sample(cfg.num_negatives, torch.Generator().manual_seed(cfg.seed + 1))
+    share = Context(rank=rank, world=world).share(cfg.batch_size)
+    ddp = sharded.wrap(model, lambda m, h, mk, t, n, u: loss_with_negatives(m, cfg, h, mk, t, n, None, u,
+                                                                           reg_scale=float(world)),
+                       torch.device("cpu"))
+    h, m, t = (torch.from_numpy(np.ascontiguousarray(x[share])) for x in (batch.history, batch.mask, batch.target))
+    ddp(h, m, t, neg, None).backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    grads["item_emb.weight"] = table.gather_rows(table.block.grad)
+    if rank == 0:
+        torch.save({"grads": grads, "history": batch.history, "mask": batch.mask, "target": batch.target,
+                    "negatives": neg}, f"{out}/grads.pt")
+
+
+def main() -> None:
+    data, out, over = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    cut_at = over.pop("cut_at")
+    tdist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    cfg = make_config("remi", overrides={**over, "sharded_embeddings": True})
+    one_step_gradients(cfg, data, out)
+    train(cfg, data, f"{out}/full")
+
+    def interrupt(step):
+        if step == cut_at:
+            raise Interrupt
+
+    try:
+        train(cfg, data, f"{out}/cut", callback=interrupt)
+    except Interrupt:
+        pass
+    train(cfg.replace(sharded_embeddings=False), data, f"{out}/ddp")
+    tdist.barrier()  # no gloo work in flight when the group is torn down
+    tdist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
