@@ -15,9 +15,10 @@ a KeyedJaggedTensor with one id per bag: TorchRec routes each id to the rank tha
 and sends the row back, and in the backward pass sends each row's gradient to its owner). The
 model then reads rows through ``item_emb(ids)`` as always, served from that prefetched block; the
 padding id 0 is a constant zero row that is never looked up, like ``padding_idx=0``. A row's
-gradient arriving at its owner is the sum over ranks of each rank's mean-loss gradient; it is
-divided by P, so it is the gradient of the mean loss over the global batch, exactly what DDP's
-average gives the replicated parameters.
+gradient arriving at its owner is the sum over ranks of each rank's mean-loss gradient divided
+by P (TorchRec's ``gradient_division``, on by default and set here), so it is the gradient of the
+mean loss over the global batch, exactly what DDP's average gives the replicated parameters
+(tested against one process).
 
 The optimiser is plain: TorchRec's ``dense`` compute kernel gives this rank's block an ordinary
 dense gradient, and a ``torch.optim.Adam`` over the block (:class:`ShardedAdam`) updates it with
@@ -87,6 +88,7 @@ class ShardedItemTable(nn.Module):
     def __init__(self, init: torch.Tensor):
         super().__init__()
         from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+        from torchrec.distributed.comm_ops import set_gradient_division
         from torchrec.distributed.shard import shard
         from torchrec.distributed.sharding_plan import row_wise
         from torchrec.distributed.types import ShardingEnv
@@ -100,6 +102,7 @@ class ShardedItemTable(nn.Module):
         ebc = shard(ebc, {TABLE: row_wise(compute_kernel="dense")},
                     env=ShardingEnv.from_process_group(tdist.group.WORLD), device=torch.device("cpu"))
         torch.set_rng_state(rng)
+        set_gradient_division(True)  # row gradients averaged over ranks, as DDP averages the rest
         self.__dict__["ebc"] = ebc  # not a submodule: DDP, parameters() and state_dict() do not see it
         self.__dict__["block"] = next(iter(ebc.parameters()))  # (rows here, D), this rank's rows
         meta = ebc.state_dict()[f"embedding_bags.{TABLE}.weight"].metadata().shards_metadata
@@ -123,8 +126,6 @@ class ShardedItemTable(nn.Module):
         lengths[:len(real)] = 1
         pooled = self.ebc(KeyedJaggedTensor(keys=[FEATURE], values=real, lengths=lengths))[FEATURE]  # (ids, D)
         rows = pooled[:len(real)]  # (R, D)
-        if rows.requires_grad:  # the owner receives the sum over ranks of mean-loss gradients: make it the mean
-            rows.register_hook(lambda g: g / self.world)
         if len(real) < len(uniq):
             rows = torch.cat([rows.new_zeros(1, self.dim), rows])  # (U, D), row 0 = padding
         self._cache = (uniq, rows)
