@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-dist demo test bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# the `dist` extra (TorchRec, --sharded_embeddings): --no-deps, so pip leaves torch 2.13 alone
+setup-dist: $(STAMP)
+	$(BIN)/pip install -q --no-deps -c constraints.txt torchrec fbgemm-gpu-cpu tensordict torchmetrics \
+		lightning-utilities pyre-extensions typing-inspect mypy-extensions cloudpickle pyvers
 
 demo: $(STAMP)
 	$(BIN)/dmirec demo

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Scale benchmark: training speed against catalogue size (dense vs sparse item-table updates)
-and data-parallel training (torchrun, 2 gloo ranks vs 1 process).
+"""Scale benchmark: training speed against catalogue size (dense vs sparse item-table updates),
+data-parallel training (torchrun, 2 gloo ranks vs 1 process) and the TorchRec sharded item table.
 
     python scripts/bench_scale.py speed [--items 12000,300000,1000000] [--steps 200] [--model remi]
     python scripts/bench_scale.py ddp [--items 12000] [--steps 600]
     python scripts/bench_scale.py prepare [--preset books] [--modes stream,memory]
     python scripts/bench_scale.py books [--model remi] [--max_steps 100000]
+    python scripts/bench_scale.py sharded [--items 12000] [--steps 600]   # needs the `dist` extra
 
 ``speed``: for every catalogue size, a synthetic prepared dataset (:mod:`dmirec.data.synth_log`,
 ``--users`` users, 20,000 by default, item ids as generated) and, for each path (dense Adam /
@@ -22,6 +23,12 @@ test metrics and the training seq/s of each.
 prepared with ``--stream``, then ``dmirec train`` of ``--model`` at its defaults with
 ``--valid_users 2000`` and one thread until early stopping (or ``--max_steps``), and
 most-popular on the same split: wall time, seq/s, peak RSS of each child, test metrics.
+
+``sharded``: the same `dmirec train` as ``ddp`` three times on the same data, global batch, seed
+and step budget: 1 process, 2 torchrun ranks (plain DDP) and 2 ranks with
+``--sharded_embeddings=true`` (the item table sharded row-wise by TorchRec); records each one's
+loss/recall curve, test metrics, training seq/s and every process's peak RSS (each rank reports
+its own ``ru_maxrss`` when it finishes).
 
 ``prepare``: writes the preset's synthetic log (``--format`` parquet or csv) and times ``dmirec prepare`` on it in a
 child process per mode (``--stream`` or the in-memory reader), reporting wall time and the
@@ -202,6 +209,73 @@ def cmd_ddp(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def rank_train(args: argparse.Namespace, train_args: list[str]) -> None:
+    """Child (a torchrun rank or the single process): ``dmirec train``, then this process's peak RSS
+    written to ``RSS_DIR/rank-R.json``."""
+    from dmirec.cli import main as dmirec_main
+
+    rc = dmirec_main(["train", *train_args])
+    rank = int(os.environ.get("RANK", "0") or 0)
+    Path(args.rss_dir, f"rank-{rank}.json").write_text(json.dumps(
+        {"rank": rank, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    if rc:
+        raise SystemExit(rc)
+
+
+def cmd_sharded(args: argparse.Namespace) -> list[dict]:
+    import shutil
+
+    import yaml
+
+    data = synth_data(args.items)
+    work = ROOT / "bench_runs" / "scale-sharded"
+    rows = []
+    for name, ranks, extra in (("1 process", 1, []), ("2 ranks, DDP", 2, []),
+                               ("2 ranks, sharded table", 2, ["--sharded_embeddings=true"])):
+        run = work / f"{args.model}-{args.items}-{name.replace(' ', '').replace(',', '-')}"
+        rss_dir = run.with_name(run.name + "-rss")
+        for path in (run, rss_dir):
+            if path.exists():
+                shutil.rmtree(path)
+        rss_dir.mkdir(parents=True)
+        train_args = ["--data", str(data), "--model", args.model, "--out", str(run), "--device", "cpu",
+                      f"--max_steps={args.steps}", f"--eval_every={args.eval_every}", "--patience=1000",
+                      f"--valid_users={args.valid_users}", "--threads=1", "--progress=false", "--seed=0", *extra]
+        child = [__file__, "_rank_train", "--rss_dir", str(rss_dir), "--", *train_args]
+        cmd = [sys.executable, *child] if ranks == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
+             f"--master_port={_free_port()}", *child]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+        wall = time.perf_counter() - start
+        result = json.loads((run / "result.json").read_text())
+        curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        curve = [{k: r[k] for k in ("step", "loss", "recall@50")} for r in curve if r["split"] == "valid"]
+        rss = [json.loads((rss_dir / f"rank-{r}.json").read_text())["peak_rss_mib"] for r in range(ranks)]
+        row = {"name": name, "ranks": ranks, "sharded": bool(extra), "items": args.items, "model": args.model,
+               "steps": result["steps"], "train_seq_per_s": result["train_seq_per_s"], "test": result["test"],
+               "curve": curve, "peak_rss_mib_per_rank": rss, "wall_seconds": wall,
+               "config": yaml.safe_load((run / "config.yaml").read_text())}
+        print(f"{args.model} {name}: {row['train_seq_per_s']:.0f} seq/s, test R@50 {result['test']['recall@50']:.4f}, "
+              f"peak RSS {' / '.join(f'{x:.0f}' for x in rss)} MiB, wall {wall:.0f} s", flush=True)
+        rows.append(row)
+    return rows
+
+
+def table_sharded(rows: list[dict]) -> str:
+    steps = [p["step"] for p in rows[0]["curve"]]
+    lines = ["| run | seq/s | test R@50 | test HR@50 | " + " | ".join(f"loss@{s}" for s in steps)
+             + " | peak RSS per rank (MiB) |", "|---|---:|---:|---:|" + "---:|" * len(steps) + "---:|"]
+    for r in rows:
+        losses = {p["step"]: p["loss"] for p in r["curve"]}
+        lines.append(f"| {r['name']} | {r['train_seq_per_s']:.0f} | {r['test']['recall@50']:.4f} | "
+                     f"{r['test']['hitrate@50']:.4f} | " + " | ".join(f"{losses.get(s, float('nan')):.3f}" for s in steps)
+                     + " | " + " / ".join(f"{x:.0f}" for x in r["peak_rss_mib_per_rank"]) + " |")
+    return "\n".join(lines)
+
+
 def cmd_prepare(args: argparse.Namespace) -> list[dict]:
     from dmirec.data.synth_log import spec_from, write_log
 
@@ -353,6 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--steps", type=int, default=600)
     d.add_argument("--eval_every", type=int, default=150)
     d.add_argument("--valid_users", type=int, default=1000)
+    h = sub.add_parser("sharded")
+    h.add_argument("--items", type=int, default=12000)
+    h.add_argument("--model", default="remi")
+    h.add_argument("--steps", type=int, default=600)
+    h.add_argument("--eval_every", type=int, default=150)
+    h.add_argument("--valid_users", type=int, default=1000)
+    t = sub.add_parser("_rank_train")
+    t.add_argument("--rss_dir", required=True)
     r = sub.add_parser("prepare")
     r.add_argument("--preset", default="books")
     r.add_argument("--modes", default="stream,memory")
@@ -362,13 +444,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--preset", default="books")
     b.add_argument("--seed", type=int, default=2021)
     b.add_argument("--max_steps", type=int, default=100_000)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_rank_train"]:  # the rest after "--" is dmirec train's own arguments
+        cut = argv.index("--")
+        rank_train(p.parse_args(argv[:cut]), argv[cut + 1:])
+        return 0
     args = p.parse_args(argv)
     if args.cmd == "_speed_one":
         speed_one(args)
         return 0
     start = time.perf_counter()
     load_before = os.getloadavg()
-    rows = {"speed": cmd_speed, "ddp": cmd_ddp, "prepare": cmd_prepare, "books": cmd_books}[args.cmd](args)
+    rows = {"speed": cmd_speed, "ddp": cmd_ddp, "prepare": cmd_prepare, "books": cmd_books, "sharded": cmd_sharded}[args.cmd](args)
     record = {"commit": git_commit(), "machine": machine(), "seed": 0, "argv": sys.argv[1:],
               "wall_seconds": time.perf_counter() - start, "rows": rows,
               "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
@@ -376,12 +463,14 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     key = {"speed": lambda: args.tag or f"speed-{args.device}", "ddp": lambda: f"ddp-{args.model}-{args.items}",
            "prepare": lambda: f"prepare-{args.preset}-{args.format}",
-           "books": lambda: f"{args.preset}-{args.model}-s{args.seed}"}[args.cmd]()
+           "books": lambda: f"{args.preset}-{args.model}-s{args.seed}",
+           "sharded": lambda: f"sharded-{args.model}-{args.items}"}[args.cmd]()
     results[key] = record
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print()
-    print({"speed": table_speed, "ddp": table_ddp, "prepare": table_prepare, "books": table_books}[args.cmd](rows))
+    print({"speed": table_speed, "ddp": table_ddp, "prepare": table_prepare, "books": table_books,
+           "sharded": table_sharded}[args.cmd](rows))
     return 0
 
 
