@@ -30,8 +30,8 @@ kernel returns pooled rows on CPU, hence the pooled collection with one id per b
 
 Memory. Each rank holds its block, its gradient and Adam's two moments: ``4 (N + 1) D / P``
 floats instead of ``4 (N + 1) D``. The step costs O(N / P) per rank (dense Adam over the
-block; ``embedding_optimizer=sparse`` is not available here). Three moments hold the whole
-table on one process: the model is built whole on every rank and its initial table copied
+block; ``embedding_optimizer=sparse`` is not available here). At three points the whole
+table is on one process: the model is built whole on every rank and its initial table copied
 into the blocks (so a sharded run starts from exactly the unsharded run's parameters);
 validation gathers the table on rank 0, which scores the validation users alone; and each
 checkpoint gathers the table (and the Adam moments) on rank 0, so ``best.pt`` / ``last.pt``
