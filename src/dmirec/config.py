@@ -346,7 +346,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a mapping (validated later by :func:`from_dict`)."""
+    """Read one YAML config file into a mapping, as written (``include:`` not yet resolved)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -359,6 +359,40 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of key: value at top level")
     return data
+
+
+INCLUDE_KEY = "include"
+
+
+def resolve_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file with its ``include:`` files merged in: the layered configs of configs/.
+
+    ``include:`` names one file or a list of files, relative to the including file. They are
+    resolved the same way (includes nest), merged in the order listed, and the including file's
+    own keys come last, so later keys win. A missing file, a cycle, or an invalid key names the
+    file it is in; each file is validated as a whole config on its own.
+    """
+    path = Path(path)
+    try:
+        real = path.resolve(strict=True)
+    except (FileNotFoundError, NotADirectoryError):
+        where = f" (included from {_chain[-1]})" if _chain else ""
+        raise ConfigError(f"config file not found: {path}{where}") from None
+    if real in _chain:
+        loop = " -> ".join(str(p) for p in (*_chain[_chain.index(real):], real))
+        raise ConfigError(f"{path}: include cycle: {loop}")
+    data = {str(k).replace("-", "_"): v for k, v in load_yaml(path).items()}
+    includes = data.pop(INCLUDE_KEY, [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i.strip() for i in includes):
+        raise ConfigError(f"{path}: {INCLUDE_KEY!r} must be a file name or a list of file names, got {includes!r}")
+    merged: dict[str, Any] = {}
+    for name in includes:
+        merged.update(resolve_yaml(real.parent / name, (*_chain, real)))
+    merged.update(data)
+    from_dict(merged, source=str(path))  # validate each file on its own, naming it in errors
+    return merged
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -412,6 +446,8 @@ def build_config(yaml_paths: list[str | Path] = (), overrides: dict[str, Any] | 
                  model: str | None = None) -> Config:
     """Defaults < the model's defaults < each YAML file in order < ``overrides``.
 
+    A YAML file's ``include:`` files come before its own keys (:func:`resolve_yaml`).
+
     The model (and a wrapper's backbone) may be named by ``model``, in ``overrides`` or in a YAML
     file; the last of these to name it decides whose defaults apply.
     """
@@ -420,9 +456,7 @@ def build_config(yaml_paths: list[str | Path] = (), overrides: dict[str, Any] | 
         overrides["model"] = model
     files = []
     for path in yaml_paths:
-        data = load_yaml(path)
-        from_dict(data, source=str(path))  # validate each file on its own, naming it in errors
-        files.append({str(k).replace("-", "_"): v for k, v in data.items()})
+        files.append(resolve_yaml(path))  # validated file by file, errors name the file
     if overrides:
         from_dict(dict(overrides), source="command line")
     chosen, backbone = Config.model, None
