@@ -29,9 +29,8 @@ from .data.dataset import load_dataset
 from .data.sampler import TrainSampler, eval_split, valid_split  # noqa: F401 (eval_split re-exported)
 from .evaluate import evaluate_model, metric_cutoffs
 from .losses import NegativeSampler, sampled_softmax_loss
-from .models import build_model
+from .models import build_model, set_routing_reg
 from .neighbours import fill_bank
-from .models.remi import routing_regularizer
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,7 +49,8 @@ def make_optimizer(model: torch.nn.Module, cfg: Config):
 
 def batch_loss(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
                negatives: NegativeSampler, neg_gen: torch.Generator, users: torch.Tensor | None = None) -> torch.Tensor:
-    """The training objective of one batch: sampled softmax (+ REMI routing regulariser) + model aux loss.
+    """The training objective of one batch: sampled softmax + the model's aux loss (REMI's routing
+    regulariser among its terms).
 
     ``users (B,)``: the batch's train-split rows, for models that read the interest bank (their
     own entry is left out)."""
@@ -84,15 +84,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Co
 
 def loss_with_negatives(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask: torch.Tensor,
                         target: torch.Tensor, neg_ids: torch.Tensor, log_probs: torch.Tensor | None,
-                        users: torch.Tensor | None = None, reg_scale: float = 1.0) -> torch.Tensor:
-    """Sampled softmax against ``neg_ids`` (+ REMI routing regulariser, a sum over users, times
-    ``reg_scale``) + model aux loss."""
+                        users: torch.Tensor | None = None) -> torch.Tensor:
+    """Sampled softmax against ``neg_ids`` + the model's aux loss (its own terms and REMI's routing
+    regulariser: one route for every auxiliary loss)."""
     out = model.train_forward(history, mask, target, users) if users is not None else \
         model.train_forward(history, mask, target)
     loss = sampled_softmax_loss(out.user, target, neg_ids, optim.item_lookup(model), log_probs,
                                 cfg.remove_accidental_hits, cfg.hard_negative_beta)
-    if cfg.routing_reg > 0:
-        loss = loss + (cfg.routing_reg * reg_scale) * routing_regularizer(out.weights, cfg.embedding_dim)
     return loss + out.aux_loss
 
 
@@ -193,8 +191,11 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     log_probs = negatives.log_probs if cfg.logq_correction else None
     ddp = None
     if ctx.active and trainable:
+        # REMI's regulariser is a sum over this rank's users and DDP averages gradients over ranks
+        set_routing_reg(model, cfg.routing_reg * ctx.world)
+
         def loss_fn(m, h, mk, t, neg_ids, users):
-            return loss_with_negatives(m, cfg, h, mk, t, neg_ids, log_probs, users, reg_scale=float(ctx.world))
+            return loss_with_negatives(m, cfg, h, mk, t, neg_ids, log_probs, users)
         ddp = sharded.wrap(model, loss_fn, device) if cfg.sharded_embeddings else \
             distrib.wrap(model, loss_fn, device, find_unused=cfg.model in ("dmi", "coin"))
     ckpt_dir = run_dir / "checkpoints"

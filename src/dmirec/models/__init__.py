@@ -99,6 +99,13 @@ def attach_bank(model: RetrievalModel, cfg: Config) -> RetrievalModel:
     return model
 
 
+def set_routing_reg(model: RetrievalModel, weight: float) -> None:
+    """The weight of REMI's routing regulariser in the aux_loss of ``model`` and of any model it wraps."""
+    for module in model.modules():
+        if isinstance(module, RetrievalModel):
+            module.routing_reg = float(weight)
+
+
 def build_model(cfg: Config, num_items: int, popularity: np.ndarray | None = None) -> RetrievalModel:
     """Construct the model named by ``cfg.model`` for a catalogue of ``num_items`` items."""
     if cfg.model not in REGISTRY:
@@ -107,7 +114,8 @@ def build_model(cfg: Config, num_items: int, popularity: np.ndarray | None = Non
         popularity = np.zeros(num_items + 1, dtype=np.int64)
     model = REGISTRY[cfg.model](cfg, num_items, popularity)
     model.history_len = int(cfg.seq_len)  # user_vectors keeps the last seq_len items of longer histories
+    set_routing_reg(model, cfg.routing_reg)
     return attach_bank(model, cfg) if needs_bank(cfg) else model
 
 
-__all__ = ["REGISTRY", "build_model", "attach_bank", "needs_bank", "RetrievalModel", "TrainOutput", "argmax_readout"]
+__all__ = ["REGISTRY", "build_model", "set_routing_reg", "attach_bank", "needs_bank", "RetrievalModel", "TrainOutput", "argmax_readout"]

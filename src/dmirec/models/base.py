@@ -35,7 +35,7 @@ class TrainOutput:
     user: torch.Tensor  # (B, D) read-out vector scored against the target and the negatives
     interests: torch.Tensor  # (B, K, D) the vectors the read-out chose from
     weights: torch.Tensor  # (B, K, L) item-to-interest weights (attention / routing)
-    aux_loss: torch.Tensor  # scalar added to the retrieval loss (0 when none)
+    aux_loss: torch.Tensor  # scalar added to the retrieval loss: the model's own terms and REMI's routing regulariser
 
 
 def argmax_readout(interests: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
@@ -71,6 +71,9 @@ class RetrievalModel(nn.Module):
     """
 
     history_len: int | None = None
+    # weight of REMI's routing regulariser in aux_loss: cfg.routing_reg, set by build_model (and by
+    # the training loop times the data-parallel world size, as each rank sums over its own users)
+    routing_reg: float = 0.0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -115,7 +118,16 @@ class RetrievalModel(nn.Module):
         vecs, weights = self.interests(history, mask)  # (B, K, D), (B, K, L)
         target_emb = self.item_emb(target)  # (B, D)
         user = argmax_readout(vecs, target_emb)  # (B, D)
-        return TrainOutput(user=user, interests=vecs, weights=weights, aux_loss=vecs.new_zeros(()))
+        return TrainOutput(user=user, interests=vecs, weights=weights, aux_loss=self.routing_loss(weights))
+
+    def routing_loss(self, weights: torch.Tensor) -> torch.Tensor:
+        """REMI's routing regulariser on W (B, K, L) times ``routing_reg``, a sum over the batch's
+        users; part of every model's ``aux_loss`` (a zero scalar when off)."""
+        if self.routing_reg <= 0:
+            return weights.new_zeros(())
+        from .remi import routing_regularizer
+
+        return self.routing_reg * routing_regularizer(weights, self.embedding_dim)
 
     @property
     def trainable(self) -> bool:

@@ -122,5 +122,5 @@ class COIN(RetrievalModel):
         vecs, weights = self.interests(history, mask)  # (B, K, D), (B, K, L)
         target_emb = self.item_emb(target)  # (B, D)
         user = argmax_readout(vecs, target_emb)  # (B, D)
-        aux = self.contrast_weight * self.contrastive_loss(user, target_emb, users)
+        aux = self.routing_loss(weights) + self.contrast_weight * self.contrastive_loss(user, target_emb, users)
         return TrainOutput(user=user, interests=vecs, weights=weights, aux_loss=aux)

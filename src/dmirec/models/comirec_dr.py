@@ -54,4 +54,4 @@ class ComiRecDR(RetrievalModel):
             user = label_aware_readout(vecs, target_emb, self.label_aware_pow)  # (B, D)
         else:
             user = argmax_readout(vecs, target_emb)  # (B, D)
-        return TrainOutput(user=user, interests=vecs, weights=weights, aux_loss=vecs.new_zeros(()))
+        return TrainOutput(user=user, interests=vecs, weights=weights, aux_loss=self.routing_loss(weights))

@@ -236,4 +236,5 @@ class DMI(RetrievalModel):
             recon = F.mse_loss(x0_hat[rows, chosen], target_emb.detach() / c)
         user_vecs = self._outputs(vecs, x0_hat, c)  # (B, K or 2K, D)
         user = argmax_readout(user_vecs, target_emb)  # (B, D)
-        return TrainOutput(user=user, interests=user_vecs, weights=weights, aux_loss=self.recon_weight * recon)
+        aux = self.routing_loss(weights) + self.recon_weight * recon  # the backbone's W: REMI's regulariser
+        return TrainOutput(user=user, interests=user_vecs, weights=weights, aux_loss=aux)

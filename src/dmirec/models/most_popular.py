@@ -52,4 +52,4 @@ class MostPopular(RetrievalModel):
     def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
                       users: torch.Tensor | None = None) -> TrainOutput:
         vecs, weights = self.interests(history, mask)  # (B, 1, 1), (B, 1, L)
-        return TrainOutput(user=vecs[:, 0], interests=vecs, weights=weights, aux_loss=vecs.new_zeros(()))
+        return TrainOutput(user=vecs[:, 0], interests=vecs, weights=weights, aux_loss=self.routing_loss(weights))
