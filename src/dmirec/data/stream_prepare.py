@@ -2,27 +2,28 @@
 record batches, without ever holding the log as a DataFrame of raw-id strings.
 
 The in-memory path reads the whole log into a DataFrame whose id columns are Python strings
-(about 100 bytes per id, several GB per 10M rows). This path reads CSV (plain or gzip, with a
-header naming the columns) or Parquet in batches of ``batch_rows`` rows with pyarrow, turns each
-batch's ids into integer codes at once (first-seen order across the whole file, as
-``pandas.factorize`` does over the whole column), and keeps only the codes and float timestamps:
-16 bytes per row plus one copy of each distinct raw id. The ComiRec protocol then runs on the
-codes with the very same function as the in-memory path (``_comirec_split_codes``), and the
-folder is written by the same writer, so the output is identical byte for byte (tested).
+(about 100 bytes per id, several GB per 10M rows). This path reads the log with the one streaming
+reader (:func:`dmirec.data.logstream.iter_log`, also batch recommendation's) in batches of
+``batch_rows`` rows, turns each batch's ids into integer codes at once (first-seen order across
+the whole file, as ``pandas.factorize`` does over the whole column), and keeps only the codes and
+the timestamps: 16 bytes per row plus one copy of each distinct raw id. The ComiRec protocol then
+runs on the codes with the very same function as the in-memory path (``_comirec_split_codes``),
+and the folder is written by the same writer, so the output is identical byte for byte (tested).
 
-What it reads: id columns of strings or integers (raw ids are their text), numeric timestamps.
-Anything else (float or datetime columns, headerless CSV, RecBole, ComiRec splits) is an error
-that points to ``dmirec prepare`` without ``--stream``, which handles every format.
+What it reads: CSV/TSV (plain or gzip) with a header line naming the columns, and Parquet with
+string or integer id columns and numeric, string or datetime timestamps. Anything else
+(headerless CSV, float id columns, RecBole, ComiRec splits) is an error that points to
+``dmirec prepare`` without ``--stream``, which handles every format.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
+from .logstream import iter_log
 from .readers import InputError, infer_format
 
 __all__ = ["prepare_streaming"]
@@ -45,73 +46,20 @@ class _Codes:
         return known[local]
 
 
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
-
-
-def _batches(path: Path, fmt: str, cols: list[str], batch_rows: int) -> Iterator:
+def _check_id_types(path: Path, cols: dict[str, str]) -> None:
+    """Parquet id columns must hold strings or integers: a float id column is written as integers
+    only when every value in it is whole, a whole-column decision that `dmirec prepare` makes and
+    a stream of batches cannot."""
     import pyarrow as pa
 
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    from .logstream import parquet_columns
 
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise InputError(f"{path}: not a Parquet file ({e})") from None
-        missing = [c for c in cols if c not in pf.schema_arrow.names]
-        if missing:
-            raise InputError(f"{path}: missing column(s) {', '.join(map(repr, missing))} (the file has: "
-                             f"{', '.join(pf.schema_arrow.names)}); choose columns with --user-col/--item-col/--time-col")
-        yield from pf.iter_batches(batch_size=batch_rows, columns=list(dict.fromkeys(cols)))
-        return
-    import pyarrow.csv as pcsv
-
-    stream = pa.input_stream(str(path), compression="gzip" if _is_gzip(path) else None)
-    types = {cols[0]: pa.string(), cols[1]: pa.string(), cols[2]: pa.float64()}
-    try:
-        reader = pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=max(1 << 16, 48 * batch_rows)),
-                               convert_options=pcsv.ConvertOptions(column_types=types, include_columns=cols,
-                                                                   strings_can_be_null=False))
-        for batch in reader:
-            yield batch
-    except (pa.ArrowInvalid, pa.ArrowKeyError) as e:
-        raise InputError(f"{path}: {e} (the streaming reader needs a header naming the columns "
-                         f"{', '.join(map(repr, cols))}; `dmirec prepare` without --stream reads every layout)") from None
-
-
-def _ids(column, path: Path, role: str, name: str, first_row: int, line_offset: int) -> np.ndarray:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if pa.types.is_integer(column.type):
-        column = column.cast(pa.string())
-    elif not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise InputError(f"{path}: column {name!r} has type {column.type}; the streaming reader takes string or "
-                         f"integer ids (`dmirec prepare` without --stream converts others)")
-    bad = pc.or_(pc.is_null(column), pc.equal(pc.utf8_length(column), 0)).to_numpy(zero_copy_only=False)
-    if bad.any():
-        where = "line" if line_offset else "row"
-        raise InputError(f"{path}, {where} {first_row + int(np.argmax(bad)) + 1 + line_offset}: "
-                         f"missing or empty {role} id (column {name!r})")
-    return column.to_numpy(zero_copy_only=False)
-
-
-def _times(column, path: Path, name: str, first_row: int, line_offset: int) -> np.ndarray:
-    import pyarrow as pa
-
-    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-        raise InputError(f"{path}: column {name!r} has type {column.type}; the streaming reader takes numeric "
-                         f"timestamps (`dmirec prepare` without --stream converts datetimes)")
-    values = column.to_numpy(zero_copy_only=False)
-    ts = values.astype(np.float64)  # the protocol sorts on float(ts)
-    bad = ~np.isfinite(ts)
-    if bad.any():
-        where = "line" if line_offset else "row"
-        raise InputError(f"{path}, {where} {first_row + int(np.argmax(bad)) + 1 + line_offset}: "
-                         f"timestamp is missing or not a number (column {name!r})")
-    return ts
+    pf, cols = parquet_columns(path, cols)
+    for role in ("user", "item"):
+        kind = pf.schema_arrow.field(cols[role]).type
+        if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise InputError(f"{path}: column {cols[role]!r} has type {kind}; the streaming reader takes string or "
+                             f"integer ids (`dmirec prepare` without --stream converts others)")
 
 
 def prepare_streaming(input, outdir, format: str | None = None, core: int = 5, seed: int = 1230,
@@ -131,18 +79,19 @@ def prepare_streaming(input, outdir, format: str | None = None, core: int = 5, s
     if fmt not in ("csv", "parquet"):
         raise InputError(f"{path}: the streaming reader takes csv or parquet logs, not {fmt}; "
                          f"use `dmirec prepare` without --stream")
-    cols = [user_col, item_col, time_col]
+    if fmt == "parquet":
+        _check_id_types(path, {"user": user_col, "item": item_col, "timestamp": time_col})
     users, items = _Codes(), _Codes()
     u_parts, i_parts, t_parts = [], [], []
     rows = 0
-    line_offset = 1 if fmt == "csv" else 0  # csv errors name the file line (header = line 1)
-    for batch in _batches(path, fmt, cols, batch_rows):
-        u_parts.append(users.add(_ids(batch.column(user_col), path, "user", user_col, rows, line_offset))
-                       .astype(np.int32))
-        i_parts.append(items.add(_ids(batch.column(item_col), path, "item", item_col, rows, line_offset))
-                       .astype(np.int32))
-        t_parts.append(_times(batch.column(time_col), path, time_col, rows, line_offset))
-        rows += batch.num_rows
+    # csv: a header line naming the columns (a headerless log is refused: say which columns are which
+    # with `dmirec prepare` without --stream)
+    for batch in iter_log(path, fmt, user_col=user_col, item_col=item_col, time_col=time_col, header=True,
+                          batch_rows=batch_rows):
+        u_parts.append(users.add(batch.users).astype(np.int32))
+        i_parts.append(items.add(batch.items).astype(np.int32))
+        t_parts.append(batch.timestamps)  # int64 or float64 by batch; concatenated as the whole column reads
+        rows += len(batch.users)
     if rows == 0:
         raise InputError(f"{path}: no interactions (0 rows)")
     u_codes, i_codes, ts = np.concatenate(u_parts), np.concatenate(i_parts), np.concatenate(t_parts)

@@ -8,8 +8,8 @@ file with one row per candidate, columns ``user`` (str), ``rank`` (int32, 1-base
 (str, raw id), ``score`` (float32), ``interest`` (int32), users in input order.
 
 Streaming and memory bound. CSV/TSV (plain or gzip), RecBole ``.inter`` and Parquet inputs are
-read in record batches (``pyarrow.csv.open_csv`` / ``ParquetFile.iter_batches``), never whole.
-They must have each user's rows contiguous ("grouped by user", as the shared datasets are); a
+read in record batches by the one streaming log reader (:func:`dmirec.data.logstream.iter_log`,
+shared with ``dmirec prepare --stream``), never whole. They must have each user's rows contiguous ("grouped by user", as the shared datasets are); a
 user whose rows reappear after another user's is an error naming the user and the row.
 Completed users are scored ``chunk_users`` at a time and each chunk is written as its own
 Parquet row group, so memory holds at most: the bundle, one input batch (``batch_rows`` rows),
@@ -24,7 +24,6 @@ complete.
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..data import readers as _readers
+from ..data.logstream import LogBatch, LogInputError, iter_log
 from .bundle import Bundle, load_bundle
 
 OUTPUT_SCHEMA = pa.schema([
@@ -48,211 +47,8 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 
 
-class BatchInputError(_readers.InputError):
-    """The interaction log cannot be streamed; the message names the file and the row."""
-
-
-@dataclass
-class LogBatch:
-    users: np.ndarray  # (R,) object array of str
-    items: np.ndarray  # (R,) object array of str
-    timestamps: np.ndarray  # (R,) int64 or float64
-    first_row: int  # 1-based data row number of the first row (header not counted)
-
-
-# ----------------------------------------------------------------------------------------------
-# streaming readers
-
-
-def _first_line(path: Path) -> str:
-    try:
-        return _readers._first_line(path) or ""
-    except _readers.InputError as exc:
-        if _readers._is_gzip(path):
-            raise BatchInputError(str(_readers.gzip_error(path, str(exc)))) from None
-        raise BatchInputError(str(exc)) from None
-
-
-def _stream_error(path: Path, row: int, exc: Exception) -> BatchInputError:
-    """A parse or read error of the streamed log, naming the file (and the gzip problem, if any)."""
-    if _readers._is_gzip(path):
-        why = _readers.gzip_problem(path)
-        if why is not None:
-            return BatchInputError(str(_readers.gzip_error(path, why)))
-    return BatchInputError(f"{path}: cannot read near data row {row} ({exc})")
-
-
-def _infer_format(path: Path) -> str:
-    from ..data.readers import infer_format
-
-    return infer_format(path)
-
-
-def _parse_timestamps(values: np.ndarray, path: Path, first_row: int) -> np.ndarray:
-    """Timestamps from strings exactly as :func:`dmirec.data.readers.read_csv` parses them."""
-    def where(i: int, value) -> BatchInputError:
-        return BatchInputError(f"{path}, data row {first_row + i}: timestamp {value!r} is not a number")
-
-    return _readers._parse_timestamps(pd.Series(values, dtype=object), where)
-
-
-def _check_ids(users: np.ndarray, items: np.ndarray, path: Path, first_row: int) -> None:
-    def describe(i: int, what: str) -> BatchInputError:
-        return BatchInputError(f"{path}, data row {first_row + i}: {what}")
-
-    _readers._check_ids({"user": users, "item": items}, describe)
-
-
-def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: bool,
-                    batch_rows: int) -> Iterator[LogBatch]:
-    import pyarrow.csv as pacsv
-
-    first = _first_line(path)
-    if first.strip() == "":
-        raise BatchInputError(f"{path}: empty file or blank first line")
-    quoting = csv.QUOTE_NONE if recbole else csv.QUOTE_MINIMAL
-    field_names = _readers._recbole_name if recbole else None
-    try:  # the header guess and column positions of read_csv
-        fields, header, pos = _readers.locate_columns(path, first, sep, quoting, cols, True if recbole else "infer",
-                                                      field_names)
-    except _readers.InputError as exc:
-        raise BatchInputError(str(exc)) from None
-    column_names = [f"c{j}" for j in range(len(fields))]
-    want = {r: f"c{p}" for r, p in pos.items()}
-    read_opts = pacsv.ReadOptions(column_names=column_names, skip_rows=1 if header else 0,
-                                  block_size=1 << 22)
-    parse_opts = pacsv.ParseOptions(delimiter=sep, quote_char=False if recbole else '"')
-    conv_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in column_names},
-                                     include_columns=list(dict.fromkeys(want.values())),
-                                     strings_can_be_null=False)
-    stream = pa.input_stream(str(path), compression="gzip" if _readers._is_gzip(path) else None)
-    try:
-        reader = pacsv.open_csv(stream, read_options=read_opts, parse_options=parse_opts,
-                                convert_options=conv_opts)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise _stream_error(path, 1, exc) from None
-    row = 1
-    while True:
-        try:
-            rb = reader.read_next_batch()
-        except StopIteration:
-            break
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise _stream_error(path, row, exc) from None
-        for start in range(0, rb.num_rows, batch_rows):
-            part = rb.slice(start, batch_rows)
-            users = part.column(want["user"]).to_numpy(zero_copy_only=False).astype(object)
-            items = part.column(want["item"]).to_numpy(zero_copy_only=False).astype(object)
-            raw_ts = part.column(want["timestamp"]).to_numpy(zero_copy_only=False).astype(object)
-            _check_ids(users, items, path, row)
-            yield LogBatch(users, items, _parse_timestamps(raw_ts, path, row), row)
-            row += part.num_rows
-
-
-def _arrow_ids(col: pa.Array) -> np.ndarray:
-    if pa.types.is_floating(col.type):
-        vals = col.to_numpy(zero_copy_only=False)
-        if np.all(vals == np.trunc(vals)):
-            return vals.astype(np.int64).astype(str).astype(object)
-        return vals.astype(str).astype(object)
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        col = col.cast(pa.string())
-    return col.to_numpy(zero_copy_only=False).astype(object)
-
-
-def _arrow_times(col: pa.Array) -> np.ndarray:
-    if pa.types.is_timestamp(col.type):
-        ns = col.cast(pa.timestamp("ns")).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        return ns // 10**9 if np.all(ns % 10**9 == 0) else ns / 1e9
-    if pa.types.is_integer(col.type):
-        return col.to_numpy(zero_copy_only=False).astype(np.int64)
-    if pa.types.is_floating(col.type):
-        return col.to_numpy(zero_copy_only=False).astype(np.float64)
-    return col.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
-
-
-def _iter_parquet(path: Path, cols: dict[str, str], batch_rows: int) -> Iterator[LogBatch]:
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise BatchInputError(f"{path}: not a Parquet file ({exc})") from None
-    cols = _readers.resolve_aliases(list(pf.schema_arrow.names), cols)
-    missing = [c for c in cols.values() if c not in pf.schema_arrow.names]
-    if missing:
-        raise BatchInputError(f"{path}: missing column(s) {', '.join(map(repr, missing))} "
-                              f"(the file has: {', '.join(pf.schema_arrow.names)}); {_readers.COLUMN_HINT}")
-    row = 1
-    for rb in pf.iter_batches(batch_size=batch_rows, columns=list(dict.fromkeys(cols.values()))):
-        for role in ("user", "item", "timestamp"):
-            nulls = rb.column(cols[role]).null_count
-            if nulls:
-                i = int(np.argmax(rb.column(cols[role]).is_null().to_numpy(zero_copy_only=False)))
-                raise BatchInputError(f"{path}, row {row + i}: missing {role}")
-        users = _arrow_ids(rb.column(cols["user"]))
-        items = _arrow_ids(rb.column(cols["item"]))
-        ts = _arrow_times(rb.column(cols["timestamp"]))
-        if ts.dtype == object:
-            ts = _parse_timestamps(ts, path, row)
-        _check_ids(users, items, path, row)
-        yield LogBatch(users, items, ts, row)
-        row += rb.num_rows
-
-
-def _iter_comirec(path: Path, batch_rows: int) -> Iterator[LogBatch]:
-    from ..data.readers import read_log
-
-    split = read_log(path, format="comirec")
-    frames = [split.splits[s] for s in ("train", "valid", "test") if len(split.splits[s])]
-    df = pd.concat(frames, ignore_index=True)
-
-    def mapped(values: np.ndarray, table: pd.DataFrame | None) -> np.ndarray:
-        if table is None:
-            return values.astype(str).astype(object)
-        lookup = pd.Series(table["raw"].to_numpy(), index=table["new"].to_numpy())
-        out = lookup.reindex(values).to_numpy(dtype=object)
-        missing = pd.isna(out)
-        out[missing] = values[missing].astype(str)
-        return out
-
-    users = mapped(df["user"].to_numpy(), split.user_map)
-    items = mapped(df["item"].to_numpy(), split.item_map)
-    ts = df["timestamp"].to_numpy(dtype=np.int64)
-    for s in range(0, len(df), batch_rows):
-        yield LogBatch(users[s:s + batch_rows], items[s:s + batch_rows], ts[s:s + batch_rows], s + 1)
-
-
-def iter_log(path: str | Path, format: str | None = None, *, user_col: str | int = "user_id",
-             item_col: str | int = "item_id", time_col: str | int = "timestamp", sep: str | None = None,
-             batch_rows: int = 65_536) -> Iterator[LogBatch]:
-    """Stream an interaction log as :class:`LogBatch` es (formats as :func:`dmirec.data.readers.read_log`)."""
-    path = Path(path)
-    if not path.exists():
-        raise BatchInputError(f"{path}: no such file")
-    fmt = format or _infer_format(path)
-    if fmt != "comirec" and not path.is_dir() and not _readers.is_regular_file(path):
-        return _iter_spooled(path, fmt, user_col=user_col, item_col=item_col, time_col=time_col, sep=sep,
-                             batch_rows=batch_rows)
-    cols = {"user": user_col, "item": item_col, "timestamp": time_col}
-    if fmt == "csv":
-        if sep is None:
-            sep = "\t" if path.name.lower().endswith((".tsv", ".tsv.gz")) else ","
-        return _iter_delimited(path, sep, cols, False, batch_rows)
-    if fmt == "recbole":
-        return _iter_delimited(path, "\t", cols, True, batch_rows)
-    if fmt == "parquet":
-        return _iter_parquet(path, cols, batch_rows)
-    if fmt == "comirec":
-        return _iter_comirec(path, batch_rows)
-    raise BatchInputError(f"{path}: unknown format {fmt!r}; expected csv, parquet, recbole or comirec")
-
-
-def _iter_spooled(path: Path, fmt: str, **kw) -> Iterator[LogBatch]:
-    """A pipe or /dev/stdin: stream a temporary copy on disk (the readers open the file twice)."""
-    with _readers.seekable_path(path) as tmp:
-        try:
-            yield from iter_log(tmp, fmt, **kw)
-        except BatchInputError as exc:
-            raise _readers._rename_errors(exc, tmp, path) from None
+# the streaming reader's error and batch, under the names this module has always exported
+BatchInputError = LogInputError
 
 
 # ----------------------------------------------------------------------------------------------
