@@ -94,6 +94,7 @@ def _check_ids(batch: LogBatch, path: Path) -> None:
 def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: bool, header,
                     batch_rows: int) -> Iterator[LogBatch]:
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
     first = _first_line(path)
@@ -130,14 +131,30 @@ def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: b
             raise _stream_error(path, where(row, offset), exc) from None
         for start in range(0, rb.num_rows, batch_rows):
             part = rb.slice(start, batch_rows)
-            batch = LogBatch(part.column(want["user"]).to_numpy(zero_copy_only=False).astype(object),
-                             part.column(want["item"]).to_numpy(zero_copy_only=False).astype(object),
-                             np.zeros(0), row, offset)
-            _check_ids(batch, path)
-            raw_ts = part.column(want["timestamp"]).to_numpy(zero_copy_only=False).astype(object)
-            batch.timestamps = _parse_timestamps(raw_ts, path, batch)
+            batch = LogBatch(np.zeros(0), np.zeros(0), np.zeros(0), row, offset)
+            for role in ("user", "item"):
+                column = part.column(want[role])
+                empty = pc.equal(pc.utf8_length(column), 0).to_numpy(zero_copy_only=False)  # (R,)
+                if empty.any():
+                    i = int(np.argmax(empty))
+                    raise LogInputError(f"{path}, {batch.where(i)}: missing or empty {role} id")
+            batch.users = part.column(want["user"]).to_numpy(zero_copy_only=False).astype(object)
+            batch.items = part.column(want["item"]).to_numpy(zero_copy_only=False).astype(object)
+            batch.timestamps = _text_times(part.column(want["timestamp"]), path, batch)
             yield batch
             row += part.num_rows
+
+
+def _text_times(column, path: Path, batch: LogBatch) -> np.ndarray:
+    """A text column of timestamps: int64 straight from pyarrow when every value is a plain integer
+    (what pandas' to_numeric reads as integers too), else parsed as read_csv parses them."""
+    import pyarrow as pa
+
+    try:
+        return column.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raw = column.to_numpy(zero_copy_only=False).astype(object)
+        return _parse_timestamps(raw, path, batch)
 
 
 def _arrow_ids(col) -> np.ndarray:
