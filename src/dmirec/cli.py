@@ -8,7 +8,7 @@
     dmirec compare RUN_DIR... [--by model] [--metric recall@50] [--out FILE.md|FILE.html]
     dmirec fit-repeat RUN_DIR [--output repeat.json]
     dmirec export RUN_DIR BUNDLE_DIR
-    dmirec index BUNDLE_DIR --kind flat|hnsw|ivf
+    dmirec index BUNDLE_DIR --kind flat|hnsw|ivf|ivfpq
     dmirec serve BUNDLE_DIR --port 8000
     dmirec recommend BUNDLE_DIR --input LOG --output candidates.parquet -n 200
     dmirec synth OUT.parquet [--preset books|100m|small] [--users N --items N --clusters C --seed S]
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="build a faiss index in a bundle and measure its recall")
     p.add_argument("bundle_dir")
-    p.add_argument("--kind", choices=["flat", "hnsw", "ivf"], default="flat")
+    p.add_argument("--kind", choices=["flat", "hnsw", "ivf", "ivfpq"], default="flat")
     p.add_argument("--hnsw-m", type=int, default=None)
     p.add_argument("--ef-construction", type=int, default=None)
     p.add_argument("--ef-search", type=int, default=None)
@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--recall-n", type=int, default=None)
     p.add_argument("--train-size", type=int, default=None, help="IVF: vectors used to train the coarse quantiser")
+    p.add_argument("--pq-m", type=int, default=None, help="ivfpq: bytes per vector (divides D; default 8)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
 

@@ -10,7 +10,7 @@ with -inf and the interests with -1. ``exclude`` removes items per user (history
 sequence of B id lists, or a CSR (:class:`ExcludeCSR`, or anything with ``indptr``/``indices``).
 
 Backends: ``"torch"`` (:class:`ExactTorchSearch`, exact, bounded memory, CPU or GPU: the
-reference) and ``"faiss"`` (:class:`FaissSearch`, exact ``IndexFlatIP`` by default or a prebuilt
+reference) and ``"faiss"`` (:class:`FaissSearch`, exact ``IDMap2,Flat`` by default or a prebuilt
 ANN index). For repeated searches over the same catalogue, build a searcher once with
 :func:`make_searcher` and call its ``search(queries, n, exclude=None)``.
 """

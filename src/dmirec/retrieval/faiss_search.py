@@ -5,12 +5,16 @@ of items that user excludes, so that exclusion never leaves a list short); the K
 merged by score, de-duplicated keeping each item's best score (and the interest that gave it),
 excluded items dropped, and the result cut to ``n`` — the serving protocol of docs/design.md.
 
-The default index is ``faiss.IndexFlatIP`` (exact inner product), which must agree with
+Every index dmirec builds is made by ``faiss.index_factory`` from a string (:func:`item_index`:
+``"Flat"``, ``"HNSW32"``, ``"IVF1024,Flat"``, ``"IVF1024,PQ16"``) under an ``IDMap2``, with the
+items added under their own ids 1..N (:func:`add_items`; the padding row is not indexed), so a
+label is an item id. The default index is the exact ``IDMap2,Flat``, which must agree with
 :class:`dmirec.retrieval.exact.ExactTorchSearch` up to float rounding and ties. A prebuilt index
-(HNSW, IVF, ...) can be passed instead; it must use the inner-product metric and hold items
-1..N under faiss ids 0..N-1 (faiss id = item id - 1: the padding row is not indexed). Search
-parameters of such an index (``efSearch``, ``nprobe``) are the caller's to set, and its scores
-are whatever the index returns (approximate for compressed indexes).
+can be passed instead; it must use the inner-product metric. One without an id map (built by
+hand, or a bundle's index from before the id map) must hold items 1..N in order, so that faiss'
+sequential label l is item l + 1; it is read that way. Search parameters (``efSearch``,
+``nprobe``) are set by :func:`set_search_params`, and scores are whatever the index returns
+(approximate for compressed indexes).
 
 :func:`merge_candidates` is the numpy merge on its own, reusable by any backend that produces
 per-interest candidate lists.
@@ -37,7 +41,38 @@ from dmirec.retrieval.exact import (
     check_search_args,
 )
 
-__all__ = ["FaissSearch", "merge_candidates"]
+__all__ = ["FaissSearch", "merge_candidates", "item_index", "add_items", "set_search_params", "inner_index"]
+
+
+def item_index(spec: str, dim: int) -> Any:
+    """An empty inner-product index from a ``faiss.index_factory`` string, under an ``IDMap2`` so
+    that its labels are the ids it is given (item ids)."""
+    return faiss.index_factory(int(dim), f"IDMap2,{spec}", faiss.METRIC_INNER_PRODUCT)
+
+
+def add_items(index: Any, items: np.ndarray, chunk: int = 262_144) -> Any:
+    """Add ``items[1:]`` ((N + 1, D), row 0 = padding) under their item ids 1..N; returns ``index``."""
+    x = np.ascontiguousarray(items[1:], dtype=np.float32)  # (N, D)
+    for start in range(0, len(x), chunk):
+        ids = np.arange(start + 1, start + 1 + len(x[start:start + chunk]), dtype=np.int64)  # (C,)
+        index.add_with_ids(x[start:start + chunk], ids)
+    return index
+
+
+def inner_index(index: Any) -> Any:
+    """The index under an id map (the index itself when there is none), as its own faiss class."""
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+
+def set_search_params(index: Any, params: dict[str, Any]) -> Any:
+    """Apply the search-time knobs in ``params`` (``ef_search``, ``nprobe``) to the index, through
+    an id map; returns ``index``."""
+    inner = inner_index(index)
+    if "ef_search" in params and hasattr(inner, "hnsw"):
+        inner.hnsw.efSearch = int(params["ef_search"])
+    if "nprobe" in params and hasattr(inner, "nprobe"):
+        inner.nprobe = int(params["nprobe"])
+    return index
 
 
 def _rows_csr(excl: ExcludeCSR | None, rows: np.ndarray) -> list[np.ndarray] | None:
@@ -116,7 +151,8 @@ class FaissSearch:
     """Per-interest faiss search plus the K * n merge.
 
     ``items``: (N + 1, D), row 0 = padding. ``index``: a prebuilt inner-product faiss index over
-    items 1..N (faiss id = item id - 1), or None for an exact ``IndexFlatIP``. ``user_chunk``
+    items 1..N (labels = item ids; see the module docstring for one without an id map), or None
+    for the exact ``IDMap2,Flat``. ``user_chunk``
     users are searched at a time, bounding the candidate arrays to ``user_chunk * K * (n +
     max excluded)`` entries. ``num_threads``, when given, calls ``faiss.omp_set_num_threads``
     (a process-wide setting).
@@ -138,7 +174,7 @@ class FaissSearch:
         self.user_chunk = int(user_chunk)
         if num_threads is not None:
             faiss.omp_set_num_threads(int(num_threads))
-        self.approximate = index is not None and not isinstance(index, faiss.IndexFlat)
+        self.approximate = index is not None and not isinstance(inner_index(index), faiss.IndexFlat)
         self._items = e if self.approximate else None  # (N + 1, D), for the exact fallback
         self._exact: Any = None
         self.exact_fallbacks = 0
@@ -154,13 +190,16 @@ class FaissSearch:
                 )
             if index.metric_type != faiss.METRIC_INNER_PRODUCT:
                 raise ValueError("index must use the inner-product metric (METRIC_INNER_PRODUCT)")
+            if isinstance(index, faiss.IndexIDMap):
+                ids = faiss.vector_to_array(index.id_map)  # (N,)
+                if not np.array_equal(np.sort(ids), np.arange(1, self.num_items + 1)):
+                    raise ValueError(f"the index's ids must be the item ids 1..{self.num_items}")
         self.index = index
+        # labels are item ids under an id map; a plain index holds items 1..N in order (label + 1)
+        self._label_offset = 0 if isinstance(index, faiss.IndexIDMap) else 1
 
     def _flat_index(self, e: np.ndarray) -> Any:
-        index = faiss.IndexFlatIP(self.dim)
-        if self.num_items:
-            index.add(np.ascontiguousarray(e[1:], dtype=np.float32))  # (N, D)
-        return index
+        return add_items(item_index("Flat", self.dim), e)
 
     def _search_index(self, index: Any, q: np.ndarray, n: int, excl: ExcludeCSR | None) -> SearchResult:
         """One index query per interest, then the merge: q (C, K, D) -> top n per user."""
@@ -169,7 +208,8 @@ class FaissSearch:
         kk = min(self.num_items, n + extra)
         flat = np.ascontiguousarray(q.reshape(chunk * k, self.dim))  # (C*K, D)
         dist, lab = index.search(flat, kk)  # (C*K, kk) each
-        ids = np.where(lab >= 0, lab + 1, -1).reshape(chunk, k * kk)  # (C, K*kk)
+        offset = self._label_offset if index is self.index else 0
+        ids = np.where(lab >= 0, lab + offset, -1).reshape(chunk, k * kk)  # (C, K*kk) item ids
         sc = dist.astype(np.float32).reshape(chunk, k * kk)  # (C, K*kk)
         it = np.broadcast_to(np.repeat(np.arange(k), kk), (chunk, k * kk))  # (C, K*kk)
         return merge_candidates(ids, sc, it, n, excl)

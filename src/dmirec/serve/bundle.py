@@ -518,19 +518,20 @@ def _repeat_info(stage) -> dict[str, Any] | None:
 
 
 def load_faiss_index(path: Path, info: dict[str, Any]):
-    """Read a faiss index and apply its search parameters (efSearch / nprobe) from ``info``."""
+    """Read a faiss index and apply its search parameters (efSearch / nprobe) from ``info``.
+
+    Indexes built now carry the item ids (an ``IDMap2``); one from before the id map holds items
+    1..N in order and is still read (:class:`dmirec.retrieval.FaissSearch` maps its labels)."""
     import faiss
+
+    from ..retrieval.faiss_search import set_search_params
 
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as exc:
-        raise BundleError(f"{path}: cannot read the faiss index ({exc})") from None
-    params = info.get("params", {})
-    if "ef_search" in params and hasattr(index, "hnsw"):
-        index.hnsw.efSearch = int(params["ef_search"])
-    if "nprobe" in params and hasattr(index, "nprobe"):
-        index.nprobe = int(params["nprobe"])
-    return index
+        raise BundleError(f"{path}: cannot read the faiss index ({exc}); rebuild it with "
+                          f"`dmirec index {path.parent} --kind {info.get('kind', 'flat')}`") from None
+    return set_search_params(index, info.get("params", {}))
 
 
 def load_bundle(path: str | Path, *, verify: bool = True, use_index: bool = True, exact_backend: str = "torch",

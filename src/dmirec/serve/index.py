@@ -1,7 +1,9 @@
-"""``dmirec index BUNDLE --kind flat|hnsw|ivf``: a faiss index over a bundle's item embeddings.
+"""``dmirec index BUNDLE --kind flat|hnsw|ivf|ivfpq``: a faiss index over a bundle's item embeddings.
 
-The index uses the inner-product metric and holds items 1..N under faiss ids 0..N-1 (the
-contract of :class:`dmirec.retrieval.FaissSearch`). Building it also measures what it loses:
+Each kind is a ``faiss.index_factory`` string (:data:`FACTORY`, recorded in the manifest as
+``params["factory"]``) built under an ``IDMap2`` with the inner-product metric, the items added
+under their own ids 1..N (:func:`dmirec.retrieval.faiss_search.item_index` / ``add_items``), so
+a label is an item id. Building it also measures what it loses:
 recall@N of the approximate top-N against exact search, on the bundle's sample of validation
 users' interest vectors, both per interest query and after the multi-interest merge that serving
 performs. The measured recall, the parameters and the build time are stored in the manifest
@@ -10,9 +12,12 @@ without knowing what it costs in recall.
 
 Kinds and their knobs:
 
-* ``flat``: ``IndexFlatIP``, exact (recall 1 up to ties), linear in N per query.
-* ``hnsw``: ``IndexHNSWFlat`` (``hnsw_m`` links per node, ``ef_construction``, ``ef_search``).
-* ``ivf``: ``IndexIVFFlat`` with an inner-product coarse quantizer (``nlist`` k-means cells
+* ``flat`` (``"Flat"``): exact (recall 1 up to ties), linear in N per query.
+* ``hnsw`` (``"HNSW{hnsw_m}"``): a graph (``hnsw_m`` links per node, ``ef_construction``, ``ef_search``).
+* ``ivfpq`` (``"IVF{nlist},PQ{pq_m}"``): ``ivf`` with each vector compressed to ``pq_m`` bytes
+  (``pq_m`` sub-vectors of 256 centroids each; ``pq_m`` divides D, 8 by default): scores are
+  approximate, memory D * 4 / ``pq_m`` times smaller. Its codebooks need at least 256 training items.
+* ``ivf`` (``"IVF{nlist},Flat"``): an inner-product coarse quantizer (``nlist`` k-means cells
   trained on at most ``train_size`` items, ``nprobe`` cells visited per query). k-means needs
   about ``MIN_POINTS_PER_CELL`` (39, faiss' own threshold) training items per cell: without an
   explicit ``nlist`` it is chosen to fit the catalogue (at most 1024; ``nprobe`` 32 or ``nlist``
@@ -34,12 +39,15 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..retrieval import merge_candidates
+from ..retrieval.faiss_search import add_items, inner_index, item_index, set_search_params
 from .bundle import (INDEX_FILE, Bundle, BundleError, faiss_version, file_entry, load_faiss_index,
                      write_manifest)
 
-KINDS = ("flat", "hnsw", "ivf")
-DEFAULTS = {"hnsw_m": 32, "ef_construction": 200, "ef_search": 128, "nlist": 1024, "nprobe": 32}
+KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+FACTORY = {"flat": "Flat", "hnsw": "HNSW{hnsw_m}", "ivf": "IVF{nlist},Flat", "ivfpq": "IVF{nlist},PQ{pq_m}"}
+DEFAULTS = {"hnsw_m": 32, "ef_construction": 200, "ef_search": 128, "nlist": 1024, "nprobe": 32, "pq_m": 8}
 MIN_POINTS_PER_CELL = 39  # faiss warns below this many training points per k-means centroid
+PQ_CENTROIDS = 256  # 8-bit codes: each sub-quantizer is k-means with 256 centroids
 
 
 def fit_ivf_params(num: int, nlist: int | None, nprobe: int | None, train_size: int | None
@@ -73,43 +81,55 @@ def fit_ivf_params(num: int, nlist: int | None, nprobe: int | None, train_size: 
 def make_index(items: np.ndarray, kind: str, *, hnsw_m: int = DEFAULTS["hnsw_m"],
                ef_construction: int = DEFAULTS["ef_construction"], ef_search: int = DEFAULTS["ef_search"],
                nlist: int | None = None, nprobe: int | None = None, train_size: int | None = None,
-               seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """Build an inner-product index over ``items[1:]`` ((N + 1, D), row 0 = padding).
+               pq_m: int = DEFAULTS["pq_m"], seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Build an inner-product index over ``items[1:]`` ((N + 1, D), row 0 = padding), labels = item ids.
 
-    Returns the index and the parameters that define it (stored in the manifest).
+    Returns the index and the parameters that define it (stored in the manifest), its factory
+    string among them.
     """
     x = np.ascontiguousarray(items[1:], dtype=np.float32)  # (N, D)
     num, dim = x.shape
     if num == 0:
         raise BundleError("the catalogue is empty: nothing to index")
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-        params: dict[str, Any] = {}
-    elif kind == "hnsw":
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; choose one of {KINDS}")
+    params: dict[str, Any] = {}
+    if kind == "hnsw":
         if hnsw_m < 2 or ef_construction < 1 or ef_search < 1:
             raise ValueError("hnsw needs hnsw_m >= 2, ef_construction >= 1 and ef_search >= 1")
-        index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = int(ef_construction)
-        index.hnsw.efSearch = int(ef_search)
         params = {"hnsw_m": int(hnsw_m), "ef_construction": int(ef_construction), "ef_search": int(ef_search)}
-    elif kind == "ivf":
+    elif kind in ("ivf", "ivfpq"):
+        notes: list[str] = []
+        if kind == "ivfpq":
+            if pq_m < 1 or dim % pq_m:
+                raise ValueError(f"ivfpq: pq_m={pq_m} must divide the embedding size {dim}")
+            trainable = min(num, int(train_size)) if train_size else num
+            if trainable < PQ_CENTROIDS:
+                raise ValueError(f"ivfpq: {trainable} training items cannot train codebooks of {PQ_CENTROIDS} "
+                                 f"centroids; use ivf or hnsw")
         nlist, nprobe, notes = fit_ivf_params(num, nlist, nprobe, train_size)
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, int(nlist), faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = int(seed)
         size = min(num, int(train_size) if train_size else max(64 * int(nlist), 10_000))
-        rng = np.random.default_rng(seed)
-        sample = x if size >= num else x[np.sort(rng.choice(num, size=size, replace=False))]  # (T, D)
-        index.train(np.ascontiguousarray(sample))
-        index.nprobe = int(nprobe)
         params = {"nlist": int(nlist), "nprobe": int(nprobe), "train_size": int(size), "seed": int(seed)}
+        if kind == "ivfpq":
+            params["pq_m"] = int(pq_m)
         if notes:
             params["chosen"] = "; ".join(notes)
-    else:
-        raise ValueError(f"unknown index kind {kind!r}; choose one of {KINDS}")
-    for start in range(0, num, 262_144):
-        index.add(x[start:start + 262_144])
-    return index, params
+    spec = FACTORY[kind].format(**params)
+    index = item_index(spec, dim)
+    inner = inner_index(index)
+    if kind == "hnsw":
+        inner.hnsw.efConstruction = int(ef_construction)
+    if kind in ("ivf", "ivfpq"):
+        inner.cp.seed = int(seed)
+        if kind == "ivfpq":
+            inner.pq.cp.seed = int(seed)
+        rng = np.random.default_rng(seed)
+        size = params["train_size"]
+        sample = x if size >= num else x[np.sort(rng.choice(num, size=size, replace=False))]  # (T, D)
+        index.train(np.ascontiguousarray(sample))
+    set_search_params(index, params)
+    add_items(index, items)
+    return index, {"factory": spec, **params}
 
 
 def measure_recall(index: Any, items: np.ndarray, queries: np.ndarray, n: int = 50,
@@ -128,10 +148,9 @@ def measure_recall(index: Any, items: np.ndarray, queries: np.ndarray, n: int = 
     if users == 0:
         return {"n": int(n), "users": 0, "queries": 0, "per_interest": None, "merged": None}
     flat_q = q.reshape(users * k, dim)  # (S*K, D)
-    exact = faiss.IndexFlatIP(dim)
-    exact.add(e)
-    ex_sc, ex_lab = exact.search(flat_q, n_eff)  # (S*K, n) each
-    ap_sc, ap_lab = index.search(flat_q, n_eff)  # (S*K, n) each
+    exact = add_items(item_index("Flat", dim), items)
+    ex_sc, ex_lab = exact.search(flat_q, n_eff)  # (S*K, n) each, item ids
+    ap_sc, ap_lab = index.search(flat_q, n_eff)  # (S*K, n) each, item ids
 
     def overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Per row, |set(a) ∩ set(b)| over valid (>= 0) entries; rows hold distinct ids."""
@@ -145,7 +164,7 @@ def measure_recall(index: Any, items: np.ndarray, queries: np.ndarray, n: int = 
     per_interest = overlap(ap_lab, ex_lab) / np.maximum((ex_lab >= 0).sum(axis=1), 1)  # (S*K,)
 
     def merged(sc: np.ndarray, lab: np.ndarray) -> np.ndarray:
-        ids = np.where(lab >= 0, lab + 1, -1).reshape(users, k * n_eff)  # (S, K*n)
+        ids = np.where(lab > 0, lab, -1).reshape(users, k * n_eff)  # (S, K*n)
         it = np.broadcast_to(np.repeat(np.arange(k), n_eff), (users, k * n_eff))  # (S, K*n)
         return merge_candidates(ids, sc.reshape(users, k * n_eff), it, n_eff).ids  # (S, n)
 
@@ -180,7 +199,7 @@ def build_index(bundle_dir: str | Path, kind: str = "hnsw", *, recall_n: int = 5
     """Build a ``kind`` index for the bundle, measure its recall, store both; returns the index info.
 
     ``options``: ``hnsw_m``, ``ef_construction``, ``ef_search`` (hnsw); ``nlist``, ``nprobe``,
-    ``train_size``, ``seed`` (ivf). ``threads`` sets faiss' OpenMP threads for the build.
+    ``train_size``, ``seed`` (ivf, ivfpq); ``pq_m`` (ivfpq). ``threads`` sets faiss' OpenMP threads for the build.
     The info is ``manifest["index"]``: kind, file, params, recall (see :func:`measure_recall`),
     build_seconds, faiss_version.
     """
@@ -220,7 +239,7 @@ def build_index(bundle_dir: str | Path, kind: str = "hnsw", *, recall_n: int = 5
 
 
 def format_index_report(info: dict[str, Any], num_items: int) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in info["params"].items() if k != "chosen") or "exact"
+    params = ", ".join(f"{k}={v}" for k, v in info["params"].items() if k not in ("chosen", "factory")) or "exact"
     r = info["recall"]
     if r.get("users"):
         rec = (f"recall@{r['n']} vs exact search on {r['users']} sample users: {r['merged']:.4f} merged "
@@ -231,4 +250,4 @@ def format_index_report(info: dict[str, Any], num_items: int) -> str:
     return f"built {info['kind']} index ({params}) over {num_items} items in {info['build_seconds']:.1f} s\n{rec}"
 
 
-__all__ = ["KINDS", "DEFAULTS", "make_index", "measure_recall", "build_index", "load_faiss_index"]
+__all__ = ["KINDS", "FACTORY", "DEFAULTS", "make_index", "measure_recall", "build_index", "load_faiss_index"]
