@@ -110,7 +110,8 @@ def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: b
     offset = 1 if has_header else 0
     column_names = [f"c{j}" for j in range(len(fields))]
     want = {r: f"c{p}" for r, p in pos.items()}
-    read_opts = pacsv.ReadOptions(column_names=column_names, skip_rows=offset, block_size=1 << 22)
+    block = max(1 << 22, min(48 * batch_rows, 1 << 26))  # bytes per pyarrow block: about batch_rows rows
+    read_opts = pacsv.ReadOptions(column_names=column_names, skip_rows=offset, block_size=block)
     parse_opts = pacsv.ParseOptions(delimiter=sep, quote_char=False if recbole else '"')
     conv_opts = pacsv.ConvertOptions(column_types={c: pa.string() for c in column_names},
                                      include_columns=list(dict.fromkeys(want.values())),
