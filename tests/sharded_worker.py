@@ -20,7 +20,7 @@ from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import TrainSampler
 from dmirec.dist import Context
 from dmirec.losses import NegativeSampler
-from dmirec.models import build_model
+from dmirec.models import build_model, set_routing_reg
 from dmirec.train import loss_with_negatives, make_config, train
 
 
@@ -38,8 +38,8 @@ def one_step_gradients(cfg, data_dir: str, out: str) -> None:
     batch = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=cfg.seed).sample()
     neg = NegativeSampler(data.num_items).sample(cfg.num_negatives, torch.Generator().manual_seed(cfg.seed + 1))
     share = Context(rank=rank, world=world).share(cfg.batch_size)
-    ddp = sharded.wrap(model, lambda m, h, mk, t, n, u: loss_with_negatives(m, cfg, h, mk, t, n, None, u,
-                                                                           reg_scale=float(world)),
+    set_routing_reg(model, cfg.routing_reg * world)  # as train() does under DDP: a per-rank sum, averaged
+    ddp = sharded.wrap(model, lambda m, h, mk, t, n, u: loss_with_negatives(m, cfg, h, mk, t, n, None, u),
                        torch.device("cpu"))
     h, m, t = (torch.from_numpy(np.ascontiguousarray(x[share])) for x in (batch.history, batch.mask, batch.target))
     ddp(h, m, t, neg, None).backward()
