@@ -8,7 +8,6 @@ from dmirec.data.synthetic import make_planted_dataset
 from dmirec.losses import sampled_softmax_loss
 from dmirec.models import build_model
 from dmirec.models.dmi import DMI
-from dmirec.models.remi import routing_regularizer
 from dmirec.train import make_config, train
 
 N_ITEMS, L, D, K = 40, 8, 16, 3
@@ -74,9 +73,7 @@ def full_loss(model, cfg, history, mask, target, seed=123):
     negs = torch.arange(1, N_ITEMS + 1)
     loss = sampled_softmax_loss(out.user, target, negs, model.item_embeddings(), None, False,
                                 cfg.hard_negative_beta)
-    if cfg.routing_reg > 0:
-        loss = loss + cfg.routing_reg * routing_regularizer(out.weights, cfg.embedding_dim)
-    return loss + out.aux_loss, out
+    return loss + out.aux_loss, out  # aux_loss holds REMI's routing regulariser (the one aux-loss route)
 
 
 # ---- contract and shapes ----------------------------------------------------------------------
