@@ -6,6 +6,7 @@ Runs, in one process group: OUT/full (per-rank negatives, to max_steps), OUT/cut
 interrupted after step ``cut_at``) and OUT/global (every rank draws the same negatives).
 """
 
+import gc
 import json
 import sys
 
@@ -34,6 +35,7 @@ def main() -> None:
     except Interrupt:
         pass
     train(cfg.replace(dist_negatives="global"), data, f"{out}/global")
+    gc.collect()  # the runs' DDP wrappers (reference cycles) freed while the group still exists
     tdist.barrier()  # no gloo work in flight when the group is torn down
     tdist.destroy_process_group()
 

@@ -8,6 +8,7 @@ max_steps), OUT/cut (the same run interrupted after step ``cut_at``) and OUT/ddp
 unsharded, plain DDP).
 """
 
+import gc
 import json
 import sys
 
@@ -68,6 +69,7 @@ def main() -> None:
     except Interrupt:
         pass
     train(cfg.replace(sharded_embeddings=False), data, f"{out}/ddp")
+    gc.collect()  # the runs' DDP wrappers (reference cycles) freed while the group still exists
     tdist.barrier()  # no gloo work in flight when the group is torn down
     tdist.destroy_process_group()
 

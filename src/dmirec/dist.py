@@ -21,6 +21,7 @@ How a step is split (README, "Large data and many machines"):
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -78,8 +79,11 @@ class Context:
 
     def close(self) -> None:
         if self.owns_group and tdist.is_initialized():
-            # every rank's pending gloo work done first: a group torn down with work in flight can
-            # abort the process at exit ("terminate called without an active exception")
+            # every rank's pending gloo work done first, and the DDP wrapper (its reducer holds the
+            # group; DDP modules sit in reference cycles, so only the collector frees them) gone
+            # before the group: either left for interpreter exit can abort the process there
+            # ("terminate called without an active exception")
+            gc.collect()
             tdist.barrier()
             tdist.destroy_process_group()
 
