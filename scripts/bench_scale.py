@@ -174,39 +174,46 @@ def _free_port() -> int:
 
 def cmd_ddp(args: argparse.Namespace) -> list[dict]:
     data = synth_data(args.items)
-    work = ROOT / "bench_runs" / "scale-ddp"
-    rows = []
-    for ranks in (1, 2):
-        run = work / f"{args.model}-{args.items}-p{ranks}"
-        if run.exists():
-            import shutil
+    return [train_ranks(args, data, ROOT / "bench_runs" / "scale-ddp", f"{ranks} process(es)", ranks, [])
+            for ranks in (1, 2)]
 
-            shutil.rmtree(run)
-        train_args = ["train", "--data", str(data), "--model", args.model, "--out", str(run), "--device", "cpu",
-                      f"--max_steps={args.steps}", f"--eval_every={args.eval_every}", f"--patience=1000",
-                      f"--valid_users={args.valid_users}", "--threads=1", "--progress=false", "--seed=0"]
-        if ranks == 1:
-            cmd = [sys.executable, "-m", "dmirec", *train_args]
-        else:
-            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
-                   "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "dmirec", *train_args]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
-        wall = time.perf_counter() - start
-        result = json.loads((run / "result.json").read_text())
-        curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        curve = [{k: r[k] for k in ("step", "loss", "recall@50")} for r in curve if r["split"] == "valid"]
-        import yaml
 
-        row = {"ranks": ranks, "items": args.items, "model": args.model, "steps": result["steps"],
-               "train_seq_per_s": result["train_seq_per_s"], "test": result["test"], "curve": curve,
-               "wall_seconds": wall, "config": yaml.safe_load((run / "config.yaml").read_text())}
-        print(f"{args.model} {ranks} rank(s): {row['train_seq_per_s']:.0f} seq/s, test R@50 "
-              f"{result['test']['recall@50']:.4f}, wall {wall:.0f} s", flush=True)
-        rows.append(row)
-    return rows
+def train_ranks(args: argparse.Namespace, data: Path, work: Path, name: str, ranks: int, extra: list[str]) -> dict:
+    """One `dmirec train` (one thread per rank) with ``ranks`` torchrun processes (1 = plain
+    process) on ``data``: seq/s, validation curve, test metrics and every rank's peak RSS."""
+    import shutil
+
+    import yaml
+
+    run = work / f"{args.model}-{args.items}-{name.replace(' ', '').replace(',', '-').replace('(', '').replace(')', '')}"
+    rss_dir = run.with_name(run.name + "-rss")
+    for path in (run, rss_dir):
+        if path.exists():
+            shutil.rmtree(path)
+    rss_dir.mkdir(parents=True)
+    train_args = ["--data", str(data), "--model", args.model, "--out", str(run), "--device", "cpu",
+                  f"--max_steps={args.steps}", f"--eval_every={args.eval_every}", "--patience=1000",
+                  f"--valid_users={args.valid_users}", "--threads=1", "--progress=false", "--seed=0", *extra]
+    child = [__file__, "_rank_train", "--rss_dir", str(rss_dir), "--", *train_args]
+    cmd = [sys.executable, *child] if ranks == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
+         f"--master_port={_free_port()}", *child]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+    wall = time.perf_counter() - start
+    result = json.loads((run / "result.json").read_text())
+    curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    curve = [{k: r[k] for k in ("step", "loss", "recall@50")} for r in curve if r["split"] == "valid"]
+    rss = [json.loads((rss_dir / f"rank-{r}.json").read_text())["peak_rss_mib"] for r in range(ranks)]
+    row = {"name": name, "ranks": ranks, "sharded": "--sharded_embeddings=true" in extra, "items": args.items,
+           "model": args.model, "steps": result["steps"], "train_seq_per_s": result["train_seq_per_s"],
+           "test": result["test"], "curve": curve, "peak_rss_mib_per_rank": rss, "wall_seconds": wall,
+           "config": yaml.safe_load((run / "config.yaml").read_text())}
+    print(f"{args.model} {name}: {row['train_seq_per_s']:.0f} seq/s, test R@50 {result['test']['recall@50']:.4f}, "
+          f"peak RSS {' / '.join(f'{x:.0f}' for x in rss)} MiB, wall {wall:.0f} s", flush=True)
+    return row
 
 
 def rank_train(args: argparse.Namespace, train_args: list[str]) -> None:
@@ -223,45 +230,11 @@ def rank_train(args: argparse.Namespace, train_args: list[str]) -> None:
 
 
 def cmd_sharded(args: argparse.Namespace) -> list[dict]:
-    import shutil
-
-    import yaml
-
     data = synth_data(args.items)
     work = ROOT / "bench_runs" / "scale-sharded"
-    rows = []
-    for name, ranks, extra in (("1 process", 1, []), ("2 ranks, DDP", 2, []),
-                               ("2 ranks, sharded table", 2, ["--sharded_embeddings=true"])):
-        run = work / f"{args.model}-{args.items}-{name.replace(' ', '').replace(',', '-')}"
-        rss_dir = run.with_name(run.name + "-rss")
-        for path in (run, rss_dir):
-            if path.exists():
-                shutil.rmtree(path)
-        rss_dir.mkdir(parents=True)
-        train_args = ["--data", str(data), "--model", args.model, "--out", str(run), "--device", "cpu",
-                      f"--max_steps={args.steps}", f"--eval_every={args.eval_every}", "--patience=1000",
-                      f"--valid_users={args.valid_users}", "--threads=1", "--progress=false", "--seed=0", *extra]
-        child = [__file__, "_rank_train", "--rss_dir", str(rss_dir), "--", *train_args]
-        cmd = [sys.executable, *child] if ranks == 1 else \
-            [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
-             f"--master_port={_free_port()}", *child]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
-        wall = time.perf_counter() - start
-        result = json.loads((run / "result.json").read_text())
-        curve = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        curve = [{k: r[k] for k in ("step", "loss", "recall@50")} for r in curve if r["split"] == "valid"]
-        rss = [json.loads((rss_dir / f"rank-{r}.json").read_text())["peak_rss_mib"] for r in range(ranks)]
-        row = {"name": name, "ranks": ranks, "sharded": bool(extra), "items": args.items, "model": args.model,
-               "steps": result["steps"], "train_seq_per_s": result["train_seq_per_s"], "test": result["test"],
-               "curve": curve, "peak_rss_mib_per_rank": rss, "wall_seconds": wall,
-               "config": yaml.safe_load((run / "config.yaml").read_text())}
-        print(f"{args.model} {name}: {row['train_seq_per_s']:.0f} seq/s, test R@50 {result['test']['recall@50']:.4f}, "
-              f"peak RSS {' / '.join(f'{x:.0f}' for x in rss)} MiB, wall {wall:.0f} s", flush=True)
-        rows.append(row)
-    return rows
+    return [train_ranks(args, data, work, name, ranks, extra)
+            for name, ranks, extra in (("1 process", 1, []), ("2 ranks, DDP", 2, []),
+                                       ("2 ranks, sharded table", 2, ["--sharded_embeddings=true"]))]
 
 
 def table_sharded(rows: list[dict]) -> str:
@@ -286,16 +259,7 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
     rows = []
     for mode in args.modes.split(","):
         out = work / f"{args.preset}-{args.format}-{mode}"
-        code = ("import resource, sys, time\n"
-                "from dmirec.cli import main\n"
-                "t = time.perf_counter()\n"
-                f"rc = main(['prepare', {str(log)!r}, {str(out)!r}] + ({['--stream'] if mode == 'stream' else []!r}))\n"
-                "print('RESULT', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
-                "sys.exit(rc)\n")
-        proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"prepare ({mode}) failed:\n{proc.stderr[-3000:]}")
-        _, wall, rss = proc.stdout.strip().splitlines()[-1].split()
+        wall, rss = _dmirec_child(["prepare", str(log), str(out)] + (["--stream"] if mode == "stream" else []))
         row = {"mode": mode, "preset": args.preset, "format": args.format, "rows": record["rows"], "wall_seconds": float(wall),
                "peak_rss_mib": float(rss), "peak_rss_mib_per_10m_rows": float(rss) * 1e7 / record["rows"],
                "spec": record["spec"]}

@@ -6,11 +6,7 @@ their negatives; one-process runs in this process are the references.
 """
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,27 +15,12 @@ import torch
 from dmirec import rundir
 from dmirec.data.synthetic import make_planted_dataset
 from dmirec.train import make_config, resume, train
+from torchrun_launch import torchrun
 
 HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
 OVER = {"embedding_dim": 16, "batch_size": 64, "num_negatives": 40, "seq_len": 10, "max_steps": 60,
         "eval_every": 30, "patience": 50, "progress": False, "device": "cpu", "threads": 1, "lr": 0.01}
 CUT_AT = 45  # after the step-30 checkpoint: the resume retraces steps 31..60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(*args: str) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,9 +35,9 @@ def _restore_threads():
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("dist")
     data = make_planted_dataset(base / "data", num_users=600, num_items=200, num_clusters=10)
-    _torchrun(str(HERE / "dist_worker.py"), str(data), str(base), json.dumps({**OVER, "cut_at": CUT_AT}))
+    torchrun(str(HERE / "dist_worker.py"), str(data), str(base), json.dumps({**OVER, "cut_at": CUT_AT}))
     shutil.copytree(base / "cut", base / "cut_p1")  # the same interrupted run, resumed by one process
-    _torchrun("-m", "dmirec", "train", "--resume", str(base / "cut"))
+    torchrun("-m", "dmirec", "train", "--resume", str(base / "cut"))
     return base, data
 
 

@@ -8,7 +8,6 @@ gradients, a full sharded run, an interrupted one resumed, and the same run unsh
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from dmirec import rundir
 from dmirec.config import ConfigError
 from dmirec.data.synthetic import make_planted_dataset
 from dmirec.train import make_config, train
+from torchrun_launch import torchrun
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
@@ -40,21 +40,6 @@ def _have_torchrec() -> bool:
 HAVE_TORCHREC = _have_torchrec()
 needs_torchrec = pytest.mark.skipif(not HAVE_TORCHREC, reason="TorchRec is not installed (the `dist` extra: README, "
                                     "'Large data and many machines', gives the pip install --no-deps command)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(*args: str) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + "\n".join(l for l in proc.stderr.splitlines() if "Warning" not in l)[-6000:]
 
 
 def test_single_process_is_a_one_line_error(tmp_path):
@@ -93,8 +78,8 @@ def test_importing_dmirec_does_not_import_torchrec():
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("sharded")
     data = make_planted_dataset(base / "data", num_users=600, num_items=200, num_clusters=10)
-    _torchrun(str(HERE / "sharded_worker.py"), str(data), str(base), json.dumps({**OVER, "cut_at": CUT_AT}))
-    _torchrun("-m", "dmirec", "train", "--resume", str(base / "cut"))
+    torchrun(str(HERE / "sharded_worker.py"), str(data), str(base), json.dumps({**OVER, "cut_at": CUT_AT}))
+    torchrun("-m", "dmirec", "train", "--resume", str(base / "cut"))
     return base, data
 
 
