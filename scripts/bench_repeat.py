@@ -3,6 +3,7 @@
 
     python scripts/bench_repeat.py baseline bench_data/gowalla bench_data/beauty [--seed 2021]
     python scripts/bench_repeat.py channel bench_runs/gowalla-remi-s2021 [--label remi]
+    python scripts/bench_repeat.py channel RUN --label remi-rule --set neighbour_alpha=0.5 neighbours=16
     python scripts/bench_repeat.py stats bench_data/gowalla bench_data/beauty   # targets that repeat history
     python scripts/bench_repeat.py report                  # markdown tables from bench_results/repeat/
 
@@ -40,6 +41,27 @@ def readable(run_dir: Path) -> Path:
     """The run directory as it is: configs saved before a key rename load through
     :func:`dmirec.config.upgrade_saved`."""
     return run_dir
+
+
+def with_settings(run_dir: Path, settings: list[str]) -> Path:
+    """The run as it is, or (``--set KEY=VALUE ...``, evaluation-time keys such as the neighbour
+    rule) a copy in a temporary folder whose config.yaml has those keys: checkpoints and data
+    reference are linked, never changed."""
+    if not settings:
+        return run_dir
+    import tempfile
+
+    from dmirec import rundir
+    from dmirec.config import from_dict, parse_overrides
+
+    copy = Path(tempfile.mkdtemp(prefix=f"{run_dir.name}-")) / run_dir.name
+    copy.mkdir()
+    for item in run_dir.iterdir():
+        if item.name not in ("config.yaml", "repeat.json"):
+            (copy / item.name).symlink_to(item.resolve())
+    cfg = rundir.read_config(run_dir)
+    rundir.write_config(copy, from_dict({**cfg.to_dict(), **parse_overrides(settings)}, source="--set"))
+    return copy
 
 
 def both_views(run_dir: Path, **kwargs) -> dict:
@@ -125,7 +147,7 @@ def cmd_channel(args) -> None:
     torch.set_num_threads(1)
     for source in map(Path, args.runs):
         start = time.perf_counter()
-        run_dir = readable(source)
+        run_dir = with_settings(readable(source), args.set)
         cfg = read_config(run_dir)
         dataset = read_data_ref(run_dir)["name"]
         label = args.label or cfg.model
@@ -300,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     c = sub.add_parser("channel", help="fit the repeat channel of finished runs and evaluate with and without it")
     c.add_argument("runs", nargs="+", help="finished run directories (read only)")
     c.add_argument("--label", default=None, help="model label in the record name (default: the run's model)")
+    c.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="evaluation-time settings for the run (e.g. neighbour_alpha=0.5 neighbours=16)")
     st = sub.add_parser("stats", help="share of evaluation targets that repeat a history item")
     st.add_argument("data", nargs="+", help="prepared dataset folders")
     sub.add_parser("report", help="markdown tables of bench_results/repeat/")
