@@ -207,7 +207,8 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-NAMES = {"repeat": "repeat baseline", "remi": "REMI", "dmi": "DMI", "most-popular": "most-popular"}
+NAMES = {"repeat": "repeat baseline", "remi": "REMI", "dmi": "DMI", "most-popular": "most-popular",
+         "remi-rule": "REMI + neighbour rule", "dmi-collab": "DMI, collaborative"}
 
 
 def variants(r: dict) -> list[tuple[str, dict, dict | None]]:
