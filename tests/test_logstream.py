@@ -14,6 +14,7 @@ from dmirec.data import logstream
 from dmirec.data.prepare import prepare
 from dmirec.data.readers import InputError, read_log
 from dmirec.data.stream_prepare import prepare_streaming
+from same_folders import same_folders
 
 
 def log_frame(rows=3000, users=150, items=60, seed=0) -> pd.DataFrame:
@@ -21,16 +22,6 @@ def log_frame(rows=3000, users=150, items=60, seed=0) -> pd.DataFrame:
     return pd.DataFrame({"user_id": [f"u{rng.randrange(users)}" for _ in range(rows)],
                          "item_id": [f"i{rng.randrange(items)}" for _ in range(rows)],
                          "timestamp": [1000 + rng.randrange(rows) for _ in range(rows)]})
-
-
-def same_folders(a: Path, b: Path) -> None:
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
-    for name in names:
-        x, y = (a / name).read_bytes(), (b / name).read_bytes()
-        if name == "meta.json":  # the report names its own output folder
-            x, y = x.replace(str(a).encode(), b"OUT"), y.replace(str(b).encode(), b"OUT")
-        assert x == y, name
 
 
 def test_batch_and_streaming_prepare_read_through_the_one_reader():

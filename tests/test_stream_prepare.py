@@ -10,18 +10,9 @@ from dmirec.data.prepare import prepare, shipped_beauty_path
 from dmirec.data.readers import InputError
 from dmirec.data.stream_prepare import prepare_streaming
 from dmirec.data.synth_log import LogSpec, write_log
+from same_folders import same_folders
 
 SPEC = LogSpec(users=900, items=700, clusters=15, chunk_users=250, seed=7)
-
-
-def _same_folders(a: Path, b: Path) -> None:
-    names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir())
-    for name in names:
-        x, y = (a / name).read_bytes(), (b / name).read_bytes()
-        if name == "meta.json":  # the report names its own output folder
-            x, y = x.replace(str(a).encode(), b"OUT"), y.replace(str(b).encode(), b"OUT")
-        assert x == y, name
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
@@ -30,7 +21,7 @@ def test_streaming_equals_in_memory_on_a_synthetic_log(tmp_path, suffix):
     write_log(SPEC, log)
     prepare(log, tmp_path / "mem", comirec_files=True)
     report = prepare_streaming(log, tmp_path / "stream", comirec_files=True, batch_rows=997)  # many batches
-    _same_folders(tmp_path / "mem", tmp_path / "stream")
+    same_folders(tmp_path / "mem", tmp_path / "stream")
     assert report.rows_read == len(pd.read_parquet(log) if suffix == ".parquet" else pd.read_csv(log))
     assert report.items_filtered_core > 0  # the core filter had something to do
 
@@ -41,7 +32,7 @@ def test_streaming_equals_in_memory_on_the_shipped_gzip_log(tmp_path):
     with as_file(shipped_beauty_path()) as path:
         prepare(path, tmp_path / "mem", format="csv", name="beauty", core=10)
         prepare_streaming(path, tmp_path / "stream", format="csv", name="beauty", core=10, batch_rows=5000)
-    _same_folders(tmp_path / "mem", tmp_path / "stream")
+    same_folders(tmp_path / "mem", tmp_path / "stream")
 
 
 def test_cli_stream_flag(tmp_path, capsys):
@@ -50,7 +41,7 @@ def test_cli_stream_flag(tmp_path, capsys):
     assert main(["prepare", str(log), str(tmp_path / "out"), "--stream"]) == 0
     assert "Kept" in capsys.readouterr().out
     prepare(log, tmp_path / "mem")
-    _same_folders(tmp_path / "mem", tmp_path / "out")
+    same_folders(tmp_path / "mem", tmp_path / "out")
 
 
 def test_errors_name_the_file_and_line(tmp_path):

@@ -83,7 +83,6 @@ class InterestBank(nn.Module):
             finally:
                 faiss.omp_set_num_threads(threads)
             self._hnsw = index
-        self._hnsw.hnsw.efSearch = max(self.hnsw_ef, 1)
         return self._hnsw
 
     def _search_hnsw(self, queries: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
