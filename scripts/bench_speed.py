@@ -21,6 +21,7 @@ import time
 import torch
 
 from bench import DATA, RESULTS, ROOT, machine, prepared
+from dmirec import optim
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import TrainSampler, eval_split
 from dmirec.losses import NegativeSampler
@@ -36,6 +37,7 @@ def timed_steps(model, cfg, data, steps: int, warmup: int = 30) -> float:
     sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=0)
     negatives = NegativeSampler(data.num_items, cfg.negative_sampler)
     gen = torch.Generator().manual_seed(1)
+    optim.setup_table(model, cfg, data.num_items)
     opt = make_optimizer(model, cfg)
     has_bank = getattr(model, "bank", None) is not None
     model.train()

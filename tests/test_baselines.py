@@ -284,6 +284,27 @@ def reference_hard_negative_loss(user, target, negs, table, beta):
     return (-(x[:, 0] - torch.log(torch.exp(x[:, 0]) + neg_mass))).mean()
 
 
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(0, L), min_size=1, max_size=5), seed=st.integers(0, 10**6))
+def test_packed_attention_logits_equal_the_full_formula(lengths, seed):
+    """Self-attention logits computed at valid positions only equal W2 tanh(W1 x) masked to -inf,
+    values and gradients, for any mix of history lengths (empty ones included)."""
+    from dmirec.models.comirec_sa import attention_logits
+
+    gen = torch.Generator().manual_seed(seed)
+    w1, w2 = torch.nn.Linear(D, 4 * D, bias=False), torch.nn.Linear(4 * D, K, bias=False)
+    x = torch.randn(len(lengths), L, D, generator=gen, requires_grad=True)
+    mask = torch.tensor([[i >= L - n for i in range(L)] for n in lengths])  # left padding
+    packed = attention_logits(w1, w2, x, mask)  # (B, K, L)
+    full = w2(torch.tanh(w1(x))).transpose(1, 2).masked_fill(~mask.unsqueeze(1), float("-inf"))
+    torch.testing.assert_close(packed, full)
+    probe = torch.randn(packed.shape, generator=gen)
+    g_packed = torch.autograd.grad((packed.masked_fill(~mask.unsqueeze(1), 0) * probe).sum(), [x, w1.weight])
+    g_full = torch.autograd.grad((full.masked_fill(~mask.unsqueeze(1), 0) * probe).sum(), [x, w1.weight])
+    for a, b in zip(g_packed, g_full):
+        torch.testing.assert_close(a, b)
+
+
 def test_hard_negatives_reduce_to_plain_sampled_softmax():
     torch.manual_seed(0)
     table = torch.randn(N_ITEMS + 1, D)

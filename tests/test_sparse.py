@@ -65,6 +65,41 @@ def test_sparse_and_dense_sgd_give_the_same_parameters(planted, name):
     assert not torch.equal(dense.item_emb.weight.detach(), before)
 
 
+@pytest.mark.parametrize("name", ["remi", "comirec-sa", "dmi"])
+def test_sparse_lookups_into_a_dense_gradient_give_dense_adam(planted, name):
+    """One process: dense Adam reads its table gradient from sparse lookups added into one kept
+    dense tensor (dmirec.optim.zero_grad); the parameters follow dense lookups' within float noise."""
+    from dmirec.optim import setup_table, zero_grad
+    from dmirec.train import train_step
+
+    data = load_dataset(planted)
+    cfg = make_config(name, overrides=SMALL)
+    torch.manual_seed(0)
+    plain = build_model(cfg, data.num_items, data.item_popularity())
+    kept = copy.deepcopy(plain)
+    set_sparse(plain, False)  # dense lookups (what DDP runs use)
+    setup_table(kept, cfg, data.num_items)  # the single-process default
+    assert kept.item_emb.sparse and not plain.item_emb.sparse
+    before = plain.item_emb.weight.detach().clone()
+    grads = []
+    for model in (plain, kept):
+        torch.manual_seed(1)
+        sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=3)
+        negatives, gen, opt = NegativeSampler(data.num_items), torch.Generator().manual_seed(4), make_optimizer(model, cfg)
+        assert isinstance(opt, torch.optim.Adam)  # dense Adam in both
+        for _ in range(5):
+            train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu")
+        grads.append(model.item_emb.weight.grad)
+    assert not grads[0].is_sparse and not grads[1].is_sparse
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    tensor = grads[1]
+    zero_grad(opt, kept)  # the kept gradient is zeroed in place, not reallocated
+    assert kept.item_emb.weight.grad is tensor and not tensor.any()
+    for (key, a), (_, b) in zip(plain.state_dict().items(), kept.state_dict().items()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=key)
+    assert not torch.equal(plain.item_emb.weight.detach(), before)
+
+
 def test_optimizer_choice():
     cfg = make_config("remi", overrides={"sparse_min_items": 1000})
     assert not use_sparse(cfg, 999) and use_sparse(cfg, 1000)

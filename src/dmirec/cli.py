@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["valid", "test"], default="test")
     p.add_argument("--exclude-history", action="store_true")
-    p.add_argument("--backend", choices=["torch", "faiss"], default=None)
+    p.add_argument("--backend", choices=["auto", "torch", "faiss"], default=None)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--ns", default=None, help="metric cutoffs, e.g. 10,20,50,100 (20 and 50 are always there)")
     p.add_argument("--json", action="store_true")
@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--output", default=None, help="where to write them (default RUN_DIR/repeat.json)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--backend", choices=["torch", "faiss"], default=None)
+    p.add_argument("--backend", choices=["auto", "torch", "faiss"], default=None)
     p.add_argument("--max-users", type=int, default=0, help="first validation users only (0 = all)")
 
     p = sub.add_parser("demo", help="DMI against its backbone REMI on the shipped beauty data: table and report")

@@ -79,7 +79,7 @@ class Config:
     eval_batch_size: int = 1024
     eval_max_users: int = 0  # 0 = all validation users
     valid_users: int = 0  # > 0: validate on a fixed seeded sample of this many validation users (test stays full)
-    retrieval_backend: str = "torch"  # torch | faiss
+    retrieval_backend: str = "auto"  # auto (faiss flat on CPU, torch on CUDA: the faster exact search) | torch | faiss
     exclude_history: bool = False
     progress: bool = True
     # cutoffs of the reported metrics (comma list on the command line); 20 and 50 are always added,
@@ -242,7 +242,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "routing_axis": ("positions", "interests"),
     "negative_sampler": ("uniform", "log_uniform"),
-    "retrieval_backend": ("torch", "faiss"),
+    "retrieval_backend": ("auto", "torch", "faiss"),
     "schedule": ("linear", "cosine"),
     "noise_kind": ("gaussian", "dim_mask"),
     "prune": ("topm", "threshold", "none"),

@@ -4,7 +4,9 @@ For every user of a split: the model turns the last ``seq_len`` history items in
 vectors, each retrieves its top N from all items, the K*N candidates are merged by score,
 de-duplicated and cut to N (:mod:`dmirec.retrieval`), and the metrics of :mod:`dmirec.metrics`
 compare the list with the targets. History items can optionally be excluded from retrieval.
-On a CUDA device the torch backend searches on the GPU (the faiss backend stays on the CPU).
+The default backend ("auto") is faiss flat on the CPU and the torch search on a CUDA device, the
+faster exact search in each place; on a CUDA device the torch backend searches on the GPU (the faiss
+backend stays on the CPU).
 Besides the per-user metrics, the result holds the catalogue coverage at each cutoff; with
 ``per_user=True`` it also holds every user's metric values (``dmirec compare`` pairs users on them)
 and the recommended lists.
@@ -29,7 +31,7 @@ from .data.dataset import PreparedData, load_dataset
 from .data.sampler import EvalSet, eval_split
 from .metrics import catalogue_coverage, drop_seen_targets, per_user as per_user_metrics, summarize
 from .repeats import RepeatChannel, model_stage, retrieve
-from .retrieval import SearchResult, make_searcher
+from .retrieval import SearchResult, make_searcher, resolve_backend
 
 METRIC_NS = (20, 50)
 
@@ -64,13 +66,14 @@ def new_items_view(eval_set: EvalSet) -> tuple[EvalSet, int]:
 
 
 @torch.no_grad()
-def rank_users(model, eval_set: EvalSet, n: int, backend: str = "torch", exclude_history: bool = False,
+def rank_users(model, eval_set: EvalSet, n: int, backend: str = "auto", exclude_history: bool = False,
                batch_size: int = 1024, device: str | torch.device = "cpu",
                repeat: RepeatChannel | None = None) -> SearchResult:
     """The top-n list of every evaluation user: search, then the model's own repeat stage or ``repeat``."""
     queries = user_vectors(model, eval_set, batch_size, device)  # (U, K, D)
     items = model.item_embeddings().detach().float()  # (N + 1, D)
     items_np = items.cpu().numpy()  # (N + 1, D)
+    backend = resolve_backend(backend, device)
     if backend == "torch" and torch.device(device).type == "cuda":  # exact blocked search on the GPU
         searcher = make_searcher(items, backend, device=torch.device(device))
     else:
@@ -81,7 +84,7 @@ def rank_users(model, eval_set: EvalSet, n: int, backend: str = "torch", exclude
 
 @torch.no_grad()
 def evaluate_model(model, data: PreparedData, split: str = "valid", seq_len: int = 20, ns=METRIC_NS,
-                   backend: str = "torch", exclude_history: bool = False, batch_size: int = 1024,
+                   backend: str = "auto", exclude_history: bool = False, batch_size: int = 1024,
                    max_users: int = 0, device: str | torch.device = "cpu",
                    eval_set: EvalSet | None = None, per_user: bool = False, *,
                    repeat: RepeatChannel | None = None, new_items_only: bool = False) -> dict:

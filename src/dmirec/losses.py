@@ -69,15 +69,16 @@ def sampled_softmax_loss(user: torch.Tensor, target: torch.Tensor, negatives: to
     if remove_accidental_hits:
         hit = negatives.unsqueeze(0) == target.unsqueeze(1)  # (B, S)
         neg_logit = neg_logit.masked_fill(hit, float("-inf"))
-    logits = torch.cat([pos_logit, neg_logit], dim=1)  # (B, 1 + S)
     if hard_negative_beta == 0.0:
+        logits = torch.cat([pos_logit, neg_logit], dim=1)  # (B, 1 + S)
         return F.cross_entropy(logits, torch.zeros(len(target), dtype=torch.long, device=logits.device))
     # REMI: negatives weighted by softmax(beta * logit) rescaled to mean 1 (kept in the graph, as in
-    # the reference code); loss = -log(e^pos / (e^pos + sum_j w_j e^neg_j)).
-    shift = logits.max(dim=1, keepdim=True).values.detach()  # (B, 1)
-    x = logits - shift  # (B, 1 + S)
-    neg = x[:, 1:]  # (B, S)
+    # the reference code); loss = -log(e^pos / (e^pos + sum_j w_j e^neg_j)). The positive and the
+    # negatives stay apart (no (B, 1 + S) concatenation to slice and differentiate back).
+    shift = torch.maximum(pos_logit, neg_logit.max(dim=1, keepdim=True).values).detach()  # (B, 1)
+    pos = (pos_logit - shift).squeeze(1)  # (B,)
+    neg = neg_logit - shift  # (B, S)
     log_w = F.log_softmax(hard_negative_beta * neg, dim=1) + math.log(neg.shape[1])  # (B, S), mean(w) = 1
     log_neg_mass = torch.logsumexp(log_w + neg, dim=1)  # (B,)
-    log_denominator = torch.logaddexp(x[:, 0], log_neg_mass)  # (B,)
-    return (log_denominator - x[:, 0]).mean()
+    log_denominator = torch.logaddexp(pos, log_neg_mass)  # (B,)
+    return (log_denominator - pos).mean()

@@ -13,6 +13,14 @@ dense Adam are different optimisers (the same for plain SGD, which tests check).
 default) picks sparse from ``sparse_min_items`` items up, where it is measured to be faster
 (scripts/bench_scale.py); below that, and whenever ``weight_decay`` is set, runs keep dense Adam,
 so results on the small benchmark catalogues do not change.
+
+The dense path of one process also looks rows up through the embedding module (:func:`set_sparse`
+with ``lookups="sparse"``): each lookup's gradient is then a small sparse tensor added in place
+into one persistent dense gradient of the table (:func:`zero_grad` zeroes it instead of dropping
+it), where indexing the table would build a fresh zero-filled ``(N + 1, D)`` gradient per lookup
+(three per step) and sum them. Same dense Adam, same gradient up to float summation order; about
+a quarter of a small-catalogue step saved (scripts/bench_speed.py). Data-parallel runs keep dense
+lookups, whose gradients DDP all-reduces as they are.
 """
 
 from __future__ import annotations
@@ -35,18 +43,42 @@ def use_sparse(cfg: Config, num_items: int) -> bool:
     return num_items >= cfg.sparse_min_items and cfg.weight_decay == 0.0
 
 
-def set_sparse(model: torch.nn.Module, sparse: bool) -> None:
-    """Switch the model's item table to sparse gradients (models without a table are left alone)."""
+def set_sparse(model: torch.nn.Module, sparse: bool, lookups: str = "dense") -> None:
+    """Switch the model's item table to sparse gradients (models without a table are left alone).
+
+    ``sparse``: row-sparse updates (SparseAdam). ``lookups="sparse"`` with ``sparse=False``: dense
+    Adam whose table gradient is accumulated in place from sparse lookups (one process only)."""
     table = getattr(model, "item_emb", None)
     if isinstance(table, torch.nn.Embedding):
-        table.sparse = sparse
+        table.sparse = sparse or lookups == "sparse"
+        table.dense_grad = not sparse and lookups == "sparse"
     elif sparse:
         raise ConfigError(f"embedding_optimizer=sparse: model {type(model).__name__} has no item table")
 
 
+def setup_table(model: torch.nn.Module, cfg: Config, num_items: int, distributed: bool = False) -> None:
+    """The item table's update path for a training run of ``cfg`` (what ``train`` and the speed
+    benchmarks use): row-sparse per :func:`use_sparse`, else dense Adam with sparse lookups in one
+    process and dense lookups under DDP, which all-reduces their gradients as they are."""
+    sparse = getattr(model, "trainable", True) and use_sparse(cfg, num_items)
+    set_sparse(model, sparse, lookups="dense" if distributed else "sparse")
+
+
 def is_sparse(model: torch.nn.Module) -> bool:
+    """Whether the item table is updated row-sparsely (SparseAdam)."""
     table = getattr(model, "item_emb", None)
-    return isinstance(table, torch.nn.Embedding) and table.sparse
+    return isinstance(table, torch.nn.Embedding) and table.sparse and not getattr(table, "dense_grad", False)
+
+
+def zero_grad(optimizer: Any, model: torch.nn.Module) -> None:
+    """Drop every gradient before a backward pass; a table with sparse lookups and dense Adam keeps
+    its dense gradient tensor, zeroed, for the lookups' sparse gradients to be added into."""
+    table = getattr(model, "item_emb", None)
+    weight = table.weight if getattr(table, "dense_grad", False) and table.weight.requires_grad else None
+    kept = weight.grad if weight is not None else None
+    optimizer.zero_grad(set_to_none=True)
+    if weight is not None:
+        weight.grad = kept.zero_() if kept is not None and not kept.is_sparse else torch.zeros_like(weight)
 
 
 def item_lookup(model: torch.nn.Module) -> torch.Tensor | Callable[[torch.Tensor], torch.Tensor]:
@@ -55,7 +87,8 @@ def item_lookup(model: torch.nn.Module) -> torch.Tensor | Callable[[torch.Tensor
     The dense path indexes ``item_embeddings()`` exactly as before; the sparse path must go
     through the embedding module, or the table's gradient would be dense again.
     """
-    if is_sparse(model) or getattr(getattr(model, "item_emb", None), "sharded", False):
+    table = getattr(model, "item_emb", None)
+    if getattr(table, "sparse", False) or getattr(table, "sharded", False):
         return model.item_rows
     return model.item_embeddings()  # (N + 1, D)
 

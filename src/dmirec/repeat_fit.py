@@ -66,7 +66,7 @@ def with_repeat_params(cfg: Config, run_dir: str | Path | None = None, path: str
 
 @torch.no_grad()
 def fit_channel(model, eval_set, cfg: Config, grid: dict[str, tuple[float, ...]] | None = None,
-                backend: str = "torch", device: str | torch.device = "cpu", n: int = 50) -> dict[str, Any]:
+                backend: str = "auto", device: str | torch.device = "cpu", n: int = 50) -> dict[str, Any]:
     """Score every grid point on ``eval_set`` (validation users); returns the chosen params and the grid."""
     from .evaluate import user_vectors
     from .metrics import summarize

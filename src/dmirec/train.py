@@ -76,7 +76,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Co
             loss = batch_loss(model, cfg, history, mask, target, negatives, neg_gen, users)
         else:
             loss = ddp(history, mask, target, negatives.sample(cfg.num_negatives, neg_gen), users)
-    optimizer.zero_grad(set_to_none=True)
+    optim.zero_grad(optimizer, model)
     loss.backward()
     optimizer.step()
     return loss
@@ -165,7 +165,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     np.random.seed(cfg.seed % (2**32))
     popularity = data.item_popularity("train")
     model = build_model(cfg, data.num_items, popularity).to(device)
-    optim.set_sparse(model, getattr(model, "trainable", True) and optim.use_sparse(cfg, data.num_items))
+    optim.setup_table(model, cfg, data.num_items, distributed=ctx.active)
     if cfg.init_from and not resume:  # before anything is written: a bad source leaves no run behind
         warm_start(model, cfg, device)
     if cfg.sharded_embeddings:  # each rank keeps its rows of the table (dmirec.sharded)

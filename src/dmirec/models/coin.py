@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import RetrievalModel, TrainOutput, argmax_readout, reference_init
+from .comirec_sa import attention_logits
 
 
 class COIN(RetrievalModel):
@@ -80,8 +81,7 @@ class COIN(RetrievalModel):
         key_pad = ~mask & ~empty.unsqueeze(1)  # (B, L)
         h = self.context(h, src_key_padding_mask=key_pad)  # (B, L, D)
         h, _ = self.gru(h)  # (B, L, 2D)
-        logits = self.w2(torch.tanh(self.w1(h))).transpose(1, 2)  # (B, K, L)
-        logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        logits = attention_logits(self.w1, self.w2, h, mask)  # (B, K, L), -inf at padding
         weights = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)  # (B, K, L)
         return weights @ x, weights  # (B, K, D), (B, K, L)
 

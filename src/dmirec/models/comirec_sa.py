@@ -14,6 +14,17 @@ from torch import nn
 from .base import RetrievalModel, reference_init
 
 
+def attention_logits(w1: nn.Linear, w2: nn.Linear, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``W2 tanh(W1 x)`` at the valid positions of ``x (B, L, D_in)``, -inf at padding: (B, K, L).
+
+    Only the valid positions go through the two layers (packed), so the cost follows the number of
+    real history items, not B x L: most short histories are mostly padding."""
+    packed = w2(torch.tanh(w1(x[mask])))  # (V, K) for the V valid positions
+    logits = packed.new_full((*mask.shape, packed.shape[-1]), float("-inf"))  # (B, L, K)
+    logits = logits.index_put((mask,), packed)  # (B, L, K)
+    return logits.transpose(1, 2)  # (B, K, L)
+
+
 class ComiRecSA(RetrievalModel):
     def __init__(self, num_items: int, embedding_dim: int = 64, num_interests: int = 4, seq_len: int = 20,
                  hidden_factor: int = 4, add_positions: bool = True):
@@ -30,8 +41,7 @@ class ComiRecSA(RetrievalModel):
         """Attention weights (B, K, L) and the masked history embeddings (B, L, D)."""
         emb = self.item_emb(history) * mask.unsqueeze(-1)  # (B, L, D)
         x = emb + self.positions[:, -history.shape[1]:] if self.positions is not None else emb  # (B, L, D)
-        logits = self.w2(torch.tanh(self.w1(x))).transpose(1, 2)  # (B, K, L)
-        logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))  # (B, K, L)
+        logits = attention_logits(self.w1, self.w2, x, mask)  # (B, K, L)
         weights = torch.softmax(logits, dim=-1)  # (B, K, L)
         return torch.nan_to_num(weights, nan=0.0), emb  # an all-padding row gives zeros, not NaN
 

@@ -11,13 +11,17 @@ sequence of B id lists, or a CSR (:class:`ExcludeCSR`, or anything with ``indptr
 
 Backends: ``"torch"`` (:class:`ExactTorchSearch`, exact, bounded memory, CPU or GPU: the
 reference) and ``"faiss"`` (:class:`FaissSearch`, exact ``IDMap2,Flat`` by default or a prebuilt
-ANN index). For repeated searches over the same catalogue, build a searcher once with
+ANN index). ``"auto"`` (the default) is the faster exact one where the search runs
+(:func:`resolve_backend`): faiss flat on the CPU (about 1.4x the torch search at 12k items, 2x at
+265k, one thread: scripts/bench_hotpath.py), torch on a CUDA device. For repeated searches over the same catalogue, build a searcher once with
 :func:`make_searcher` and call its ``search(queries, n, exclude=None)``.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 from dmirec.retrieval.exact import ExactTorchSearch, ExcludeCSR, SearchResult
 from dmirec.retrieval.faiss_search import FaissSearch, merge_candidates
@@ -29,21 +33,33 @@ __all__ = [
     "FaissSearch",
     "SearchResult",
     "make_searcher",
+    "resolve_backend",
     "merge_candidates",
     "search",
 ]
 
-BACKENDS = ("torch", "faiss")
+BACKENDS = ("auto", "torch", "faiss")
+
+
+def resolve_backend(backend: str, device: str | torch.device | None = None) -> str:
+    """The backend that ``backend`` names for a search on ``device``: ``"auto"`` is the torch
+    search on a CUDA device and faiss flat elsewhere (both exact); other names stay as they are."""
+    if backend != "auto":
+        return backend
+    return "torch" if device is not None and torch.device(device).type == "cuda" else "faiss"
 
 
 def make_searcher(
-    items: Any, backend: str = "torch", **options: Any
+    items: Any, backend: str = "auto", **options: Any
 ) -> ExactTorchSearch | FaissSearch:
     """Build a searcher over ``items`` (N + 1, D).
 
     ``options`` go to the backend: torch takes ``user_chunk``, ``item_block``,
     ``max_block_elems``, ``device``; faiss takes ``index``, ``user_chunk``, ``num_threads``.
+    ``"auto"`` picks by ``device`` (or the items' device when they are a tensor).
     """
+    where = options.get("device", items.device if isinstance(items, torch.Tensor) else None)
+    backend = resolve_backend(backend, where)
     if backend == "torch":
         return ExactTorchSearch(items, **options)
     if backend == "faiss":
@@ -55,7 +71,7 @@ def search(
     queries: Any,
     items: Any,
     n: int,
-    backend: str = "torch",
+    backend: str = "auto",
     exclude: Any = None,
     **options: Any,
 ) -> SearchResult:

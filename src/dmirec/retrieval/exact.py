@@ -211,21 +211,24 @@ class ExactTorchSearch:
             ex_ids = torch.as_tensor(excl.indices[lo:hi], device=dev)  # (nnz,)
 
         block = self._block_size(chunk, k)
+        qk = q.transpose(0, 1).contiguous()  # (K, C, D): one (C, D) x (D, Nb) product per interest
         for s in range(1, self.num_items + 1, block):
             t = min(self.num_items + 1, s + block)
-            emb = self.items[s:t]  # (Nb, D)
-            tile = torch.einsum("ckd,nd->ckn", q, emb)  # (C, K, Nb)
-            sc, it = tile.max(dim=1)  # (C, Nb) max over interests, first argmax on ties
-            del tile
+            emb_t = self.items[s:t].T  # (D, Nb)
+            per_k = [qk[j] @ emb_t for j in range(k)]  # K x (C, Nb)
+            sc = per_k[0].clone() if k > 1 else per_k[0]  # (C, Nb) max over interests
+            for tile in per_k[1:]:
+                torch.maximum(sc, tile, out=sc)
             if ex_ids is not None and ex_ids.numel():
                 sel = (ex_ids >= s) & (ex_ids < t)  # (nnz,)
                 sc[ex_rows[sel], ex_ids[sel] - s] = float("-inf")
-            ids = torch.arange(s, t, device=dev).expand(chunk, -1)  # (C, Nb)
-            cat_sc = torch.cat([best_sc, sc], dim=1)  # (C, n + Nb)
-            top_sc, pos = cat_sc.topk(n, dim=1)  # (C, n)
-            best_sc = top_sc
-            best_id = torch.cat([best_id, ids], dim=1).gather(1, pos)  # (C, n)
-            best_it = torch.cat([best_it, it], dim=1).gather(1, pos)  # (C, n)
+            top_sc, pos = sc.topk(min(n, t - s), dim=1)  # (C, m) the block's best, then merged below
+            top_it = torch.stack([tile.gather(1, pos) for tile in per_k]).argmax(dim=0)  # (C, m) first max
+            del per_k, sc
+            cat_sc = torch.cat([best_sc, top_sc], dim=1)  # (C, n + m)
+            best_sc, keep = cat_sc.topk(n, dim=1)  # (C, n)
+            best_id = torch.cat([best_id, pos + s], dim=1).gather(1, keep)  # (C, n)
+            best_it = torch.cat([best_it, top_it], dim=1).gather(1, keep)  # (C, n)
 
         # Order: score descending, then item id ascending among equal scores.
         order = best_id.argsort(dim=1, stable=True)  # (C, n)

@@ -1,0 +1,218 @@
+#!/usr/bin/env python
+"""The two hot paths of a training run, measured: the training step and the validation pass.
+
+    python scripts/bench_hotpath.py step [--base SRC] [--models comirec-sa,remi] [--steps 2000] [--rounds 3]
+    python scripts/bench_hotpath.py validate [--datasets beauty,gowalla,sports,synth-books] [--rounds 3]
+    python scripts/bench_hotpath.py report
+
+``step``: training sequences/s on beauty at the reference settings (configs/beauty/MODEL.yaml:
+batch 128, 1,280 shared negatives, seq_len 20), one thread, the package's full step
+(``dmirec.train.train_step``: batch sampling, forward, loss, backward, Adam) after a warm-up. With
+``--base SRC`` (the ``src`` folder of another checkout, e.g. a ``git worktree`` of an older
+commit) the same measurement runs on that code too, the two alternating round by round (paired),
+so the ratio is measured under the same machine load. Each measurement is a fresh process.
+
+``validate``: one validation pass (``dmirec.evaluate.evaluate_model`` on the valid split: user
+vectors, exact top-50 over the whole catalogue, metrics) of a freshly initialised REMI, per
+retrieval backend, one thread; synth-books (``bench_scale.py books`` makes it) uses the fixed
+sample of 2,000 validation users that its training run validates on. Also with ``--base``.
+
+Results go to bench_results/hotpath.json (key ``--tag``, default the subcommand) with the machine,
+commits, arguments and every round; ``report`` prints the tables the README carries. Run it on an
+otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import DATA, RESULTS, ROOT, git_commit, machine
+
+OUT = RESULTS / "hotpath.json"
+
+STEP_CHILD = r"""
+import json, sys, time, torch
+from dmirec import optim
+from dmirec.data.dataset import load_dataset
+from dmirec.data.sampler import TrainSampler
+from dmirec.losses import NegativeSampler
+from dmirec.models import build_model
+from dmirec.train import make_config, make_optimizer, train_step
+data_dir, config, model_name, steps, warmup = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+torch.set_num_threads(1)
+data = load_dataset(data_dir)
+cfg = make_config(model_name, [config], {"progress": False})
+torch.manual_seed(0)
+model = build_model(cfg, data.num_items, data.item_popularity())
+if hasattr(optim, "setup_table"):  # what train() does (older trees: set_sparse only)
+    optim.setup_table(model, cfg, data.num_items)
+else:
+    optim.set_sparse(model, optim.use_sparse(cfg, data.num_items))
+sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=0)
+negatives = NegativeSampler(data.num_items, cfg.negative_sampler)
+gen = torch.Generator().manual_seed(1)
+opt = make_optimizer(model, cfg)
+model.train()
+for i in range(warmup + steps):
+    if i == warmup:
+        start = time.perf_counter()
+    train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu")
+print(json.dumps({"seq_per_s": cfg.batch_size * steps / (time.perf_counter() - start)}))
+"""
+
+VALID_CHILD = r"""
+import json, sys, time, torch
+from dmirec.data.dataset import load_dataset
+from dmirec.data.sampler import valid_split
+from dmirec.evaluate import evaluate_model, metric_cutoffs
+from dmirec.models import build_model
+from dmirec.train import make_config
+data_dir, backend, valid_users = sys.argv[1], sys.argv[2], int(sys.argv[3])
+torch.set_num_threads(1)
+data = load_dataset(data_dir, mmap=True)
+cfg = make_config("remi", overrides={"progress": False, "valid_users": valid_users})
+torch.manual_seed(0)
+model = build_model(cfg, data.num_items, data.item_popularity())
+model.eval()
+eval_set = valid_split(data.splits["valid"], cfg)
+evaluate_model(model, data, "valid", cfg.seq_len, metric_cutoffs(cfg), backend, eval_set=eval_set)  # warm-up
+start = time.perf_counter()
+m = evaluate_model(model, data, "valid", cfg.seq_len, metric_cutoffs(cfg), backend, eval_set=eval_set)
+print(json.dumps({"seconds": time.perf_counter() - start, "users": len(eval_set.targets), "items": data.num_items,
+                  "recall@50": m["recall@50"]}))
+"""
+
+
+def tree_commit(src: Path) -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def child(src: Path, code: str, args: list[str]) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        raise SystemExit(f"measurement failed ({src}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def trees(args: argparse.Namespace) -> dict[str, Path]:
+    named = {"this": ROOT / "src"}
+    if args.base:
+        named["base"] = Path(args.base).resolve()
+    return named
+
+
+def cmd_step(args: argparse.Namespace) -> dict:
+    rows = []
+    for model in args.models.split(","):
+        config = ROOT / "configs" / "beauty" / f"{model}.yaml"
+        rounds: dict[str, list[float]] = {name: [] for name in trees(args)}
+        for r in range(args.rounds):
+            for name, src in trees(args).items():
+                got = child(src, STEP_CHILD, [str(DATA / "beauty"), str(config), model, str(args.steps), str(args.warmup)])
+                rounds[name].append(got["seq_per_s"])
+                print(f"{model} round {r} {name}: {got['seq_per_s']:.0f} seq/s", flush=True)
+        rows.append({"model": model, "rounds": rounds,
+                     "median": {k: statistics.median(v) for k, v in rounds.items()}})
+    return {"rows": rows}
+
+
+def cmd_validate(args: argparse.Namespace) -> dict:
+    rows = []
+    for dataset in args.datasets.split(","):
+        users = 2000 if dataset.startswith("synth") else 0
+        for backend in args.backends.split(","):
+            rounds: dict[str, list[float]] = {name: [] for name in trees(args)}
+            info = {}
+            for r in range(args.rounds):
+                for name, src in trees(args).items():
+                    got = child(src, VALID_CHILD, [str(DATA / dataset), backend, str(users)])
+                    rounds[name].append(got["seconds"])
+                    info = {"users": got["users"], "items": got["items"], "recall@50": got["recall@50"]}
+                    print(f"{dataset} {backend} round {r} {name}: {got['seconds']:.3f} s", flush=True)
+            rows.append({"dataset": dataset, "backend": backend, **info, "rounds": rounds,
+                         "best": {k: min(v) for k, v in rounds.items()}})
+    return {"rows": rows}
+
+
+def table_step(rec: dict) -> str:
+    base = "base" in rec["rows"][0]["median"]
+    head = "| model | this tree (seq/s) |" + (" base tree (seq/s) | speed-up |" if base else "")
+    lines = [head, "|---|---:|" + ("---:|---:|" if base else "")]
+    for row in rec["rows"]:
+        med = row["median"]
+        line = f"| {row['model']} | {med['this']:,.0f} |"
+        if base:
+            line += f" {med['base']:,.0f} | {med['this'] / med['base']:.2f}x |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def table_validate(rec: dict) -> str:
+    base = "base" in rec["rows"][0]["best"]
+    lines = ["| dataset | users x items | backend | this tree (s) |" + (" base tree (s) |" if base else ""),
+             "|---|---|---|---:|" + ("---:|" if base else "")]
+    for row in rec["rows"]:
+        best = row["best"]
+        line = f"| {row['dataset']} | {row['users']:,} x {row['items']:,} | {row['backend']} | {best['this']:.3f} |"
+        if base:
+            line += f" {best['base']:.3f} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def report() -> str:
+    records = json.loads(OUT.read_text()) if OUT.exists() else {}
+    parts = []
+    for key, rec in records.items():
+        parts.append(f"### `{key}`: commit {str(rec['commit'])[:8]}, base {str(rec.get('base_commit'))[:8]}, "
+                     f"{rec['machine']['cpu']}, wall {rec['wall_seconds']:.0f} s\n")
+        parts.append(table_step(rec) if rec["kind"] == "step" else table_validate(rec))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("step")
+    s.add_argument("--models", default="comirec-sa,remi")
+    s.add_argument("--steps", type=int, default=2000)
+    s.add_argument("--warmup", type=int, default=50)
+    v = sub.add_parser("validate")
+    v.add_argument("--datasets", default="beauty,gowalla,sports,synth-books")
+    v.add_argument("--backends", default="torch,faiss")
+    for q in (s, v):
+        q.add_argument("--base", default=None, help="src folder of another checkout, measured alternately")
+        q.add_argument("--rounds", type=int, default=3)
+        q.add_argument("--tag", default=None)
+    sub.add_parser("report")
+    args = p.parse_args(argv)
+    if args.cmd == "report":
+        print(report())
+        return 0
+    start = time.perf_counter()
+    rec = cmd_step(args) if args.cmd == "step" else cmd_validate(args)
+    rec.update(kind=args.cmd, commit=git_commit(), base_commit=tree_commit(Path(args.base)) if args.base else None,
+               machine=machine(), args=vars(args), wall_seconds=time.perf_counter() - start)
+    records = json.loads(OUT.read_text()) if OUT.exists() else {}
+    records[args.tag or args.cmd] = rec
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(records, indent=2) + "\n")
+    print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
