@@ -73,12 +73,12 @@ def sampled_softmax_loss(user: torch.Tensor, target: torch.Tensor, negatives: to
         logits = torch.cat([pos_logit, neg_logit], dim=1)  # (B, 1 + S)
         return F.cross_entropy(logits, torch.zeros(len(target), dtype=torch.long, device=logits.device))
     # REMI: negatives weighted by softmax(beta * logit) rescaled to mean 1 (kept in the graph, as in
-    # the reference code); loss = -log(e^pos / (e^pos + sum_j w_j e^neg_j)). The positive and the
-    # negatives stay apart (no (B, 1 + S) concatenation to slice and differentiate back).
-    shift = torch.maximum(pos_logit, neg_logit.max(dim=1, keepdim=True).values).detach()  # (B, 1)
-    pos = (pos_logit - shift).squeeze(1)  # (B,)
-    neg = neg_logit - shift  # (B, S)
-    log_w = F.log_softmax(hard_negative_beta * neg, dim=1) + math.log(neg.shape[1])  # (B, S), mean(w) = 1
-    log_neg_mass = torch.logsumexp(log_w + neg, dim=1)  # (B,)
+    # the reference code); loss = -log(e^pos / (e^pos + sum_j w_j e^neg_j)). With
+    # log w_j = beta n_j - LSE(beta n) + log S, the weighted mass is one closed form of two
+    # log-sum-exps, log sum_j w_j e^n_j = LSE((1 + beta) n) - LSE(beta n) + log S: the same function
+    # (and gradient) without the (B, S) weights, each LSE stable on its own.
+    pos = pos_logit.squeeze(1)  # (B,)
+    log_neg_mass = (torch.logsumexp((1.0 + hard_negative_beta) * neg_logit, dim=1)
+                    - torch.logsumexp(hard_negative_beta * neg_logit, dim=1) + math.log(neg_logit.shape[1]))  # (B,)
     log_denominator = torch.logaddexp(pos, log_neg_mass)  # (B,)
     return (log_denominator - pos).mean()

@@ -18,8 +18,10 @@ def attention_logits(w1: nn.Linear, w2: nn.Linear, x: torch.Tensor, mask: torch.
     """``W2 tanh(W1 x)`` at the valid positions of ``x (B, L, D_in)``, -inf at padding: (B, K, L).
 
     Only the valid positions go through the two layers (packed), so the cost follows the number of
-    real history items, not B x L: most short histories are mostly padding."""
-    packed = w2(torch.tanh(w1(x[mask])))  # (V, K) for the V valid positions
+    real history items, not B x L: most short histories are mostly padding. ``tanh`` is computed as
+    ``2 sigmoid(2z) - 1`` (the same function; torch's CPU sigmoid kernel is several times faster)."""
+    z = w1(x[mask])  # (V, H) for the V valid positions
+    packed = w2(2.0 * torch.sigmoid(2.0 * z) - 1.0)  # (V, K): W2 tanh(W1 x)
     logits = packed.new_full((*mask.shape, packed.shape[-1]), float("-inf"))  # (B, L, K)
     logits = logits.index_put((mask,), packed)  # (B, L, K)
     return logits.transpose(1, 2)  # (B, K, L)
