@@ -90,7 +90,7 @@ def speed_one(args: argparse.Namespace) -> None:
     from dmirec.data.sampler import TrainSampler
     from dmirec.losses import NegativeSampler
     from dmirec.models import build_model
-    from dmirec.train import autocast, batch_loss, make_config, make_optimizer
+    from dmirec.train import make_config, make_optimizer, train_step
 
     torch.set_num_threads(args.threads)
     data = load_dataset(synth_data(args.items, args.users), mmap=True)
@@ -100,7 +100,7 @@ def speed_one(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_model(cfg, data.num_items, data.item_popularity()).to(device)
-    optim.set_sparse(model, optim.use_sparse(cfg, data.num_items))
+    optim.setup_table(model, cfg, data.num_items)  # as train() does in one process
     sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=0)
     negatives = NegativeSampler(data.num_items, cfg.negative_sampler, device)
     gen = torch.Generator(device=device).manual_seed(1)
@@ -108,15 +108,8 @@ def speed_one(args: argparse.Namespace) -> None:
     model.train()
     losses = []
 
-    def step() -> None:
-        b = sampler.sample()
-        h, m, t = (torch.from_numpy(x).to(device) for x in (b.history, b.mask, b.target))
-        with autocast(cfg, device):
-            loss = batch_loss(model, cfg, h, m, t, negatives, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    def step() -> None:  # the package's one training step
+        losses.append(float(train_step(model, opt, cfg, sampler.sample(), negatives, gen, device).detach()))
 
     for _ in range(args.warmup):
         step()
