@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dmirec.retrieval import (
+    resolve_backend,
     ExactTorchSearch,
     ExcludeCSR,
     FaissSearch,
@@ -283,3 +284,36 @@ def test_merge_candidates_dedups_keeping_best():
     assert r.ids.tolist() == [[3, 5, -1, -1]]
     assert r.scores[0, :2].tolist() == [4.0, 2.0]
     assert r.interest.tolist() == [[1, 0, -1, -1]]
+
+
+def test_auto_backend_is_faiss_on_cpu_and_torch_on_cuda():
+    """``auto`` (the default) names the faster exact search where it runs, and gives the same lists."""
+    assert resolve_backend("auto", "cpu") == "faiss" and resolve_backend("auto", None) == "faiss"
+    assert resolve_backend("auto", "cuda") == "torch" and resolve_backend("auto", torch.device("cuda", 0)) == "torch"
+    assert resolve_backend("torch", "cpu") == "torch" and resolve_backend("faiss", "cuda") == "faiss"
+    rng = np.random.default_rng(5)
+    items = rng.standard_normal((301, 8)).astype(np.float32)
+    queries = rng.standard_normal((7, 3, 8)).astype(np.float32)
+    assert isinstance(make_searcher(items), FaissSearch)
+    assert isinstance(make_searcher(torch.from_numpy(items)), FaissSearch)  # a CPU tensor: faiss too
+    auto, exact = search(queries, items, 20), search(queries, items, 20, backend="torch")
+    np.testing.assert_array_equal(auto.ids, exact.ids)
+    np.testing.assert_allclose(auto.scores, exact.scores, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown retrieval backend"):
+        make_searcher(items, "annoy")
+
+
+@pytest.mark.parametrize("block", [1, 7, 300, None])
+def test_torch_search_blocks_agree_with_brute_force(block):
+    """The per-interest, per-block top-n of the torch search: every item block size gives the
+    brute-force max-over-interests ranking, scores and the interest that attains it."""
+    rng = np.random.default_rng(11)
+    items = rng.standard_normal((300, 6)).astype(np.float32)
+    queries = rng.standard_normal((9, 4, 6)).astype(np.float32)
+    res = ExactTorchSearch(items, item_block=block, user_chunk=4).search(queries, 25)
+    scores, interest = brute_force_scores(queries, items)  # (B, N + 1) each
+    for b in range(len(queries)):
+        order = np.lexsort((np.arange(len(items)), -scores[b]))[:25]  # best first, lower id on ties
+        np.testing.assert_array_equal(res.ids[b], order)
+        np.testing.assert_allclose(res.scores[b], scores[b][order], rtol=1e-5)
+        np.testing.assert_array_equal(res.interest[b], interest[b][order])

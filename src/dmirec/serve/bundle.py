@@ -43,7 +43,7 @@ from ..data.sampler import left_pad
 from ..config import Config, from_dict, upgrade_saved
 from ..models import build_model
 from ..repeats import RepeatFirst, channel_from_config, model_stage, retrieve
-from ..retrieval import ExactTorchSearch, FaissSearch, SearchResult
+from ..retrieval import ExactTorchSearch, FaissSearch, SearchResult, resolve_backend
 
 FORMAT = "dmirec-bundle"
 FORMAT_VERSION = 1
@@ -308,7 +308,7 @@ class Bundle:
     """
 
     def __init__(self, path: str | Path, *, verify: bool = True, load_model: bool = True,
-                 use_index: bool = True, exact_backend: str = "torch", device: str | torch.device = "cpu"):
+                 use_index: bool = True, exact_backend: str = "auto", device: str | torch.device = "cpu"):
         self.path = Path(path)
         self.manifest = verify_bundle(self.path) if verify else read_manifest(self.path)
         self.config: Config = self._read_config()
@@ -334,6 +334,7 @@ class Bundle:
         if use_index and self.manifest.get("index"):
             self.index_info = dict(self.manifest["index"])
             self.index = load_faiss_index(self.path / self.index_info["file"], self.index_info)
+        exact_backend = resolve_backend(exact_backend, self.device)  # auto: faiss on CPU, torch on CUDA
         if self.index is not None:
             self.searcher = FaissSearch(self.item_embeddings, self.index)
         elif exact_backend == "torch":
@@ -341,7 +342,7 @@ class Bundle:
         elif exact_backend == "faiss":
             self.searcher = FaissSearch(self.item_embeddings)  # IndexFlatIP: exact, faster for big batches
         else:
-            raise ValueError(f"exact_backend must be 'torch' or 'faiss', got {exact_backend!r}")
+            raise ValueError(f"exact_backend must be 'auto', 'torch' or 'faiss', got {exact_backend!r}")
         self._query_sample: np.ndarray | None = None
 
     # -- loading helpers ---------------------------------------------------------------------
@@ -534,11 +535,12 @@ def load_faiss_index(path: Path, info: dict[str, Any]):
     return set_search_params(index, info.get("params", {}))
 
 
-def load_bundle(path: str | Path, *, verify: bool = True, use_index: bool = True, exact_backend: str = "torch",
+def load_bundle(path: str | Path, *, verify: bool = True, use_index: bool = True, exact_backend: str = "auto",
                 device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle for serving. Checksums are verified unless ``verify=False``.
 
     Search uses the bundle's faiss index when it has one (and ``use_index``), else exact search
-    over the whole catalogue with ``exact_backend`` (``torch``, the reference, or ``faiss`` flat).
+    over the whole catalogue with ``exact_backend`` (``auto``: faiss flat on the CPU, the torch search
+    on a CUDA device; or ``torch``, the reference, or ``faiss`` flat).
     """
     return Bundle(path, verify=verify, use_index=use_index, exact_backend=exact_backend, device=device)
