@@ -138,6 +138,7 @@ def write_report(results_dir: Path, out: Path) -> None:
     lines += _eval_variants_section(results_dir / "dmi_eval_variants.json")
     lines += _correction_section(results_dir / "dmi_correction.json")
     lines += _speed_section(results_dir / "speed.json")
+    lines += _hotpath_section(results_dir / "hotpath.json")
     lines += _scale_section(results_dir / "scale.json")
     lines += _serve_section(results_dir)
     load = ROOT / "configs" / "bench" / "serving_under_load.md"  # the table printed by scripts/bench_serve.py
@@ -336,7 +337,7 @@ def _reproduce_section(path: Path) -> list[str]:
     recs = [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))] if path.exists() else []
     if not recs:
         return []
-    lines = ["## Reproduced after the structure change (`python scripts/bench.py reproduce TAG`)", "",
+    lines = ["## Recorded runs retrained at a later commit (`python scripts/bench.py reproduce TAG`)", "",
              "| run | commit of the rerun | same steps and best step | max abs difference of any test metric |",
              "|---|---|---|---|"]
     for r in recs:
@@ -406,6 +407,19 @@ def _speed_section(path: Path) -> list[str]:
 
 def _count(n: int | None) -> str:
     return f"{n:,}" if n else "-"
+
+
+def _hotpath_section(path: Path) -> list[str]:
+    """scripts/bench_hotpath.py: the training step and the validation pass against an older tree."""
+    if not path.exists():
+        return []
+    from bench_hotpath import report
+
+    return ["## Training step and validation pass (`scripts/bench_hotpath.py`)", "",
+            "Beauty at the reference settings, one thread; \"base\" is the code of the base commit, run "
+            "alternately with this tree in fresh processes (paired rounds: median seq/s of the step, best "
+            "validation pass). README, \"The small-catalogue step and the validation pass\", explains them.", "",
+            report().rstrip(), ""]
 
 
 def _scale_section(path: Path) -> list[str]:
