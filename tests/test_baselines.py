@@ -305,6 +305,19 @@ def test_packed_attention_logits_equal_the_full_formula(lengths, seed):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("beta", [0.5, 1.0, 3.0])
+def test_weighted_negative_mass_function_and_gradient(beta):
+    """REMI's weighted negative mass with its hand-written backward: the closed form
+    LSE((1 + beta) n) - LSE(beta n) + log S in value, and autograd's gradient (gradcheck)."""
+    from dmirec.losses import _WeightedNegativeMass
+
+    gen = torch.Generator().manual_seed(3)
+    neg = (10 * torch.randn(6, 23, generator=gen, dtype=torch.float64)).requires_grad_()
+    expect = torch.logsumexp((1 + beta) * neg, 1) - torch.logsumexp(beta * neg, 1) + math.log(23)
+    torch.testing.assert_close(_WeightedNegativeMass.apply(neg, beta), expect)
+    assert torch.autograd.gradcheck(lambda x: _WeightedNegativeMass.apply(x, beta), (neg,))
+
+
 def test_hard_negatives_reduce_to_plain_sampled_softmax():
     torch.manual_seed(0)
     table = torch.randn(N_ITEMS + 1, D)

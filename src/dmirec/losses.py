@@ -44,6 +44,34 @@ class NegativeSampler:
         return ids.clamp_(1, self.num_items)
 
 
+class _WeightedNegativeMass(torch.autograd.Function):
+    """``log sum_j w_j e^{n_j}`` with REMI's weights ``w = S softmax(beta n)``, one row per user.
+
+    Equal to ``LSE((1 + beta) n) - LSE(beta n) + log S``; computed from one shared shift ``m`` (the
+    row max) as ``m + log sum e^{(1+beta) z} - log sum e^{beta z} + log S`` with ``z = n - m``, and
+    differentiated by hand: ``d/dn_j = (1 + beta) p2_j - beta p1_j`` where p1, p2 are the two
+    softmaxes. Two exponentials of the (B, S) scores forward and three (B, S) operations backward,
+    against about twenty for the same function through autograd (checked by gradcheck).
+    """
+
+    @staticmethod
+    def forward(ctx, neg: torch.Tensor, beta: float) -> torch.Tensor:
+        shift = neg.max(dim=1, keepdim=True).values  # (B, 1)
+        z = neg - shift  # (B, S), <= 0
+        e1 = torch.exp(z if beta == 1.0 else beta * z)  # (B, S) e^{beta z}
+        e2 = e1 * torch.exp(z)  # (B, S) e^{(1 + beta) z}
+        s1, s2 = e1.sum(dim=1, keepdim=True), e2.sum(dim=1, keepdim=True)  # (B, 1)
+        ctx.save_for_backward(e1, e2, s1, s2)
+        ctx.beta = beta
+        return (shift + torch.log(s2) - torch.log(s1)).squeeze(1) + math.log(neg.shape[1])  # (B,)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        e1, e2, s1, s2 = ctx.saved_tensors
+        g = grad.unsqueeze(1)  # (B, 1)
+        return e2 * (g * (1.0 + ctx.beta) / s2) - e1 * (g * ctx.beta / s1), None  # (B, S)
+
+
 def sampled_softmax_loss(user: torch.Tensor, target: torch.Tensor, negatives: torch.Tensor,
                          item_table: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
                          log_probs: torch.Tensor | None = None,
@@ -74,11 +102,9 @@ def sampled_softmax_loss(user: torch.Tensor, target: torch.Tensor, negatives: to
         return F.cross_entropy(logits, torch.zeros(len(target), dtype=torch.long, device=logits.device))
     # REMI: negatives weighted by softmax(beta * logit) rescaled to mean 1 (kept in the graph, as in
     # the reference code); loss = -log(e^pos / (e^pos + sum_j w_j e^neg_j)). With
-    # log w_j = beta n_j - LSE(beta n) + log S, the weighted mass is one closed form of two
-    # log-sum-exps, log sum_j w_j e^n_j = LSE((1 + beta) n) - LSE(beta n) + log S: the same function
-    # (and gradient) without the (B, S) weights, each LSE stable on its own.
+    # log w_j = beta n_j - LSE(beta n) + log S, the weighted mass is the closed form
+    # LSE((1 + beta) n) - LSE(beta n) + log S (_WeightedNegativeMass): the same function and gradient.
     pos = pos_logit.squeeze(1)  # (B,)
-    log_neg_mass = (torch.logsumexp((1.0 + hard_negative_beta) * neg_logit, dim=1)
-                    - torch.logsumexp(hard_negative_beta * neg_logit, dim=1) + math.log(neg_logit.shape[1]))  # (B,)
+    log_neg_mass = _WeightedNegativeMass.apply(neg_logit, float(hard_negative_beta))  # (B,)
     log_denominator = torch.logaddexp(pos, log_neg_mass)  # (B,)
     return (log_denominator - pos).mean()
