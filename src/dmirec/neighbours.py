@@ -14,7 +14,9 @@ The neighbour rule refines every interest ``v_k`` of any model without training:
 ``alpha = 0`` returns the vectors unchanged (exactly). The bank is a module with buffers, so it
 lives in the model's state dict: checkpoints and serving bundles carry it and ``/recommend``
 gives exactly what ``evaluate`` measures. Search is blocked over the bank (``block`` entries at a
-time) so memory stays ``O(queries x block)`` whatever the bank's size; ``max_users`` caps the bank
+time, by default about 2**22 scores per interest) so memory stays ``O(queries x block)`` whatever
+the bank's size: each interest is scored with one matrix product per block and only each block's
+top n users are merged into the running list; ``max_users`` caps the bank
 with a seeded sample of training users.
 
 Padding never enters: a user with no training items has no entry, and a query that finds fewer
@@ -119,14 +121,15 @@ class InterestBank(nn.Module):
             found_t = torch.cat([found_t, found_t.new_zeros(q, missing)], dim=1)
         return vectors, sims_t, found_t
 
-    def search(self, queries: torch.Tensor, n: int, exclude: torch.Tensor | None = None, block: int = 8192,
+    def search(self, queries: torch.Tensor, n: int, exclude: torch.Tensor | None = None, block: int | None = None,
                sample: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Top-n bank users for each query ``(Q, D)`` by their best cosine over the K interests.
 
         ``exclude (Q,)``: a train-split row id per query whose entry must not be returned (the
         query user itself in training; -1 for none). ``sample > 0`` searches a uniform random
         subset of that many bank users (global RNG; training uses it to bound the cost of a
-        step). Returns ``vectors (Q, n, D)`` (each neighbour's best-matching interest), ``sims (Q,
+        step). ``block``: bank users scored at a time (None: about 2**22 scores per interest).
+        Returns ``vectors (Q, n, D)`` (each neighbour's best-matching interest), ``sims (Q,
         n)`` and ``found (Q, n)`` (False where fewer than n entries qualify; those rows of
         ``vectors`` and ``sims`` are 0).
         """
@@ -137,22 +140,27 @@ class InterestBank(nn.Module):
             pick = torch.randperm(self.size, device=bank_vecs.device)[:sample]  # (S,)
             bank_vecs, owners = bank_vecs[pick], owners[pick]
         q, d = queries.shape
+        if block is None:  # about 2**22 scores per interest and block (16 MiB), at least 256 bank users
+            block = max(256, 2**22 // max(q, 1))
         unit_q = nn.functional.normalize(queries.detach().float(), dim=-1)  # (Q, D)
         best_s = torch.full((q, 0), float("-inf"), device=queries.device)
         best_u = torch.zeros(q, 0, dtype=torch.long, device=queries.device)
         best_k = torch.zeros(q, 0, dtype=torch.long, device=queries.device)
         for start in range(0, len(owners), block):
             vecs = bank_vecs[start:start + block]  # (b, K, D)
-            unit = nn.functional.normalize(vecs, dim=-1)  # (b, K, D)
-            sims = (unit_q @ unit.reshape(-1, d).T).view(q, vecs.shape[0], vecs.shape[1])  # (Q, b, K)
-            top_s, top_k = sims.max(dim=2)  # (Q, b) each user's best interest
+            unit = nn.functional.normalize(vecs, dim=-1).transpose(0, 1).contiguous()  # (K, b, D)
+            per_k = [unit_q @ unit[j].T for j in range(unit.shape[0])]  # K x (Q, b)
+            top_s = per_k[0].clone()  # (Q, b) each bank user's best interest
+            for sims in per_k[1:]:
+                torch.maximum(top_s, sims, out=top_s)
             if exclude is not None:
                 own = owners[start:start + block].unsqueeze(0) == exclude.unsqueeze(1)  # (Q, b)
                 top_s = top_s.masked_fill(own, float("-inf"))
-            users = torch.arange(start, start + vecs.shape[0], device=queries.device).expand(q, -1)  # (Q, b)
-            best_s = torch.cat([best_s, top_s], dim=1)
-            best_u = torch.cat([best_u, users], dim=1)
-            best_k = torch.cat([best_k, top_k], dim=1)
+            block_s, pos = top_s.topk(min(n, vecs.shape[0]), dim=1)  # (Q, m) the block's best users
+            block_k = torch.stack([sims.gather(1, pos) for sims in per_k]).argmax(dim=0)  # (Q, m) first best
+            best_s = torch.cat([best_s, block_s], dim=1)  # (Q, <= 2n)
+            best_u = torch.cat([best_u, pos + start], dim=1)
+            best_k = torch.cat([best_k, block_k], dim=1)
             keep = min(n, best_s.shape[1])
             best_s, pos = best_s.topk(keep, dim=1)  # (Q, keep)
             best_u, best_k = best_u.gather(1, pos), best_k.gather(1, pos)
