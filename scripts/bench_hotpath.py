@@ -3,6 +3,7 @@
 
     python scripts/bench_hotpath.py step [--base SRC] [--models comirec-sa,remi] [--steps 2000] [--rounds 3]
     python scripts/bench_hotpath.py validate [--datasets beauty,gowalla,sports,synth-books] [--rounds 3]
+    python scripts/bench_hotpath.py bank [--base SRC] [--users 36000] [--queries 4096] [--n 16]
     python scripts/bench_hotpath.py report
 
 ``step``: training sequences/s on beauty at the reference settings (configs/beauty/MODEL.yaml:
@@ -11,6 +12,10 @@ batch 128, 1,280 shared negatives, seq_len 20), one thread, the package's full s
 ``--base SRC`` (the ``src`` folder of another checkout, e.g. a ``git worktree`` of an older
 commit) the same measurement runs on that code too, the two alternating round by round (paired),
 so the ratio is measured under the same machine load. Each measurement is a fresh process.
+
+``bank``: one exact search of a random interest bank (36,000 users x 4 interests, 4,096 queries,
+n = 16, one thread; ``dmirec.neighbours.InterestBank.search``), with a digest of its output so
+that two trees can be checked to return the same neighbours bit for bit.
 
 ``validate``: one validation pass (``dmirec.evaluate.evaluate_model`` on the valid split: user
 vectors, exact top-50 over the whole catalogue, metrics) of a freshly initialised REMI, per
@@ -90,6 +95,24 @@ print(json.dumps({"seconds": time.perf_counter() - start, "users": len(eval_set.
 """
 
 
+BANK_CHILD = r"""
+import hashlib, json, sys, time, torch
+from dmirec.neighbours import InterestBank
+users, queries, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.set_num_threads(1)
+gen = torch.Generator().manual_seed(0)
+bank = InterestBank(64, 4)
+bank.vectors, bank.owners = torch.randn(users, 4, 64, generator=gen), torch.arange(users)
+q, exclude = torch.randn(queries, 64, generator=gen), torch.randint(0, users, (queries,), generator=gen)
+bank.search(q[:64], n, exclude[:64])  # warm-up
+start = time.perf_counter()
+vectors, sims, found = bank.search(q, n, exclude)
+seconds = time.perf_counter() - start
+digest = hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in (vectors, sims, found))).hexdigest()
+print(json.dumps({"seconds": seconds, "digest": digest}))
+"""
+
+
 def tree_commit(src: Path) -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
@@ -146,6 +169,30 @@ def cmd_validate(args: argparse.Namespace) -> dict:
     return {"rows": rows}
 
 
+def cmd_bank(args: argparse.Namespace) -> dict:
+    rounds: dict[str, list[float]] = {name: [] for name in trees(args)}
+    digests: dict[str, str] = {}
+    for r in range(args.rounds):
+        for name, src in trees(args).items():
+            got = child(src, BANK_CHILD, [str(args.users), str(args.queries), str(args.n)])
+            rounds[name].append(got["seconds"])
+            digests[name] = got["digest"]
+            print(f"bank round {r} {name}: {got['seconds']:.3f} s", flush=True)
+    return {"rows": [{"users": args.users, "queries": args.queries, "n": args.n, "rounds": rounds,
+                      "best": {k: min(v) for k, v in rounds.items()}, "digest": digests}]}
+
+
+def table_bank(rec: dict) -> str:
+    row = rec["rows"][0]
+    base = "base" in row["best"]
+    lines = ["| bank users x K | queries | n | this tree (s) |" + (" base tree (s) | same output |" if base else ""),
+             "|---|---:|---:|---:|" + ("---:|---|" if base else "")]
+    line = f"| {row['users']:,} x 4 | {row['queries']:,} | {row['n']} | {row['best']['this']:.3f} |"
+    if base:
+        line += f" {row['best']['base']:.3f} | {row['digest']['this'] == row['digest']['base']} |"
+    return "\n".join(lines + [line])
+
+
 def table_step(rec: dict) -> str:
     base = "base" in rec["rows"][0]["median"]
     head = "| model | this tree (seq/s) |" + (" base tree (seq/s) | speed-up |" if base else "")
@@ -178,7 +225,8 @@ def report() -> str:
     for key, rec in records.items():
         parts.append(f"### `{key}`: commit {str(rec['commit'])[:8]}, base {str(rec.get('base_commit'))[:8]}, "
                      f"{rec['machine']['cpu']}, wall {rec['wall_seconds']:.0f} s\n")
-        parts.append(table_step(rec) if rec["kind"] == "step" else table_validate(rec))
+        table = {"step": table_step, "validate": table_validate, "bank": table_bank}[rec["kind"]]
+        parts.append(table(rec))
         parts.append("")
     return "\n".join(parts)
 
@@ -193,7 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate")
     v.add_argument("--datasets", default="beauty,gowalla,sports,synth-books")
     v.add_argument("--backends", default="torch,faiss")
-    for q in (s, v):
+    k = sub.add_parser("bank")
+    k.add_argument("--users", type=int, default=36_000)
+    k.add_argument("--queries", type=int, default=4096)
+    k.add_argument("--n", type=int, default=16)
+    for q in (s, v, k):
         q.add_argument("--base", default=None, help="src folder of another checkout, measured alternately")
         q.add_argument("--rounds", type=int, default=3)
         q.add_argument("--tag", default=None)
@@ -203,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report())
         return 0
     start = time.perf_counter()
-    rec = cmd_step(args) if args.cmd == "step" else cmd_validate(args)
+    rec = {"step": cmd_step, "validate": cmd_validate, "bank": cmd_bank}[args.cmd](args)
     rec.update(kind=args.cmd, commit=git_commit(), base_commit=tree_commit(Path(args.base)) if args.base else None,
                machine=machine(), args=vars(args), wall_seconds=time.perf_counter() - start)
     records = json.loads(OUT.read_text()) if OUT.exists() else {}

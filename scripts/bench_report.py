@@ -416,7 +416,7 @@ def _hotpath_section(path: Path) -> list[str]:
     from bench_hotpath import report
 
     return ["## Training step and validation pass (`scripts/bench_hotpath.py`)", "",
-            "Beauty at the reference settings, one thread; \"base\" is the code of the base commit, run "
+            "Beauty at the reference settings (bank: a random interest bank), one thread; \"base\" is the code of the base commit, run "
             "alternately with this tree in fresh processes (paired rounds: median seq/s of the step, best "
             "validation pass). README, \"The small-catalogue step and the validation pass\", explains them.", "",
             report().rstrip(), ""]
