@@ -15,12 +15,13 @@ default) picks sparse from ``sparse_min_items`` items up, where it is measured t
 so results on the small benchmark catalogues do not change.
 
 The dense path of one process also looks rows up through the embedding module (:func:`set_sparse`
-with ``lookups="sparse"``): each lookup's gradient is then a small sparse tensor added in place
-into one persistent dense gradient of the table (:func:`zero_grad` zeroes it instead of dropping
-it), where indexing the table would build a fresh zero-filled ``(N + 1, D)`` gradient per lookup
-(three per step) and sum them. Same dense Adam, same gradient up to float summation order; about
-a quarter of a small-catalogue step saved (scripts/bench_speed.py). Data-parallel runs keep dense
-lookups, whose gradients DDP all-reduces as they are.
+with ``lookups="sparse"``): the lookups' gradients are small sparse tensors, added in place into
+one dense gradient tensor the table keeps from step to step (:func:`densify_table_grad`, between
+``backward`` and the step), where indexing the table would build a fresh zero-filled
+``(N + 1, D)`` gradient per lookup (three per step) and sum them. Same dense Adam, same gradient
+up to float summation order; about a quarter of a small-catalogue step saved
+(scripts/bench_hotpath.py). Data-parallel runs keep dense lookups, whose gradients DDP
+all-reduces as they are.
 """
 
 from __future__ import annotations
@@ -70,15 +71,24 @@ def is_sparse(model: torch.nn.Module) -> bool:
     return isinstance(table, torch.nn.Embedding) and table.sparse and not getattr(table, "dense_grad", False)
 
 
-def zero_grad(optimizer: Any, model: torch.nn.Module) -> None:
-    """Drop every gradient before a backward pass; a table with sparse lookups and dense Adam keeps
-    its dense gradient tensor, zeroed, for the lookups' sparse gradients to be added into."""
+def densify_table_grad(model: torch.nn.Module) -> None:
+    """Between ``backward`` and the optimiser step of a table with sparse lookups and dense Adam:
+    add the lookups' sparse gradient into the table's kept dense gradient tensor (zeroed first)
+    and hand that to Adam. A table that received no gradient keeps ``grad = None``, so Adam skips
+    it exactly as it would with dense lookups (a frozen backbone's table does not move)."""
     table = getattr(model, "item_emb", None)
-    weight = table.weight if getattr(table, "dense_grad", False) and table.weight.requires_grad else None
-    kept = weight.grad if weight is not None else None
-    optimizer.zero_grad(set_to_none=True)
-    if weight is not None:
-        weight.grad = kept.zero_() if kept is not None and not kept.is_sparse else torch.zeros_like(weight)
+    if not getattr(table, "dense_grad", False):
+        return
+    weight = table.weight
+    grad = weight.grad
+    if grad is None or not grad.is_sparse:
+        return
+    kept = getattr(table, "kept_grad", None)
+    if kept is None or kept.shape != weight.shape or kept.device != weight.device or kept.dtype != weight.dtype:
+        kept = table.kept_grad = torch.zeros_like(weight)
+    else:
+        kept.zero_()
+    weight.grad = kept.add_(grad)  # dense += sparse, in place
 
 
 def item_lookup(model: torch.nn.Module) -> torch.Tensor | Callable[[torch.Tensor], torch.Tensor]:

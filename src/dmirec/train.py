@@ -76,8 +76,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Co
             loss = batch_loss(model, cfg, history, mask, target, negatives, neg_gen, users)
         else:
             loss = ddp(history, mask, target, negatives.sample(cfg.num_negatives, neg_gen), users)
-    optim.zero_grad(optimizer, model)
+    optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    optim.densify_table_grad(model)
     optimizer.step()
     return loss
 
