@@ -4,6 +4,7 @@
     python scripts/bench_hotpath.py step [--base SRC] [--models comirec-sa,remi] [--steps 2000] [--rounds 3]
     python scripts/bench_hotpath.py validate [--datasets beauty,gowalla,sports,synth-books] [--rounds 3]
     python scripts/bench_hotpath.py bank [--base SRC] [--users 36000] [--queries 4096] [--n 16]
+    python scripts/bench_hotpath.py profile [--model remi] [--dataset beauty] [--base SRC]
     python scripts/bench_hotpath.py report
 
 ``step``: training sequences/s on beauty at the reference settings (configs/beauty/MODEL.yaml:
@@ -21,6 +22,9 @@ that two trees can be checked to return the same neighbours bit for bit.
 vectors, exact top-50 over the whole catalogue, metrics) of a freshly initialised REMI, per
 retrieval backend, one thread; synth-books (``bench_scale.py books`` makes it) uses the fixed
 sample of 2,000 validation users that its training run validates on. Also with ``--base``.
+
+``profile``: the torch profiler's table of 300 training steps (ops grouped by input shape) and the
+share of padding among the batch positions of a dataset; printed, not recorded.
 
 Results go to bench_results/hotpath.json (key ``--tag``, default the subcommand) with the machine,
 commits, arguments and every round; ``report`` prints the tables the README carries. Run it on an
@@ -113,6 +117,22 @@ print(json.dumps({"seconds": seconds, "digest": digest}))
 """
 
 
+PROFILE_CHILD = STEP_CHILD.split("model.train()")[0] + r"""
+import numpy as np
+from torch.profiler import ProfilerActivity, profile
+model.train()
+for _ in range(warmup):
+    train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu")
+with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    for _ in range(steps):
+        train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu")
+print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25,
+                                                         max_name_column_width=32, max_shapes_column_width=60))
+padding = 1 - np.mean([sampler.sample().mask.mean() for _ in range(200)])
+print(json.dumps({"padding_share_of_positions": float(padding)}))
+"""
+
+
 def tree_commit(src: Path) -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
@@ -193,6 +213,16 @@ def table_bank(rec: dict) -> str:
     return "\n".join(lines + [line])
 
 
+def cmd_profile(args: argparse.Namespace) -> None:
+    """Print the torch profiler's table of ``--steps`` training steps (this tree, or ``--base``) and
+    the share of padding among a dataset's batch positions; nothing is recorded."""
+    src = Path(args.base).resolve() if args.base else ROOT / "src"
+    config = ROOT / "configs" / args.dataset / f"{args.model}.yaml"
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", PROFILE_CHILD, str(DATA / args.dataset), str(config), args.model,
+                    str(args.steps), "50"], env=env, cwd=ROOT, check=True)
+
+
 def table_step(rec: dict) -> str:
     base = "base" in rec["rows"][0]["median"]
     head = "| model | this tree (seq/s) |" + (" base tree (seq/s) | speed-up |" if base else "")
@@ -249,10 +279,18 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--base", default=None, help="src folder of another checkout, measured alternately")
         q.add_argument("--rounds", type=int, default=3)
         q.add_argument("--tag", default=None)
+    f = sub.add_parser("profile")
+    f.add_argument("--model", default="remi")
+    f.add_argument("--dataset", default="beauty")
+    f.add_argument("--steps", type=int, default=300)
+    f.add_argument("--base", default=None, help="profile another checkout's src instead")
     sub.add_parser("report")
     args = p.parse_args(argv)
     if args.cmd == "report":
         print(report())
+        return 0
+    if args.cmd == "profile":
+        cmd_profile(args)
         return 0
     start = time.perf_counter()
     rec = {"step": cmd_step, "validate": cmd_validate, "bank": cmd_bank}[args.cmd](args)

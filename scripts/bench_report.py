@@ -435,7 +435,8 @@ def _scale_section(path: Path) -> list[str]:
         m = e.get("machine", {})
         where = f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}"
         lines += [f"### `{key}`: `{' '.join(e.get('argv', []))}`", "",
-                  f"{where}; commit {str(e.get('commit', '?'))[:12]}; wall {e.get('wall_seconds', 0):.0f} s.", ""]
+                  f"{where}; commit {str(e.get('commit', '?'))[:12]}; wall {e.get('wall_seconds', 0):.0f} s."
+                  + (f" Note: {e['note']}." if e.get("note") else ""), ""]
         rows = e.get("rows", [])
         if key.startswith("speed"):
             lines += ["| model | items | interactions | path | seq/s | ms/step | peak RSS (MiB) |",
@@ -447,6 +448,14 @@ def _scale_section(path: Path) -> list[str]:
                       "|---|---|---:|---:|---:|---:|---|"]
             lines += [f"| {r['mode']} | {r['format']} | {r['rows']:,} | {r['wall_seconds']:.0f} | "
                       f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib_per_10m_rows']:.0f} | {r.get('outputs_identical')} |"
+                      for r in rows]
+        elif key.startswith("books"):  # bench_scale.py books: prepare, the model to early stop, most-popular
+            lines += ["| step | wall (s) | peak RSS (MiB) | steps (best) | stopped | train seq/s | test R@20 | test R@50 | "
+                      "test HR@50 |", "|---|---:|---:|---|---|---:|---:|---:|---:|"]
+            lines += [f"| {r['step']} | {r['wall_seconds']:.0f} | {r['peak_rss_mib']:.0f} | {r.get('steps')} "
+                      f"({r.get('best_step')}) | {r.get('stopped')} | {r.get('train_seq_per_s') or 0:,.0f} | "
+                      f"{r['test']['recall@20']:.4f} | {r['test']['recall@50']:.4f} | {r['test']['hitrate@50']:.4f} |"
+                      if "test" in r else f"| {r['step']} | {r['wall_seconds']:.0f} | {r['peak_rss_mib']:.0f} | | | | | | |"
                       for r in rows]
         elif all("train_seq_per_s" in r for r in rows):  # ddp / sharded: one row per setting
             lines += ["| setting | train seq/s | test R@50 | test HR@50 |", "|---|---:|---:|---:|"]

@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--model", default="remi")
     b.add_argument("--preset", default="books")
     b.add_argument("--seed", type=int, default=2021)
-    b.add_argument("--max_steps", type=int, default=100_000)
+    b.add_argument("--max_steps", type=int, default=300_000, help="a ceiling: the run stops early (patience)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_rank_train"]:  # the rest after "--" is dmirec train's own arguments
         cut = argv.index("--")

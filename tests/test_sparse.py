@@ -68,7 +68,7 @@ def test_sparse_and_dense_sgd_give_the_same_parameters(planted, name):
 @pytest.mark.parametrize("name", ["remi", "comirec-sa", "dmi"])
 def test_sparse_lookups_into_a_dense_gradient_give_dense_adam(planted, name):
     """One process: dense Adam reads its table gradient from sparse lookups added into one kept
-    dense tensor (dmirec.optim.densify_table_grad); the parameters follow dense lookups' within float noise."""
+    dense tensor (dmirec.optim.prepare_table_grad); the parameters follow dense lookups' within float noise."""
     from dmirec.optim import setup_table
     from dmirec.train import train_step
 
@@ -101,7 +101,7 @@ def test_sparse_lookups_into_a_dense_gradient_give_dense_adam(planted, name):
 def test_a_table_without_gradient_is_skipped_by_adam():
     """With sparse lookups and dense Adam, a step in which the table got no gradient (a frozen
     backbone's detached lookups) leaves ``grad = None``: Adam skips the table, weight decay included."""
-    from dmirec.optim import densify_table_grad, setup_table
+    from dmirec.optim import finish_table_grad, prepare_table_grad, setup_table
 
     cfg = make_config("remi", overrides={**SMALL, "weight_decay": 0.1})
     model = build_model(cfg, 50)
@@ -110,17 +110,19 @@ def test_a_table_without_gradient_is_skipped_by_adam():
     before = model.item_emb.weight.detach().clone()
     for _ in range(2):
         opt.zero_grad(set_to_none=True)
+        prepare_table_grad(model)
         rows = model.item_rows(torch.tensor([[1, 2, 0]])).detach()  # looked up, but no gradient flows
         model.w1(rows).sum().backward()
-        densify_table_grad(model)
+        finish_table_grad(model)
         assert model.item_emb.weight.grad is None
         opt.step()
     assert torch.equal(model.item_emb.weight.detach(), before)
     opt.zero_grad(set_to_none=True)
+    prepare_table_grad(model)
     model.item_rows(torch.tensor([[1, 2, 2]])).sum().backward()  # now it does get one
-    densify_table_grad(model)
+    finish_table_grad(model)
     grad = model.item_emb.weight.grad
-    assert not grad.is_sparse and grad[2].sum().item() == pytest.approx(2 * 16) and grad[4].abs().sum() == 0
+    assert grad is model.item_emb.kept_grad and not grad.is_sparse and grad[2].sum().item() == pytest.approx(2 * 16) and grad[4].abs().sum() == 0
 
 
 def test_optimizer_choice():

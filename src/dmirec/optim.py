@@ -16,8 +16,8 @@ so results on the small benchmark catalogues do not change.
 
 The dense path of one process also looks rows up through the embedding module (:func:`set_sparse`
 with ``lookups="sparse"``): the lookups' gradients are small sparse tensors, added in place into
-one dense gradient tensor the table keeps from step to step (:func:`densify_table_grad`, between
-``backward`` and the step), where indexing the table would build a fresh zero-filled
+one dense gradient tensor the table keeps from step to step (:func:`prepare_table_grad` before
+``backward``, :func:`finish_table_grad` after it), where indexing the table would build a fresh zero-filled
 ``(N + 1, D)`` gradient per lookup (three per step) and sum them. Same dense Adam, same gradient
 up to float summation order; about a quarter of a small-catalogue step saved
 (scripts/bench_hotpath.py). Data-parallel runs keep dense lookups, whose gradients DDP
@@ -71,24 +71,30 @@ def is_sparse(model: torch.nn.Module) -> bool:
     return isinstance(table, torch.nn.Embedding) and table.sparse and not getattr(table, "dense_grad", False)
 
 
-def densify_table_grad(model: torch.nn.Module) -> None:
-    """Between ``backward`` and the optimiser step of a table with sparse lookups and dense Adam:
-    add the lookups' sparse gradient into the table's kept dense gradient tensor (zeroed first)
-    and hand that to Adam. A table that received no gradient keeps ``grad = None``, so Adam skips
-    it exactly as it would with dense lookups (a frozen backbone's table does not move)."""
+def prepare_table_grad(model: torch.nn.Module) -> None:
+    """Before ``backward``, for a table with sparse lookups and dense Adam: hand the table its kept
+    dense gradient tensor, zeroed, for the lookups' sparse gradients to be added into in place."""
     table = getattr(model, "item_emb", None)
-    if not getattr(table, "dense_grad", False):
+    if not getattr(table, "dense_grad", False) or not table.weight.requires_grad:
         return
     weight = table.weight
-    grad = weight.grad
-    if grad is None or not grad.is_sparse:
-        return
     kept = getattr(table, "kept_grad", None)
     if kept is None or kept.shape != weight.shape or kept.device != weight.device or kept.dtype != weight.dtype:
         kept = table.kept_grad = torch.zeros_like(weight)
     else:
         kept.zero_()
-    weight.grad = kept.add_(grad)  # dense += sparse, in place
+    weight.grad = kept
+    table.kept_version = kept._version  # in-place adds bump it: finish_table_grad sees whether any came
+
+
+def finish_table_grad(model: torch.nn.Module) -> None:
+    """After ``backward``: a table that received no gradient this step gets ``grad = None`` back, so
+    Adam skips it exactly as with dense lookups (a frozen backbone's table does not move, weight
+    decay included)."""
+    table = getattr(model, "item_emb", None)
+    kept = getattr(table, "kept_grad", None) if getattr(table, "dense_grad", False) else None
+    if kept is not None and table.weight.grad is kept and kept._version == table.kept_version:
+        table.weight.grad = None
 
 
 def item_lookup(model: torch.nn.Module) -> torch.Tensor | Callable[[torch.Tensor], torch.Tensor]:

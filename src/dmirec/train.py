@@ -77,8 +77,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Co
         else:
             loss = ddp(history, mask, target, negatives.sample(cfg.num_negatives, neg_gen), users)
     optimizer.zero_grad(set_to_none=True)
+    optim.prepare_table_grad(model)
     loss.backward()
-    optim.densify_table_grad(model)
+    optim.finish_table_grad(model)
     optimizer.step()
     return loss
 
