@@ -12,9 +12,10 @@ sequence of B id lists, or a CSR (:class:`ExcludeCSR`, or anything with ``indptr
 Backends: ``"torch"`` (:class:`ExactTorchSearch`, exact, bounded memory, CPU or GPU: the
 reference) and ``"faiss"`` (:class:`FaissSearch`, exact ``IDMap2,Flat`` by default or a prebuilt
 ANN index). ``"auto"`` (the default) is the faster exact one where the search runs
-(:func:`resolve_backend`): faiss flat on the CPU (about 1.4x the torch search at 12k items, 2x at
-265k, one thread: scripts/bench_hotpath.py), torch on a CUDA device. For repeated searches over the same catalogue, build a searcher once with
-:func:`make_searcher` and call its ``search(queries, n, exclude=None)``.
+(:func:`resolve_backend`): faiss flat on the CPU (1.2x to 1.4x the torch search at 12k-18k items,
+2.1x at 265k, one thread: scripts/bench_hotpath.py validate), torch on a CUDA device. For repeated
+searches over the same catalogue, build a searcher once with :func:`make_searcher` and call its
+``search(queries, n, exclude=None)``.
 """
 
 from __future__ import annotations
