@@ -17,10 +17,10 @@ so results on the small benchmark catalogues do not change.
 The dense path of one process also looks rows up through the embedding module (:func:`set_sparse`
 with ``lookups="sparse"``): the lookups' gradients are small sparse tensors, added in place into
 one dense gradient tensor the table keeps from step to step (:func:`prepare_table_grad` before
-``backward``, :func:`finish_table_grad` after it), where indexing the table would build a fresh zero-filled
-``(N + 1, D)`` gradient per lookup (three per step) and sum them. Same dense Adam, same gradient
-up to float summation order; about a quarter of a small-catalogue step saved
-(scripts/bench_hotpath.py). Data-parallel runs keep dense lookups, whose gradients DDP
+``backward``, :func:`finish_table_grad` after it), where indexing the table would build a fresh
+zero-filled ``(N + 1, D)`` gradient per lookup (three per step) and sum them. Same dense Adam,
+same gradient up to float summation order; about a quarter of a small-catalogue step saved
+(scripts/bench_hotpath.py profile). Data-parallel runs keep dense lookups, whose gradients DDP
 all-reduces as they are.
 """
 
