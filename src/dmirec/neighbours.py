@@ -70,6 +70,17 @@ class InterestBank(nn.Module):
         self.owners = owners.to(self.owners.device, torch.long)  # (U,)
         self._hnsw = None
 
+    def _unit_bank(self) -> torch.Tensor:
+        """The bank's interests scaled to unit length, (U, K, D): computed once per bank content
+        (the cache holds the tensor it was made from and that tensor's version, so a new or
+        modified bank is normalised again). Exact search reads it instead of normalising the whole
+        bank on every call (one serving request would otherwise rewrite U x K x D floats)."""
+        cache = getattr(self, "_unit_cache", None)
+        if cache is None or cache[0] is not self.vectors or cache[1] != self.vectors._version:
+            cache = (self.vectors, self.vectors._version, nn.functional.normalize(self.vectors, dim=-1))
+            self._unit_cache = cache
+        return cache[2]
+
     def _hnsw_index(self):
         """The HNSW graph over the bank's U*K unit interests (built once per bank content)."""
         if self._hnsw is None:
@@ -135,10 +146,10 @@ class InterestBank(nn.Module):
         """
         if self.search_kind == "hnsw" and exclude is None and sample == 0 and self.size > 0:
             return self._search_hnsw(queries, n)
-        bank_vecs, owners = self.vectors, self.owners
+        bank_vecs, bank_unit, owners = self.vectors, self._unit_bank(), self.owners
         if 0 < sample < self.size:
             pick = torch.randperm(self.size, device=bank_vecs.device)[:sample]  # (S,)
-            bank_vecs, owners = bank_vecs[pick], owners[pick]
+            bank_vecs, bank_unit, owners = bank_vecs[pick], bank_unit[pick], owners[pick]
         q, d = queries.shape
         if block is None:  # about 2**22 scores per interest and block (16 MiB), at least 256 bank users
             block = max(256, 2**22 // max(q, 1))
@@ -147,16 +158,15 @@ class InterestBank(nn.Module):
         best_u = torch.zeros(q, 0, dtype=torch.long, device=queries.device)
         best_k = torch.zeros(q, 0, dtype=torch.long, device=queries.device)
         for start in range(0, len(owners), block):
-            vecs = bank_vecs[start:start + block]  # (b, K, D)
-            unit = nn.functional.normalize(vecs, dim=-1).transpose(0, 1).contiguous()  # (K, b, D)
-            per_k = [unit_q @ unit[j].T for j in range(unit.shape[0])]  # K x (Q, b)
+            unit = bank_unit[start:start + block]  # (b, K, D)
+            per_k = [unit_q @ unit[:, j].T for j in range(unit.shape[1])]  # K x (Q, b)
             top_s = per_k[0].clone()  # (Q, b) each bank user's best interest
             for sims in per_k[1:]:
                 torch.maximum(top_s, sims, out=top_s)
             if exclude is not None:
                 own = owners[start:start + block].unsqueeze(0) == exclude.unsqueeze(1)  # (Q, b)
                 top_s = top_s.masked_fill(own, float("-inf"))
-            block_s, pos = top_s.topk(min(n, vecs.shape[0]), dim=1)  # (Q, m) the block's best users
+            block_s, pos = top_s.topk(min(n, unit.shape[0]), dim=1)  # (Q, m) the block's best users
             block_k = torch.stack([sims.gather(1, pos) for sims in per_k]).argmax(dim=0)  # (Q, m) first best
             best_s = torch.cat([best_s, block_s], dim=1)  # (Q, <= 2n)
             best_u = torch.cat([best_u, pos + start], dim=1)
