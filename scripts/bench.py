@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark runner: trains and evaluates models on ../shared/datasets and writes BENCHMARKS.md.
 
-    python scripts/bench.py run SUITE [--only DATASET[/MODEL]]   # resumable: finished runs are skipped
+    python scripts/bench.py run SUITE [--only DATASET[/MODEL]] [--seed S]   # resumable: finished runs are skipped
     python scripts/bench.py report                               # BENCHMARKS.md from bench_results/*.json
     python scripts/bench.py reproduce TAG [TAG ...]              # retrain recorded runs, compare metrics
 
@@ -205,6 +205,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         if args.only and not (key == args.only or entry["dataset"] == args.only):
             continue
         for seed in entry.get("seeds", [2021]):
+            if args.seed is not None and seed != args.seed:
+                continue
             run_one(entry["dataset"], entry["model"], seed, entry.get("config"), entry.get("extra", []),
                     entry.get("name"), entry.get("group", suite.get("group", "main")), entry.get("reuse_from"))
 
@@ -261,6 +263,7 @@ if __name__ == "__main__":
     p = sub.add_parser("run")
     p.add_argument("suite")
     p.add_argument("--only", default=None)
+    p.add_argument("--seed", type=int, default=None, help="run only this seed of each entry (to split a suite into lanes)")
     p = sub.add_parser("report")
     p = sub.add_parser("reproduce")
     p.add_argument("tags", nargs="+")
