@@ -6,7 +6,7 @@ data-parallel training (torchrun, 2 gloo ranks vs 1 process) and the TorchRec sh
     python scripts/bench_scale.py ddp [--items 12000] [--steps 600]
     python scripts/bench_scale.py prepare [--preset books] [--modes stream,memory]
     python scripts/bench_scale.py books [--model remi] [--max_steps 100000]
-    python scripts/bench_scale.py sharded [--items 12000] [--steps 600]   # needs the `dist` extra
+    python scripts/bench_scale.py sharded [--items 12000] [--steps 600] [--arms 1,ddp,sharded]   # needs `dist`
 
 ``speed``: for every catalogue size, a synthetic prepared dataset (:mod:`dmirec.data.synth_log`,
 ``--users`` users, 20,000 by default, item ids as generated) and, for each path (dense Adam /
@@ -225,9 +225,9 @@ def rank_train(args: argparse.Namespace, train_args: list[str]) -> None:
 def cmd_sharded(args: argparse.Namespace) -> list[dict]:
     data = synth_data(args.items)
     work = ROOT / "bench_runs" / "scale-sharded"
-    return [train_ranks(args, data, work, name, ranks, extra)
-            for name, ranks, extra in (("1 process", 1, []), ("2 ranks, DDP", 2, []),
-                                       ("2 ranks, sharded table", 2, ["--sharded_embeddings=true"]))]
+    arms = {"1": ("1 process", 1, []), "ddp": ("2 ranks, DDP", 2, []),
+            "sharded": ("2 ranks, sharded table", 2, ["--sharded_embeddings=true"])}
+    return [train_ranks(args, data, work, *arms[a]) for a in args.arms.split(",")]
 
 
 def table_sharded(rows: list[dict]) -> str:
@@ -390,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--steps", type=int, default=600)
     h.add_argument("--eval_every", type=int, default=150)
     h.add_argument("--valid_users", type=int, default=1000)
+    h.add_argument("--arms", default="1,ddp,sharded", help="which of 1 (one process), ddp, sharded to run")
+    h.add_argument("--tag", default=None, help="key in scale.json (default: sharded-MODEL-ITEMS)")
     t = sub.add_parser("_rank_train")
     t.add_argument("--rss_dir", required=True)
     r = sub.add_parser("prepare")
@@ -421,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     key = {"speed": lambda: args.tag or f"speed-{args.device}", "ddp": lambda: f"ddp-{args.model}-{args.items}",
            "prepare": lambda: f"prepare-{args.preset}-{args.format}",
            "books": lambda: f"{args.preset}-{args.model}-s{args.seed}",
-           "sharded": lambda: f"sharded-{args.model}-{args.items}"}[args.cmd]()
+           "sharded": lambda: args.tag or f"sharded-{args.model}-{args.items}"}[args.cmd]()
     results[key] = record
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2) + "\n")

@@ -4,13 +4,15 @@
 
 In one process group: OUT/grads.pt (one step's gradients through the sharded table, gathered on
 rank 0, with the batch and negatives that made them), OUT/full (sharded, per-rank negatives, to
-max_steps), OUT/cut (the same run interrupted after step ``cut_at``) and OUT/ddp (the same run
-unsharded, plain DDP).
+max_steps), OUT/cut (the same run interrupted after step ``cut_at``), OUT/ddp (the same run
+unsharded, plain DDP, from the same blocked initial table) and OUT/search.pt (the sharded search of
+OUT/full's best model over the test users, with and without history exclusion).
 """
 
 import gc
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,10 +20,12 @@ import torch.distributed as tdist
 
 from dmirec import sharded
 from dmirec.data.dataset import load_dataset
-from dmirec.data.sampler import TrainSampler
+from dmirec.data.sampler import TrainSampler, eval_split
 from dmirec.dist import Context
 from dmirec.losses import NegativeSampler
+from dmirec import rundir
 from dmirec.models import build_model, set_routing_reg
+from dmirec.models.base import item_table_on_meta
 from dmirec.train import loss_with_negatives, make_config, train
 
 
@@ -35,7 +39,7 @@ def one_step_gradients(cfg, data_dir: str, out: str) -> None:
     data = load_dataset(data_dir)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, data.num_items)
-    table = sharded.install(model)
+    table = sharded.install(model, cfg.seed)  # a whole table built here: each rank takes its rows of it
     batch = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=cfg.seed).sample()
     neg = NegativeSampler(data.num_items).sample(cfg.num_negatives, torch.Generator().manual_seed(cfg.seed + 1))
     share = Context(rank=rank, world=world).share(cfg.batch_size)
@@ -49,6 +53,24 @@ def one_step_gradients(cfg, data_dir: str, out: str) -> None:
     if rank == 0:
         torch.save({"grads": grads, "history": batch.history, "mask": batch.mask, "target": batch.target,
                     "negatives": neg}, f"{out}/grads.pt")
+
+
+def sharded_search(cfg, data_dir: str, run: str, out: str) -> None:
+    """The best model of ``run`` loaded rank by rank (no process reads the whole table), searched
+    with every rank's rows: the top 50 of every test user, with and without history exclusion."""
+    data = load_dataset(data_dir)
+    with item_table_on_meta():
+        model = build_model(cfg, data.num_items)
+    assert model.item_emb.weight.is_meta
+    table = sharded.install(model, cfg.seed)
+    best = rundir.load_checkpoint(f"{run}/checkpoints/best.pt", assemble=False)
+    assert "item_emb.weight" not in best["model"]
+    model.load_state_dict(best["model"])
+    sharded.load_table(table, Path(run) / "checkpoints", best["table_shards"])
+    eval_set = eval_split(data.splits["test"], cfg.seq_len)
+    found = {ex: sharded.rank_users(model, eval_set, 50, "torch", exclude_history=ex) for ex in (False, True)}
+    if tdist.get_rank() == 0:
+        torch.save({ex: (r.ids, r.scores, r.interest) for ex, r in found.items()}, f"{out}/search.pt")
 
 
 def main() -> None:
@@ -68,7 +90,8 @@ def main() -> None:
         train(cfg, data, f"{out}/cut", callback=interrupt)
     except Interrupt:
         pass
-    train(cfg.replace(sharded_embeddings=False), data, f"{out}/ddp")
+    train(cfg.replace(sharded_embeddings=False, table_init="blocked"), data, f"{out}/ddp")
+    sharded_search(cfg, data, f"{out}/full", out)
     gc.collect()  # the runs' DDP wrappers (reference cycles) freed while the group still exists
     tdist.barrier()  # no gloo work in flight when the group is torn down
     tdist.destroy_process_group()

@@ -57,6 +57,53 @@ def test_unsupported_models_and_sparse_updates_are_config_errors():
         make_config("remi", overrides={"sharded_embeddings": True, "embedding_optimizer": "sparse"})
 
 
+def test_sharded_runs_refuse_a_whole_table_draw_and_whole_table_readers():
+    with pytest.raises(ConfigError, match="table_init"):
+        make_config("remi", overrides={"sharded_embeddings": True, "table_init": "reference"})
+    with pytest.raises(ConfigError, match="neighbour_alpha"):
+        make_config("remi", overrides={"sharded_embeddings": True, "neighbour_alpha": 0.5})
+    assert make_config("remi", overrides={"sharded_embeddings": True, "table_init": "blocked"}).table_init == "blocked"
+
+
+def test_blocked_table_rows_do_not_depend_on_who_draws_them():
+    from dmirec.models import build_model
+    from dmirec.models.base import TABLE_INIT_BLOCK, blocked_table_rows, fill_blocked_table, item_table_on_meta
+
+    whole = blocked_table_rows(7, 8, 0, TABLE_INIT_BLOCK + 500)  # (rows, D), two blocks
+    assert torch.equal(whole[0], torch.zeros(8)) and abs(float(whole[1:].std()) - 0.5) < 0.01  # N(0, 2 / D)
+    for a, b in ((1, 10), (TABLE_INIT_BLOCK - 3, TABLE_INIT_BLOCK + 4), (TABLE_INIT_BLOCK + 10, TABLE_INIT_BLOCK + 500)):
+        assert torch.equal(blocked_table_rows(7, 8, a, b), whole[a:b])
+    assert not torch.equal(blocked_table_rows(8, 8, 1, 10), whole[1:10])  # the seed matters
+    with item_table_on_meta():
+        model = build_model(make_config("remi", overrides={"embedding_dim": 8}), 1000)
+    assert model.item_emb.weight.is_meta and not model.w1.weight.is_meta  # only the table is left undrawn
+    fill_blocked_table(model, 7)
+    assert torch.equal(model.item_emb.weight.detach(), whole[:1001])
+
+
+def test_table_files_are_read_by_any_row_range_and_assembled(tmp_path):
+    """A 3-rank checkpoint's table files read by another layout (a resume with another P), and
+    assembled whole by load_checkpoint; a missing file is named."""
+    from dmirec.sharded import read_rows
+
+    table = torch.arange(30, dtype=torch.float32).reshape(10, 3)
+    files = []
+    for r, (first, rows) in enumerate(((0, 4), (4, 3), (7, 3))):
+        name = f"last.table.s5.r{r}of3.pt"
+        torch.save({"first": first, "weight": table[first:first + rows], "exp_avg": -table[first:first + rows]},
+                   tmp_path / name)
+        files.append((name, first, rows))
+    manifest = {"key": "item_emb.weight", "rows": 10, "dim": 3, "step": 5, "files": files}
+    assert torch.equal(read_rows(tmp_path, manifest, 2, 9), table[2:9])
+    assert torch.equal(read_rows(tmp_path, manifest, 5, 10, "exp_avg"), -table[5:10])
+    rundir.save_checkpoint(tmp_path / "last.pt", {"model": {"other": torch.ones(1)}, "table_shards": manifest})
+    assert torch.equal(rundir.load_checkpoint(tmp_path / "last.pt")["model"]["item_emb.weight"], table)
+    assert "item_emb.weight" not in rundir.load_checkpoint(tmp_path / "last.pt", assemble=False)["model"]
+    (tmp_path / files[1][0]).unlink()
+    with pytest.raises(rundir.RunError, match=r"last\.table\.s5\.r1of3\.pt"):
+        rundir.load_checkpoint(tmp_path / "last.pt")
+
+
 def test_missing_extra_is_a_one_line_error_naming_the_install_command(monkeypatch):
     from dmirec import sharded
 
@@ -129,15 +176,51 @@ def test_sharded_run_matches_the_unsharded_ddp_run(runs):
 
 
 @needs_torchrec
-def test_sharded_checkpoints_have_the_unsharded_format(runs):
+def test_sharded_checkpoints_keep_each_ranks_rows_in_its_own_file(runs):
+    """No process writes the whole table: best.pt / last.pt list one file per rank, and loading
+    them assembles the unsharded checkpoint's keys and shapes."""
     base, _ = runs
+    ckpt_dir = base / "full" / "checkpoints"
     for which in ("best", "last"):
+        raw = rundir.load_checkpoint(ckpt_dir / f"{which}.pt", assemble=False)
+        assert "item_emb.weight" not in raw["model"]
+        files = raw["table_shards"]["files"]
+        assert [(first, rows) for _, first, rows in files] == [(0, 101), (101, 100)]
+        # the previous checkpoints' table files are gone: one set per checkpoint
+        assert sorted(p.name for p in ckpt_dir.glob(f"{which}.table.*")) == sorted(f for f, _, _ in files)
         a, b = _model(base / "full", which), _model(base / "ddp", which)
-        assert list(a) == list(b) and all(a[k].shape == b[k].shape for k in a)
+        assert sorted(a) == sorted(b) and all(a[k].shape == b[k].shape for k in a)
     table = _model(base / "full")["item_emb.weight"]  # (N + 1, D), every rank's rows
     assert table.shape == (201, 16) and torch.equal(table[0], torch.zeros(16))
-    opt = rundir.load_checkpoint(base / "full" / "checkpoints" / "last.pt")["optimizer"]["optimizers"][1]
-    assert opt["step"] == 60 and opt["exp_avg"].shape == (201, 16)
+    last = rundir.load_checkpoint(ckpt_dir / "last.pt", assemble=False)
+    assert last["optimizer"]["optimizers"][1] == {"sharded_table_adam": True}
+    part = torch.load(ckpt_dir / last["table_shards"]["files"][1][0], weights_only=True)
+    assert part["adam_step"] == 60 and part["exp_avg"].shape == part["weight"].shape == (100, 16)
+    assert part["exp_avg_sq"].abs().sum() > 0
+
+
+@needs_torchrec
+def test_sharded_search_equals_the_whole_table_search(runs):
+    """Every rank searched its own rows and the lists were merged: the same top 50 (ids, scores,
+    interests) as one exact search over the whole table, with and without history exclusion."""
+    from dmirec.data.dataset import load_dataset
+    from dmirec.data.sampler import eval_split
+    from dmirec.evaluate import rank_users
+    from dmirec.rundir import load_trained_model
+
+    base, data = runs
+    found = torch.load(base / "search.pt", weights_only=False)
+    model, cfg = load_trained_model(base / "full")
+    eval_set = eval_split(load_dataset(data).splits["test"], cfg.seq_len)
+    for ex in (False, True):
+        whole = rank_users(model, eval_set, 50, "torch", exclude_history=ex)
+        ids, scores, interest = found[ex]
+        np.testing.assert_array_equal(ids, whole.ids)
+        np.testing.assert_allclose(scores, whole.scores, rtol=1e-6)
+        np.testing.assert_array_equal(interest, whole.interest)
+    hist = eval_set.full_history
+    assert not any(set(found[True][0][u]) & set(hist[u]) for u in range(len(hist)))
+    assert any(set(found[False][0][u]) & set(hist[u]) for u in range(len(hist)))
 
 
 @needs_torchrec

@@ -70,6 +70,11 @@ class Config:
     # torchrun: the item table sharded row-wise over the ranks with TorchRec (the `dist` extra;
     # dmirec.sharded); the rest of the model stays data-parallel
     sharded_embeddings: bool = False
+    # the item table's initial draw: reference = Kaiming-normal over the whole table from the run's
+    # generator (the public code's); blocked = the same distribution, each block of 65,536 rows from
+    # its own seeded generator, so a process can draw any rows alone (a sharded table's); auto =
+    # blocked when sharded_embeddings, else reference
+    table_init: str = "auto"  # auto | reference | blocked
     bf16: bool = False  # bfloat16 autocast of forward and loss (CUDA; CPU works but is slow)
 
     # --- budget, validation, early stopping ----------------------------------------------------
@@ -253,6 +258,7 @@ CHOICES = {
     "dmi_output": ("fuse", "extra"),
     "embedding_optimizer": ("auto", "dense", "sparse"),
     "dist_negatives": ("rank", "global"),
+    "table_init": ("auto", "reference", "blocked"),
     "bank_search": ("exact", "hnsw"),
 }
 DMI_KEY_SOURCES = ("items", "neighbours", "others")
@@ -330,6 +336,13 @@ def _check_ranges(cfg: Config, source: str) -> None:
     if cfg.sharded_embeddings and cfg.model not in SHARDED_MODELS:
         raise ConfigError(f"{source}: config key 'sharded_embeddings' supports models {', '.join(SHARDED_MODELS)}, "
                           f"not {cfg.model}")
+    if cfg.sharded_embeddings and cfg.table_init == "reference":
+        raise ConfigError(f"{source}: config key 'table_init': a sharded table draws its rows block by block "
+                          f"(blocked or auto), not over the whole table (reference)")
+    if cfg.sharded_embeddings and (cfg.neighbour_alpha > 0 or cfg.repeat_channel):
+        raise ConfigError(f"{source}: config key 'sharded_embeddings' cannot be combined with "
+                          f"{'neighbour_alpha > 0' if cfg.neighbour_alpha > 0 else 'repeat_channel'} (an interest bank "
+                          f"or history scores read the whole table); apply it at evaluation of the finished run")
     if cfg.sharded_embeddings and cfg.embedding_optimizer == "sparse":
         raise ConfigError(f"{source}: config key 'sharded_embeddings' updates each rank's rows with dense Adam; "
                           f"embedding_optimizer=sparse cannot be combined with it")

@@ -69,7 +69,16 @@ def new_items_view(eval_set: EvalSet) -> tuple[EvalSet, int]:
 def rank_users(model, eval_set: EvalSet, n: int, backend: str = "auto", exclude_history: bool = False,
                batch_size: int = 1024, device: str | torch.device = "cpu",
                repeat: RepeatChannel | None = None) -> SearchResult:
-    """The top-n list of every evaluation user: search, then the model's own repeat stage or ``repeat``."""
+    """The top-n list of every evaluation user: search, then the model's own repeat stage or ``repeat``.
+
+    A model whose item table is sharded over torchrun ranks (:mod:`dmirec.sharded`) is searched by
+    every rank together, each over its own rows (a collective: every rank calls this)."""
+    if getattr(getattr(model, "item_emb", None), "sharded", False):
+        if repeat is not None or model_stage(model) is not None:
+            raise ValueError("a sharded item table cannot be searched with a repeat stage")
+        from .sharded import rank_users as sharded_rank_users
+
+        return sharded_rank_users(model, eval_set, n, backend, exclude_history, batch_size)
     queries = user_vectors(model, eval_set, batch_size, device)  # (U, K, D)
     items = model.item_embeddings().detach().float()  # (N + 1, D)
     items_np = items.cpu().numpy()  # (N + 1, D)

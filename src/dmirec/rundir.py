@@ -19,42 +19,52 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import json
 import os
 import pickle
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from .atomic import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
+from .atomic import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
 from .config import Config, from_dict, upgrade_saved
 
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    """``torch.save`` to a temporary file beside ``path``, renamed over it (:mod:`dmirec.atomic`)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 class RunError(ValueError):
     """A run directory is busy, unfinished or damaged; the message names the run and the file."""
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", assemble: bool = True
+                    ) -> dict[str, Any]:
+    """A checkpoint file. A sharded run's checkpoint keeps its item table in per-rank files beside it
+    (``table_shards``, :mod:`dmirec.sharded`): ``assemble`` puts the whole table into
+    ``ckpt["model"]`` as an unsharded run has it (``False``: leave the rows in their files)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise RunError(f"{path}: cannot read the checkpoint, it is truncated or corrupt ({why})") from None
+    manifest = ckpt.get("table_shards") if isinstance(ckpt, dict) else None
+    if assemble and manifest is not None:
+        from .sharded import read_rows
+
+        try:
+            ckpt["model"][manifest["key"]] = read_rows(path.parent, manifest, 0, manifest["rows"])
+        except (FileNotFoundError, KeyError, RuntimeError, OSError) as exc:
+            raise RunError(f"{path}: cannot read its item-table files ({str(exc).splitlines()[0][:200]})") from None
+    return ckpt
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,8 +197,8 @@ def load_trained_model(run_dir: str | Path, which: str = "best", device: str | t
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
-    if overrides:
-        cfg = cfg.replace(**overrides)
+    if overrides:  # the model is loaded whole in this process: no longer a sharded one
+        cfg = cfg.replace(**({"sharded_embeddings": False} if cfg.sharded_embeddings else {}), **overrides)
     ckpt = load_checkpoint(run_dir / "checkpoints" / f"{which}.pt", map_location="cpu")  # built on the CPU, then moved
     ref = read_data_ref(run_dir)
     popularity = ckpt.get("popularity")

@@ -9,46 +9,57 @@ table. Everything else in the model is small and stays replicated under
 TorchRec module is kept outside the model's module tree, so DDP, ``model.parameters()`` and
 ``model.state_dict()`` never see TorchRec's own parameter names.
 
-Lookups. One training step makes ONE sharded lookup: before the loss, the step's history,
-target and negative ids are deduplicated and looked up together (:meth:`ShardedItemTable.prefetch`,
-a KeyedJaggedTensor with one id per bag: TorchRec routes each id to the rank that owns its row
-and sends the row back, and in the backward pass sends each row's gradient to its owner). The
-model then reads rows through ``item_emb(ids)`` as always, served from that prefetched block; the
-padding id 0 is a constant zero row that is never looked up, like ``padding_idx=0``. A row's
-gradient arriving at its owner is the sum over ranks of each rank's mean-loss gradient divided
-by P (TorchRec's ``gradient_division``, on by default and set here), so it is the gradient of the
-mean loss over the global batch, exactly what DDP's average gives the replicated parameters
-(tested against one process).
+No process ever holds the whole table:
 
-The optimiser is plain: TorchRec's ``dense`` compute kernel gives this rank's block an ordinary
-dense gradient, and a ``torch.optim.Adam`` over the block (:class:`ShardedAdam`) updates it with
-the run's ``lr`` and ``weight_decay``. Adam is elementwise, so P ranks each updating their
-block take exactly the step one process takes on the whole table (same global batch and
-negatives: tested to float precision). TorchRec's fused (in-backward) optimisers run on CPU only
-as SGD / (row-wise) Adagrad, and its sequence (``EmbeddingCollection``) lookup with the dense
-kernel returns pooled rows on CPU, hence the pooled collection with one id per bag.
+* *Start.* The model is built with its table on the meta device
+  (:func:`dmirec.models.base.item_table_on_meta`) and each rank draws only its own rows
+  (``table_init=blocked``: :func:`dmirec.models.base.blocked_table_rows`; an unsharded run with
+  ``table_init=blocked`` starts from the same table).
+* *Lookups.* One training step makes ONE sharded lookup: the step's history, target and negative
+  ids are deduplicated and looked up together (:meth:`ShardedItemTable.prefetch`, a
+  KeyedJaggedTensor with one id per bag: TorchRec routes each id to the rank that owns its row
+  and sends the row back, and in the backward pass sends each row's gradient to its owner). The
+  model then reads rows through ``item_emb(ids)`` as always, from that prefetched block; the
+  padding id 0 is a constant zero row that is never looked up, like ``padding_idx=0``. A row's
+  gradient arriving at its owner is the sum over ranks of each rank's mean-loss gradient divided
+  by P (TorchRec's ``gradient_division``), i.e. the gradient of the mean loss over the global
+  batch, what DDP's average gives the replicated parameters (tested against one process).
+* *Optimiser.* TorchRec's ``dense`` compute kernel gives this rank's block an ordinary dense
+  gradient, and a ``torch.optim.Adam`` over the block (:class:`ShardedAdam`) updates it with the
+  run's ``lr`` and ``weight_decay``; Adam is elementwise, so P ranks each updating their block
+  take the step one process takes on the whole table. (TorchRec's fused optimisers run on CPU
+  only as SGD / row-wise Adagrad.)
+* *Evaluation* (validation and test, :func:`rank_users`). Every rank computes the query vectors
+  of its share of the users (the history rows through one sharded lookup per batch), the queries
+  are all-gathered, every rank searches its own rows exactly (top n per user, history exclusion
+  translated to its rows), and the P candidate lists are all-gathered and merged by score (then
+  item id): the same top n as one exact search over the whole table.
+* *Checkpoints.* ``best.pt`` / ``last.pt`` hold the replicated parameters and a manifest
+  (``table_shards``); each rank writes its rows (and, in ``last``, its Adam moments) to its own
+  file beside them (:func:`save_table`), all written before rank 0 writes the manifest, and the
+  previous set removed only after. ``--resume`` with any P >= 2 reads each rank's row range out
+  of the files (memory-mapped: :func:`read_rows`). :func:`dmirec.rundir.load_checkpoint`
+  assembles the whole table for ``evaluate``, ``export`` and ``serve`` in one process, which
+  therefore do need the whole table in memory (a bundle holds it).
 
-Memory. Each rank holds its block, its gradient and Adam's two moments: ``4 (N + 1) D / P``
-floats instead of ``4 (N + 1) D``. The step costs O(N / P) per rank (dense Adam over the
-block; ``embedding_optimizer=sparse`` is not available here). At three points the whole
-table is on one process: the model is built whole on every rank and its initial table copied
-into the blocks (so a sharded run starts from exactly the unsharded run's parameters);
-validation gathers the table on rank 0, which scores the validation users alone; and each
-checkpoint gathers the table (and the Adam moments) on rank 0, so ``best.pt`` / ``last.pt``
-have the same format as an unsharded run's (``item_emb.weight``): ``evaluate``, ``export`` and
-``serve`` work unchanged, and ``--resume`` slices every rank's rows back out.
+Memory per rank: its block, its gradient and Adam's two moments, ``4 (N + 1) D / P`` floats,
+plus one initialisation block (65,536 rows) at start. The step costs O(N / P) per rank (dense
+Adam over the block; ``embedding_optimizer=sparse`` is not available here). Ranks on several
+machines need a shared file system for the run directory (as ``--resume`` already does).
 
 TorchRec is an optional extra (``INSTALL``); nothing here imports it until a sharded run starts.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
+from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 import torch
 import torch.distributed as tdist
-import torch.nn.functional as F
 from torch import nn
 
 from .config import SHARDED_MODELS as MODELS  # noqa: F401 (re-exported)
@@ -79,13 +90,14 @@ def check(cfg: Config, world: int, device: torch.device) -> None:
 class ShardedItemTable(nn.Module):
     """Drop-in for the model's ``item_emb``: this rank's rows of the table, sharded by TorchRec.
 
-    ``forward(ids)`` gives ``(*ids.shape, D)`` rows: from the whole table while one is gathered
-    (:func:`gathered`, rank 0 during validation), else from the step's :meth:`prefetch`.
+    ``rows(start, stop)`` gives the initial rows ``start:stop`` (only this rank's are asked for).
+    ``forward(ids)`` gives ``(*ids.shape, D)`` rows from the last :meth:`prefetch`, which every
+    rank calls together (a collective).
     """
 
     sharded = True
 
-    def __init__(self, init: torch.Tensor):
+    def __init__(self, num_rows: int, dim: int, rows: Callable[[int, int], torch.Tensor]):
         super().__init__()
         from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
         from torchrec.distributed.comm_ops import set_gradient_division
@@ -93,7 +105,7 @@ class ShardedItemTable(nn.Module):
         from torchrec.distributed.sharding_plan import row_wise
         from torchrec.distributed.types import ShardingEnv
 
-        self.num_rows, self.dim = init.shape  # (N + 1, D)
+        self.num_rows, self.dim = num_rows, dim  # (N + 1, D)
         self.world, self.rank = tdist.get_world_size(), tdist.get_rank()
         rng = torch.get_rng_state()  # TorchRec initialises its blocks from the global generator: keep the run's stream
         ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
@@ -110,8 +122,8 @@ class ShardedItemTable(nn.Module):
                              for m in meta)  # [(rank, first row, rows)]
         _, self.offset, self.rows_here = self.layout[self.rank]
         with torch.no_grad():
-            self.block.copy_(init[self.offset:self.offset + self.rows_here])
-        self.full: torch.Tensor | None = None  # (N + 1, D) while gathered (rank 0)
+            self.block.copy_(rows(self.offset, self.offset + self.rows_here))
+        self.adam: "ShardedAdam | None" = None  # set by ShardedAdam: its moments are saved with the rows
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # --- lookups --------------------------------------------------------------------------------
@@ -131,11 +143,8 @@ class ShardedItemTable(nn.Module):
         self._cache = (uniq, rows)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.full is not None:
-            return F.embedding(ids, self.full)  # (*ids.shape, D)
         if self._cache is None:
-            raise RuntimeError("the sharded item table is read through prefetch() in training and gathered() "
-                               "in evaluation")
+            raise RuntimeError("the sharded item table is read after prefetch() (training and dmirec.sharded.rank_users)")
         uniq, rows = self._cache
         pos = torch.searchsorted(uniq, ids).clamp_(max=len(uniq) - 1)  # (*ids.shape,)
         if not torch.equal(uniq[pos], ids):
@@ -144,15 +153,14 @@ class ShardedItemTable(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The whole table (only while gathered, on rank 0)."""
-        if self.full is None:
-            raise RuntimeError("the sharded item table is whole only inside gathered() (rank 0)")
-        return self.full
+        raise RuntimeError("a sharded item table is never whole in one process: read rows with item_emb(ids) after "
+                           "prefetch(), search with dmirec.sharded.rank_users, load a checkpoint's whole table with "
+                           "dmirec.rundir.load_checkpoint")
 
-    # --- whole-table views ----------------------------------------------------------------------
+    # --- the whole table, for tests -------------------------------------------------------------
     def gather_rows(self, block: torch.Tensor) -> torch.Tensor | None:
         """Every rank's ``(rows here, ...)`` block stacked into ``(N + 1, ...)`` on rank 0 (None
-        elsewhere); a collective."""
+        elsewhere); a collective. Only tests use it: runs never gather the table."""
         most = max(n for _, _, n in self.layout)
         buf = block.new_zeros((most, *block.shape[1:]))
         buf[:len(block)] = block
@@ -162,24 +170,17 @@ class ShardedItemTable(nn.Module):
             return None
         return torch.cat([parts[r][:n] for r, _, n in sorted(self.layout, key=lambda x: x[1])])
 
-    def local_rows(self, full: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of a whole-table tensor."""
-        return full[self.offset:self.offset + self.rows_here]
-
+    # --- state ----------------------------------------------------------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        """``weight``: the whole table, as an unsharded ``nn.Embedding`` saves it (gathered to rank 0
-        here unless already gathered; other ranks save nothing)."""
-        full = self.full if self.full is not None else self.gather_rows(self.block.detach())
-        if full is not None:
-            destination[prefix + "weight"] = full.detach().clone()
+        """Nothing: the rows go to this rank's table file (:func:`save_table`)."""
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        """Each rank takes its rows of a whole-table ``weight``."""
+        """A whole-table ``weight`` (an unsharded checkpoint, e.g. a warm start): each rank takes its
+        rows. Without one the rows come from the table files (:func:`load_table`)."""
         key = prefix + "weight"
         unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k != key)
         if key not in state_dict:
-            missing_keys.append(key)
             return
         full = state_dict[key]
         if tuple(full.shape) != (self.num_rows, self.dim):
@@ -187,35 +188,30 @@ class ShardedItemTable(nn.Module):
                               f"sharded table is {(self.num_rows, self.dim)}")
             return
         with torch.no_grad():
-            self.block.copy_(self.local_rows(full))
+            self.block.copy_(full[self.offset:self.offset + self.rows_here])
 
 
-def install(model: nn.Module) -> ShardedItemTable:
-    """Replace ``model.item_emb`` by its sharded version, starting from its current rows."""
+def install(model: nn.Module, seed: int) -> ShardedItemTable:
+    """Replace ``model.item_emb`` by its sharded version. A table on the meta device (the model was
+    built inside :func:`~dmirec.models.base.item_table_on_meta`) starts from the blocked draw of
+    ``seed``, a real one from its own rows (this rank's slice)."""
+    from .models.base import blocked_table_rows
+
     table = getattr(model, "item_emb", None)
     if not isinstance(table, nn.Embedding):
         raise ConfigError(f"config key 'sharded_embeddings': model {type(model).__name__} has no item table")
-    sharded = ShardedItemTable(table.weight.detach())
+    num_rows, dim = table.weight.shape
+    if table.weight.is_meta:
+        rows = functools.partial(blocked_table_rows, seed, dim)
+    else:
+        rows = lambda a, b: table.weight.detach()[a:b]  # noqa: E731
+    sharded = ShardedItemTable(num_rows, dim, rows)
     model.item_emb = sharded
     return sharded
 
 
 def is_sharded(model: nn.Module) -> bool:
     return getattr(getattr(model, "item_emb", None), "sharded", False)
-
-
-@contextlib.contextmanager
-def gathered(model: nn.Module):
-    """The whole table on rank 0 for the duration (every rank enters); a no-op when not sharded."""
-    if not is_sharded(model):
-        yield
-        return
-    table = model.item_emb
-    table.full = table.gather_rows(table.block.detach())
-    try:
-        yield
-    finally:
-        table.full = None
 
 
 def wrap(model: nn.Module, loss_fn: Callable[..., torch.Tensor], device: torch.device) -> nn.Module:
@@ -230,11 +226,12 @@ def wrap(model: nn.Module, loss_fn: Callable[..., torch.Tensor], device: torch.d
 
 
 class ShardedAdam:
-    """Adam over this rank's block of the table; its state is saved whole on rank 0 (like the table)."""
+    """Adam over this rank's block of the table; its moments are saved with the block's rows."""
 
     def __init__(self, table: ShardedItemTable, lr: float, weight_decay: float):
         self.table = table
         self.opt = torch.optim.Adam([table.block], lr=lr, weight_decay=weight_decay, fused=True)
+        table.adam = self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.opt.zero_grad(set_to_none=set_to_none)
@@ -242,26 +239,28 @@ class ShardedAdam:
     def step(self) -> None:
         self.opt.step()
 
-    def state_dict(self) -> dict[str, Any]:
-        """A collective: the moments gathered to rank 0 (other ranks get only the step)."""
+    def moments(self) -> dict[str, Any]:
+        """This rank's ``exp_avg`` / ``exp_avg_sq`` rows and Adam's step (empty before the first step)."""
         state = self.opt.state.get(self.table.block, {})
-        out: dict[str, Any] = {"sharded_table_adam": True, "step": float(state["step"]) if state else 0.0}
-        if state:
-            out["exp_avg"] = self.table.gather_rows(state["exp_avg"])  # (N + 1, D) on rank 0
-            out["exp_avg_sq"] = self.table.gather_rows(state["exp_avg_sq"])  # (N + 1, D) on rank 0
-        return out
+        if not state:
+            return {}
+        return {"adam_step": float(state["step"]), "exp_avg": state["exp_avg"].detach().clone(),
+                "exp_avg_sq": state["exp_avg_sq"].detach().clone()}
+
+    def set_moments(self, step: float, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
+        sd = self.opt.state_dict()
+        sd["state"] = {0: {"step": torch.tensor(float(step)), "exp_avg": exp_avg.clone(),
+                           "exp_avg_sq": exp_avg_sq.clone()}}
+        self.opt.load_state_dict(sd)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A marker only: the moments are in the table files (:func:`save_table`)."""
+        return {"sharded_table_adam": True}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or not state.get("sharded_table_adam"):
             raise ConfigError("the checkpoint's optimiser state is not a sharded table's (was the run "
                               "started without sharded_embeddings?)")
-        if not state["step"]:
-            return
-        sd = self.opt.state_dict()
-        sd["state"] = {0: {"step": torch.tensor(state["step"]),
-                           "exp_avg": self.table.local_rows(state["exp_avg"]).clone(),
-                           "exp_avg_sq": self.table.local_rows(state["exp_avg_sq"]).clone()}}
-        self.opt.load_state_dict(sd)
 
 
 def make_optimizer(model: nn.Module, cfg: Config):
@@ -270,3 +269,138 @@ def make_optimizer(model: nn.Module, cfg: Config):
 
     dense = optim.make_optimizer(model, cfg)  # the table is not among model.parameters()
     return optim.Optimizers([dense, ShardedAdam(model.item_emb, cfg.lr, cfg.weight_decay)])
+
+
+# --- table files ---------------------------------------------------------------------------------
+# A checkpoint NAME.pt of a sharded run holds ``table_shards``, a manifest:
+#   {"key": "item_emb.weight", "rows": N + 1, "dim": D, "step": S,
+#    "files": [(file name, first row, rows), ...] in row order}
+# and each rank's rows are in NAME.table.sS.rRofP.pt beside it: {"first", "weight" (rows, D)} plus,
+# in ``last``, "adam_step", "exp_avg", "exp_avg_sq".
+
+
+def save_table(table: ShardedItemTable, ckpt_dir: Path, name: str, step: int, moments: bool) -> dict[str, Any]:
+    """Every rank writes its rows (and with ``moments`` its Adam state) atomically; returns the
+    manifest for ``NAME.pt``. A collective, ending when every rank's file is on disk."""
+    from .rundir import save_checkpoint
+
+    def file(rank: int) -> str:
+        return f"{name}.table.s{step}.r{rank}of{table.world}.pt"
+    obj: dict[str, Any] = {"first": table.offset, "weight": table.block.detach().clone()}
+    if moments and table.adam is not None:
+        obj.update(table.adam.moments())
+    save_checkpoint(ckpt_dir / file(table.rank), obj)
+    tdist.barrier()
+    files = [(file(r), first, rows) for r, first, rows in sorted(table.layout, key=lambda x: x[1])]
+    return {"key": "item_emb.weight", "rows": table.num_rows, "dim": table.dim, "step": step, "files": files}
+
+
+def remove_stale(ckpt_dir: Path, name: str, manifest: dict[str, Any]) -> None:
+    """Delete ``NAME.table.*`` files the manifest does not list (called after ``NAME.pt`` is written)."""
+    keep = {f for f, _, _ in manifest["files"]}
+    for path in Path(ckpt_dir).glob(f"{name}.table.*.pt"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+
+
+def read_rows(ckpt_dir: Path, manifest: dict[str, Any], start: int, stop: int, field: str = "weight"
+              ) -> torch.Tensor:
+    """Rows ``start:stop`` of the table (or of an Adam moment) from the table files of a checkpoint,
+    reading only those rows (the files are memory-mapped): any P can read any P's files."""
+    out = torch.empty(max(stop - start, 0), manifest["dim"])
+    for fname, first, rows in manifest["files"]:
+        lo, hi = max(start, first), min(stop, first + rows)
+        if lo >= hi:
+            continue
+        path = Path(ckpt_dir) / fname
+        try:
+            part = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: a table file of this checkpoint is missing") from None
+        if field not in part:
+            raise KeyError(f"{path}: has no {field!r} (a best checkpoint keeps no optimiser state)")
+        out[lo - start:hi - start] = part[field][lo - first:hi - first]
+        del part
+    return out
+
+
+def load_table(table: ShardedItemTable, ckpt_dir: Path, manifest: dict[str, Any], moments: bool = False) -> None:
+    """This rank's rows (and with ``moments`` its Adam state) from a checkpoint's table files."""
+    if (manifest["rows"], manifest["dim"]) != (table.num_rows, table.dim):
+        raise ConfigError(f"{ckpt_dir}: the checkpoint's table is {manifest['rows']} x {manifest['dim']}, "
+                          f"this run's {table.num_rows} x {table.dim}")
+    a, b = table.offset, table.offset + table.rows_here
+    with torch.no_grad():
+        table.block.copy_(read_rows(ckpt_dir, manifest, a, b))
+    if moments and table.adam is not None:
+        first = Path(ckpt_dir) / manifest["files"][0][0]
+        step = torch.load(first, map_location="cpu", mmap=True, weights_only=True).get("adam_step")
+        if step:
+            table.adam.set_moments(step, read_rows(ckpt_dir, manifest, a, b, "exp_avg"),
+                                   read_rows(ckpt_dir, manifest, a, b, "exp_avg_sq"))
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+def _all_gather(t: torch.Tensor) -> torch.Tensor:
+    """``(m, ...)`` from every rank (the same m) stacked in rank order: ``(P * m, ...)``."""
+    parts = [torch.empty_like(t) for _ in range(tdist.get_world_size())]
+    tdist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def rank_users(model: nn.Module, eval_set, n: int, backend: str = "auto", exclude_history: bool = False,
+               batch_size: int = 1024):
+    """The exact top-n of every evaluation user with a sharded table; a collective, every rank gets
+    the whole :class:`~dmirec.retrieval.SearchResult` (see the module docstring)."""
+    from .retrieval import ExcludeCSR, SearchResult, make_searcher
+    from .retrieval.exact import as_exclude_csr
+
+    table: ShardedItemTable = model.item_emb
+    world, rank = table.world, table.rank
+    users = len(eval_set.history)
+    per = -(-users // world)  # users per rank, the last rank's share padded with user 0
+    mine = np.arange(rank * per, (rank + 1) * per)
+    mine = np.where(mine < users, mine, 0)
+    was_training = model.training
+    model.eval()
+    parts = []
+    for s in range(0, per, batch_size):  # the same number of batches, of the same sizes, on every rank
+        rows = mine[s:s + batch_size]
+        hist = torch.from_numpy(np.ascontiguousarray(eval_set.history[rows]))  # (b, L)
+        mask = torch.from_numpy(np.ascontiguousarray(eval_set.mask[rows]))  # (b, L)
+        table.prefetch(hist)
+        parts.append(model.user_vectors(hist, mask).float())  # (b, K, D)
+    model.train(was_training)
+    k = getattr(model, "num_interests", 1)
+    local = torch.cat(parts) if parts else torch.zeros(0, k, table.dim)  # (per, K, D)
+    queries = _all_gather(local)[:users].numpy()  # (U, K, D)
+
+    # this rank's rows as a searchable catalogue: local id j is global id j + shift (row 0 = padding)
+    block = table.block.detach()
+    if table.offset == 0:
+        items, shift = block, 0
+    else:
+        items, shift = torch.cat([block.new_zeros(1, table.dim), block]), table.offset - 1
+    last = table.offset + table.rows_here  # global ids below `last` are here
+    exclude = None
+    if exclude_history:
+        csr = as_exclude_csr(eval_set.full_history, users, table.num_rows - 1)
+        keep = (csr.indices > shift) & (csr.indices < last)  # (nnz,) the ids among this rank's rows
+        owner = np.repeat(np.arange(users), np.diff(csr.indptr))  # (nnz,)
+        counts = np.bincount(owner[keep], minlength=users)  # (U,)
+        exclude = ExcludeCSR(indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                             indices=(csr.indices[keep] - shift).astype(np.int64))
+    found = make_searcher(items.numpy(), backend).search(queries, n, exclude=exclude)
+    ids = torch.from_numpy(np.where(found.ids > 0, found.ids + shift, -1))  # (U, n) global ids
+
+    # merge the P lists of each user: score descending, then item id (missing slots last)
+    all_ids = _all_gather(ids).reshape(world, users, n).permute(1, 0, 2).reshape(users, world * n)
+    all_sc = _all_gather(torch.from_numpy(found.scores)).reshape(world, users, n).permute(1, 0, 2).reshape(users, -1)
+    all_it = _all_gather(torch.from_numpy(found.interest)).reshape(world, users, n).permute(1, 0, 2).reshape(users, -1)
+    key_id = torch.where(all_ids < 0, torch.iinfo(torch.int64).max, all_ids)
+    order = key_id.argsort(dim=1, stable=True)
+    all_ids, all_sc, all_it = (x.gather(1, order) for x in (all_ids, all_sc, all_it))
+    order = all_sc.argsort(dim=1, descending=True, stable=True)[:, :n]
+    return SearchResult(ids=all_ids.gather(1, order).numpy(), scores=all_sc.gather(1, order).numpy(),
+                        interest=all_it.gather(1, order).numpy())

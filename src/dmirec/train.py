@@ -30,6 +30,7 @@ from .data.sampler import TrainSampler, eval_split, valid_split  # noqa: F401 (e
 from .evaluate import evaluate_model, metric_cutoffs
 from .losses import NegativeSampler, sampled_softmax_loss
 from .models import build_model, set_routing_reg
+from .models.base import fill_blocked_table, item_table_on_meta
 from .neighbours import fill_bank
 
 
@@ -118,12 +119,15 @@ def warm_start(model: torch.nn.Module, cfg: Config, device: torch.device) -> Pat
     ckpt_path = source / "checkpoints" / "best.pt" if source.is_dir() else source
     if not ckpt_path.is_file():
         raise ConfigError(f"config key 'init_from': no checkpoint at {ckpt_path}")
-    ckpt = rundir.load_checkpoint(ckpt_path, map_location="cpu")
+    is_sharded = sharded.is_sharded(model)  # rows from the source's table files, never its whole table
+    ckpt = rundir.load_checkpoint(ckpt_path, map_location="cpu", assemble=not is_sharded)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ConfigError(f"config key 'init_from': {ckpt_path} is not a dmirec checkpoint (no 'model' entry)")
     target = getattr(model, "backbone", model)
     try:
         target.load_state_dict(ckpt["model"])
+        if is_sharded and ckpt.get("table_shards"):
+            sharded.load_table(model.item_emb, ckpt_path.parent, ckpt["table_shards"])
     except RuntimeError as err:
         what = f"the {cfg.backbone} backbone of {cfg.model}" if target is not model else cfg.model
         raise ConfigError(f"config key 'init_from': the model in {ckpt_path} does not fit {what} "
@@ -166,12 +170,17 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
     popularity = data.item_popularity("train")
-    model = build_model(cfg, data.num_items, popularity).to(device)
+    blocked = cfg.table_init == "blocked" or (cfg.table_init == "auto" and cfg.sharded_embeddings)
+    with item_table_on_meta() if blocked else contextlib.nullcontext():  # no whole table drawn (or held)
+        model = build_model(cfg, data.num_items, popularity)
+    if cfg.sharded_embeddings:  # each rank draws and keeps its rows of the table (dmirec.sharded)
+        sharded.install(model, cfg.seed)
+    elif blocked:
+        fill_blocked_table(model, cfg.seed)
+    model = model.to(device)
     optim.setup_table(model, cfg, data.num_items, distributed=ctx.active)
     if cfg.init_from and not resume:  # before anything is written: a bad source leaves no run behind
         warm_start(model, cfg, device)
-    if cfg.sharded_embeddings:  # each rank keeps its rows of the table (dmirec.sharded)
-        sharded.install(model)
     if ctx.rank > 0:  # ranks draw their own model noise (DMI); rank 0 keeps the single-process stream
         torch.manual_seed(cfg.seed + 7919 * ctx.rank)
     has_bank = getattr(model, "bank", None) is not None
@@ -189,7 +198,8 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     trainable = getattr(model, "trainable", True) and cfg.max_steps > 0
     make_opt = sharded.make_optimizer if cfg.sharded_embeddings else make_optimizer
     optimizer = make_opt(model, cfg) if trainable else None
-    valid_set = valid_split(data.splits["valid"], cfg) if ctx.main else None
+    # who validates: rank 0, or every rank when the table is sharded (each searches its own rows)
+    valid_set = valid_split(data.splits["valid"], cfg) if ctx.main or cfg.sharded_embeddings else None
     log_probs = negatives.log_probs if cfg.logq_correction else None
     ddp = None
     if ctx.active and trainable:
@@ -205,7 +215,8 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
              "stopped": None}
 
     if resume:
-        ckpt = rundir.load_checkpoint(ckpt_dir / "last.pt", map_location="cpu")  # RNG states stay CPU tensors
+        # RNG states stay CPU tensors; a sharded table's rows stay in their files until each rank reads its own
+        ckpt = rundir.load_checkpoint(ckpt_dir / "last.pt", map_location="cpu", assemble=not cfg.sharded_embeddings)
         try:
             model.load_state_dict(ckpt["model"])
         except (RuntimeError, KeyError, TypeError) as err:
@@ -214,6 +225,11 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
                                   f"(was config.yaml edited after the run started? {first})") from None
         if optimizer is not None and ckpt.get("optimizer") is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
+        if cfg.sharded_embeddings:
+            if not ckpt.get("table_shards"):
+                raise rundir.RunError(f"{ckpt_dir / 'last.pt'}: has no item-table files (written by a version "
+                                      f"that gathered the sharded table; resume it with that version)")
+            sharded.load_table(model.item_emb, ckpt_dir, ckpt["table_shards"], moments=True)
         sampler.set_state(ckpt["sampler"])
         ranks = ckpt.get("rank_rng")
         if ranks is not None and len(ranks) == ctx.world:  # same number of ranks: each its own streams
@@ -240,16 +256,26 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         rundir.write_data_ref(run_dir, data.path, data.name, data.num_items)
         rundir.rewrite_metrics(run_dir, [])
 
-    def save_last() -> None:
-        ranks = ctx.gather((neg_gen.get_state(), torch.get_rng_state())) if ctx.active else None
-        model_state = model.state_dict()  # every rank: a sharded table is gathered to rank 0 here
-        optimizer_state = optimizer.state_dict() if optimizer is not None else None
+    def save(name: str, payload: Callable[[], dict]) -> None:
+        """``checkpoints/NAME.pt`` written by rank 0; with a sharded table every rank first writes its
+        rows to its own file, which NAME.pt then lists (:func:`dmirec.sharded.save_table`)."""
+        manifest = sharded.save_table(model.item_emb, ckpt_dir, name, state["step"], moments=name == "last") \
+            if cfg.sharded_embeddings else None
         if not ctx.main:
             return
+        obj = payload()
+        if manifest is not None:
+            obj["table_shards"] = manifest
+        rundir.save_checkpoint(ckpt_dir / f"{name}.pt", obj)
+        if manifest is not None:
+            sharded.remove_stale(ckpt_dir, name, manifest)
+
+    def save_last() -> None:
+        ranks = ctx.gather((neg_gen.get_state(), torch.get_rng_state())) if ctx.active else None
         extra = {"rank_rng": ranks} if ranks is not None else {}
-        rundir.save_checkpoint(ckpt_dir / "last.pt", {**extra,
-            "model": model_state,
-            "optimizer": optimizer_state,
+        save("last", lambda: {**extra,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "sampler": sampler.state(),
             "neg_gen": neg_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -259,23 +285,24 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         })
 
     def validate(window_loss: float, window_steps: int, window_seconds: float) -> dict | None:
-        """Rank 0 validates and decides; the other ranks receive its state (best, patience, stop)."""
+        """Rank 0 validates and decides (with a sharded table every rank searches its rows); the other
+        ranks receive its state (best, patience, stop), and a better model is saved as best."""
         refresh_bank()  # every rank: the bank is model state the next steps read
-        with sharded.gathered(model):  # every rank: a sharded table is whole on rank 0 while it validates
-            row = _validate(window_loss, window_steps, window_seconds) if ctx.main else None
+        metrics = evaluate_model(model, data, "valid", cfg.seq_len, metric_cutoffs(cfg), cfg.retrieval_backend,
+                                 cfg.exclude_history, cfg.eval_batch_size, device=device, eval_set=valid_set,
+                                 new_items_only=cfg.new_items_only) if valid_set is not None else None
+        improved = ctx.broadcast(metrics["recall@50"] > state["best"] if ctx.main else None)
+        if improved:
+            save("best", lambda: {"model": model.state_dict(), "step": state["step"], "valid": metrics,
+                                  "popularity": torch.from_numpy(popularity)})
+        row = _decide(metrics, improved, window_loss, window_steps, window_seconds) if ctx.main else None
         if ctx.active:
             state.update(ctx.broadcast(dict(state)))
         return row
 
-    def _validate(window_loss: float, window_steps: int, window_seconds: float) -> dict:
-        metrics = evaluate_model(model, data, "valid", cfg.seq_len, metric_cutoffs(cfg), cfg.retrieval_backend,
-                                 cfg.exclude_history, cfg.eval_batch_size, device=device, eval_set=valid_set,
-                                 new_items_only=cfg.new_items_only)
-        improved = metrics["recall@50"] > state["best"]
+    def _decide(metrics: dict, improved: bool, window_loss: float, window_steps: int, window_seconds: float) -> dict:
         if improved:
             state.update(best=metrics["recall@50"], best_step=state["step"], bad=0)
-            rundir.save_checkpoint(ckpt_dir / "best.pt", {"model": model.state_dict(), "step": state["step"],
-                                                          "valid": metrics, "popularity": torch.from_numpy(popularity)})
         else:
             state["bad"] += 1
         row = {"split": "valid", "step": state["step"], "loss": window_loss / max(window_steps, 1),
@@ -332,16 +359,16 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         state["stopped"] = "max_steps"
         save_last()
 
-    if not ctx.main:
+    if not (ctx.main or cfg.sharded_embeddings):  # rank 0 tests; with a sharded table every rank searches its rows
         return ctx.broadcast(None)
-    best = rundir.load_checkpoint(ckpt_dir / "best.pt", map_location="cpu")
-    if cfg.sharded_embeddings:  # rank 0 tests alone, on the whole table best.pt holds
-        rng = torch.get_rng_state()  # building draws initial weights: keep the stream stochastic models test with
-        model = build_model(cfg, data.num_items, popularity).to(device)
-        torch.set_rng_state(rng)
+    best = rundir.load_checkpoint(ckpt_dir / "best.pt", map_location="cpu", assemble=not cfg.sharded_embeddings)
     model.load_state_dict(best["model"])
+    if cfg.sharded_embeddings:
+        sharded.load_table(model.item_emb, ckpt_dir, best["table_shards"])
     test = evaluate_model(model, data, "test", cfg.seq_len, metric_cutoffs(cfg), cfg.retrieval_backend,
                           cfg.exclude_history, cfg.eval_batch_size, device=device, new_items_only=cfg.new_items_only)
+    if not ctx.main:
+        return ctx.broadcast(None)
     result = {"model": cfg.model, "dataset": data.name, "seed": cfg.seed, "steps": state["step"],
               "best_step": state["best_step"], "stopped": state["stopped"], "valid_recall@50": state["best"],
               "train_seconds": state["train_seconds"],
@@ -389,7 +416,7 @@ def _resume_config(run_dir: Path, cfg: Config, overrides: dict[str, Any]) -> Con
                           f"(the run already has that value)")
     if new.max_steps != cfg.max_steps:
         last = run_dir / "checkpoints" / "last.pt"
-        state = rundir.load_checkpoint(last)["state"] if last.exists() else {"step": 0, "stopped": None}
+        state = rundir.load_checkpoint(last, assemble=False)["state"] if last.exists() else {"step": 0, "stopped": None}
         if new.max_steps < state["step"]:
             raise ConfigError(f"--resume: max_steps={new.max_steps} is below the {state['step']} steps "
                               f"{run_dir} has already trained")

@@ -21,11 +21,61 @@ Models know nothing about training loops, files or HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+#: Rows per block of the blocked table initialisation (:func:`blocked_table_rows`).
+TABLE_INIT_BLOCK = 65_536
+_table_device: torch.device | None = None  # where RetrievalModel puts its item table (None: the default)
+
+
+@contextlib.contextmanager
+def item_table_on_meta():
+    """Models built inside get their item table on the meta device: shapes only, no memory and no
+    draw from the global generator (a sharded run, or a blocked initialisation, fills it after)."""
+    global _table_device
+    before, _table_device = _table_device, torch.device("meta")
+    try:
+        yield
+    finally:
+        _table_device = before
+
+
+def blocked_table_rows(seed: int, dim: int, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of the blocked initial item table: ``(stop - start, D)`` float32.
+
+    The distribution is the reference's Kaiming-normal for an ``(N + 1, D)`` table, N(0, 2 / D),
+    with row 0 (padding) zero; block ``j`` (rows ``j * TABLE_INIT_BLOCK`` onwards) comes from its
+    own generator seeded by ``(seed, j)``, so any process draws any rows alone, the result does not
+    depend on N or on who draws it, and memory is bounded by one block."""
+    out = torch.empty(max(stop - start, 0), dim)
+    std = math.sqrt(2.0 / dim)
+    for j in range(start // TABLE_INIT_BLOCK, -(-stop // TABLE_INIT_BLOCK) if stop > start else 0):
+        b0 = j * TABLE_INIT_BLOCK
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, j]).generate_state(1, np.uint64)[0] >> 1))
+        block = torch.randn(TABLE_INIT_BLOCK, dim, generator=gen).mul_(std)  # (block rows, D)
+        lo, hi = max(start, b0), min(stop, b0 + TABLE_INIT_BLOCK)
+        out[lo - start:hi - start] = block[lo - b0:hi - b0]
+    if start == 0 and stop > 0:
+        out[0] = 0.0  # padding
+    return out
+
+
+def fill_blocked_table(model: nn.Module, seed: int) -> None:
+    """Give every item table left on the meta device (:func:`item_table_on_meta`) its blocked
+    initial rows (:func:`blocked_table_rows`), in memory on the CPU."""
+    for module in model.modules():
+        if isinstance(module, RetrievalModel) and module.item_emb.weight.is_meta:
+            rows, dim = module.item_emb.weight.shape
+            module.item_emb.to_empty(device="cpu")
+            with torch.no_grad():
+                module.item_emb.weight.copy_(blocked_table_rows(seed, dim, 0, rows))
 
 
 @dataclass
@@ -85,7 +135,7 @@ class RetrievalModel(nn.Module):
         super().__init__()
         self.num_items = num_items  # real items are 1..num_items
         self.embedding_dim = embedding_dim
-        self.item_emb = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
+        self.item_emb = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0, device=_table_device)
 
     def interests(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -146,6 +196,6 @@ def reference_init(module: nn.Module) -> None:
         else:
             nn.init.zeros_(param)
     item_emb = getattr(module, "item_emb", None)
-    if isinstance(item_emb, nn.Embedding):
+    if isinstance(item_emb, nn.Embedding) and not item_emb.weight.is_meta:
         with torch.no_grad():
             item_emb.weight[0].zero_()
