@@ -26,7 +26,8 @@ most-popular on the same split: wall time, seq/s, peak RSS of each child, test m
 
 ``sharded``: the same `dmirec train` as ``ddp`` three times on the same data, global batch, seed
 and step budget: 1 process, 2 torchrun ranks (plain DDP) and 2 ranks with
-``--sharded_embeddings=true`` (the item table sharded row-wise by TorchRec); records each one's
+``--sharded_embeddings=true`` (the item table sharded row-wise by TorchRec; the other two start from
+the same blocked initial table, ``--table_init=blocked``); ``--arms`` picks some of them. Records each one's
 loss/recall curve, test metrics, training seq/s and every process's peak RSS (each rank reports
 its own ``ru_maxrss`` when it finishes).
 
@@ -225,7 +226,8 @@ def rank_train(args: argparse.Namespace, train_args: list[str]) -> None:
 def cmd_sharded(args: argparse.Namespace) -> list[dict]:
     data = synth_data(args.items)
     work = ROOT / "bench_runs" / "scale-sharded"
-    arms = {"1": ("1 process", 1, []), "ddp": ("2 ranks, DDP", 2, []),
+    same_start = ["--table_init=blocked"]  # the sharded run's initial table, drawn whole by the unsharded arms
+    arms = {"1": ("1 process", 1, same_start), "ddp": ("2 ranks, DDP", 2, same_start),
             "sharded": ("2 ranks, sharded table", 2, ["--sharded_embeddings=true"])}
     return [train_ranks(args, data, work, *arms[a]) for a in args.arms.split(",")]
 

@@ -68,9 +68,10 @@ def sharded_search(cfg, data_dir: str, run: str, out: str) -> None:
     model.load_state_dict(best["model"])
     sharded.load_table(table, Path(run) / "checkpoints", best["table_shards"])
     eval_set = eval_split(data.splits["test"], cfg.seq_len)
-    found = {ex: sharded.rank_users(model, eval_set, 50, "torch", exclude_history=ex) for ex in (False, True)}
+    found = {(backend, ex): sharded.rank_users(model, eval_set, 50, backend, exclude_history=ex)
+             for backend in ("torch", "faiss") for ex in (False, True)}
     if tdist.get_rank() == 0:
-        torch.save({ex: (r.ids, r.scores, r.interest) for ex, r in found.items()}, f"{out}/search.pt")
+        torch.save({key: (r.ids, r.scores, r.interest) for key, r in found.items()}, f"{out}/search.pt")
 
 
 def main() -> None:

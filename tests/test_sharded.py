@@ -202,7 +202,8 @@ def test_sharded_checkpoints_keep_each_ranks_rows_in_its_own_file(runs):
 @needs_torchrec
 def test_sharded_search_equals_the_whole_table_search(runs):
     """Every rank searched its own rows and the lists were merged: the same top 50 (ids, scores,
-    interests) as one exact search over the whole table, with and without history exclusion."""
+    interests) as one exact search over the whole table with the same backend (torch, faiss),
+    with and without history exclusion."""
     from dmirec.data.dataset import load_dataset
     from dmirec.data.sampler import eval_split
     from dmirec.evaluate import rank_users
@@ -212,15 +213,16 @@ def test_sharded_search_equals_the_whole_table_search(runs):
     found = torch.load(base / "search.pt", weights_only=False)
     model, cfg = load_trained_model(base / "full")
     eval_set = eval_split(load_dataset(data).splits["test"], cfg.seq_len)
-    for ex in (False, True):
-        whole = rank_users(model, eval_set, 50, "torch", exclude_history=ex)
-        ids, scores, interest = found[ex]
-        np.testing.assert_array_equal(ids, whole.ids)
-        np.testing.assert_allclose(scores, whole.scores, rtol=1e-6)
-        np.testing.assert_array_equal(interest, whole.interest)
+    for backend in ("torch", "faiss"):
+        for ex in (False, True):
+            whole = rank_users(model, eval_set, 50, backend, exclude_history=ex)
+            ids, scores, interest = found[backend, ex]
+            np.testing.assert_array_equal(ids, whole.ids)
+            np.testing.assert_allclose(scores, whole.scores, rtol=1e-6)
+            np.testing.assert_array_equal(interest, whole.interest)
     hist = eval_set.full_history
-    assert not any(set(found[True][0][u]) & set(hist[u]) for u in range(len(hist)))
-    assert any(set(found[False][0][u]) & set(hist[u]) for u in range(len(hist)))
+    assert not any(set(found["faiss", True][0][u]) & set(hist[u]) for u in range(len(hist)))
+    assert any(set(found["faiss", False][0][u]) & set(hist[u]) for u in range(len(hist)))
 
 
 @needs_torchrec

@@ -244,8 +244,8 @@ class ShardedAdam:
         state = self.opt.state.get(self.table.block, {})
         if not state:
             return {}
-        return {"adam_step": float(state["step"]), "exp_avg": state["exp_avg"].detach().clone(),
-                "exp_avg_sq": state["exp_avg_sq"].detach().clone()}
+        return {"adam_step": float(state["step"]), "exp_avg": state["exp_avg"].detach(),
+                "exp_avg_sq": state["exp_avg_sq"].detach()}
 
     def set_moments(self, step: float, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
         sd = self.opt.state_dict()
@@ -286,7 +286,10 @@ def save_table(table: ShardedItemTable, ckpt_dir: Path, name: str, step: int, mo
 
     def file(rank: int) -> str:
         return f"{name}.table.s{step}.r{rank}of{table.world}.pt"
-    obj: dict[str, Any] = {"first": table.offset, "weight": table.block.detach().clone()}
+    block = table.block.detach()  # saved as it is (no copy) unless it is a view into a larger storage
+    if block.untyped_storage().nbytes() != block.numel() * block.element_size():
+        block = block.clone()
+    obj: dict[str, Any] = {"first": table.offset, "weight": block}
     if moments and table.adam is not None:
         obj.update(table.adam.moments())
     save_checkpoint(ckpt_dir / file(table.rank), obj)
@@ -353,7 +356,7 @@ def rank_users(model: nn.Module, eval_set, n: int, backend: str = "auto", exclud
                batch_size: int = 1024):
     """The exact top-n of every evaluation user with a sharded table; a collective, every rank gets
     the whole :class:`~dmirec.retrieval.SearchResult` (see the module docstring)."""
-    from .retrieval import ExcludeCSR, SearchResult, make_searcher
+    from .retrieval import merge_candidates
     from .retrieval.exact import as_exclude_csr
 
     table: ShardedItemTable = model.item_emb
@@ -376,31 +379,57 @@ def rank_users(model: nn.Module, eval_set, n: int, backend: str = "auto", exclud
     local = torch.cat(parts) if parts else torch.zeros(0, k, table.dim)  # (per, K, D)
     queries = _all_gather(local)[:users].numpy()  # (U, K, D)
 
-    # this rank's rows as a searchable catalogue: local id j is global id j + shift (row 0 = padding)
-    block = table.block.detach()
-    if table.offset == 0:
-        items, shift = block, 0
-    else:
-        items, shift = torch.cat([block.new_zeros(1, table.dim), block]), table.offset - 1
-    last = table.offset + table.rows_here  # global ids below `last` are here
-    exclude = None
-    if exclude_history:
-        csr = as_exclude_csr(eval_set.full_history, users, table.num_rows - 1)
-        keep = (csr.indices > shift) & (csr.indices < last)  # (nnz,) the ids among this rank's rows
-        owner = np.repeat(np.arange(users), np.diff(csr.indptr))  # (nnz,)
-        counts = np.bincount(owner[keep], minlength=users)  # (U,)
-        exclude = ExcludeCSR(indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                             indices=(csr.indices[keep] - shift).astype(np.int64))
-    found = make_searcher(items.numpy(), backend).search(queries, n, exclude=exclude)
-    ids = torch.from_numpy(np.where(found.ids > 0, found.ids + shift, -1))  # (U, n) global ids
+    exclude = as_exclude_csr(eval_set.full_history, users, table.num_rows - 1) if exclude_history else None
+    found = _search_rows(table, queries, n, backend, exclude)  # (U, n) of this rank's rows, global ids
 
-    # merge the P lists of each user: score descending, then item id (missing slots last)
-    all_ids = _all_gather(ids).reshape(world, users, n).permute(1, 0, 2).reshape(users, world * n)
-    all_sc = _all_gather(torch.from_numpy(found.scores)).reshape(world, users, n).permute(1, 0, 2).reshape(users, -1)
-    all_it = _all_gather(torch.from_numpy(found.interest)).reshape(world, users, n).permute(1, 0, 2).reshape(users, -1)
-    key_id = torch.where(all_ids < 0, torch.iinfo(torch.int64).max, all_ids)
-    order = key_id.argsort(dim=1, stable=True)
-    all_ids, all_sc, all_it = (x.gather(1, order) for x in (all_ids, all_sc, all_it))
-    order = all_sc.argsort(dim=1, descending=True, stable=True)[:, :n]
-    return SearchResult(ids=all_ids.gather(1, order).numpy(), scores=all_sc.gather(1, order).numpy(),
-                        interest=all_it.gather(1, order).numpy())
+    # the P lists of each user merged: score descending, then item id (the ranks' rows are disjoint)
+    def gathered(x: np.ndarray) -> np.ndarray:  # (U, n) from every rank -> (U, P * n)
+        return _all_gather(torch.from_numpy(x)).reshape(world, users, n).permute(1, 0, 2).reshape(users, -1).numpy()
+    return merge_candidates(gathered(found.ids), gathered(found.scores), gathered(found.interest), n)
+
+
+def _search_rows(table: ShardedItemTable, queries: np.ndarray, n: int, backend: str, exclude) -> "SearchResult":
+    """Exact top n of each user among this rank's rows (global ids; the padding row never).
+
+    faiss (``auto`` on the CPU): an ``IDMap2,Flat`` index holding the rows under their global ids,
+    filled from the block without another copy. torch: the exact torch search over the block with
+    a padding row in front (one copy of the block)."""
+    from .retrieval import ExcludeCSR, SearchResult, resolve_backend
+    from .retrieval.exact import ExactTorchSearch
+    from .retrieval.faiss_search import _slice_csr, item_index, merge_candidates
+
+    block = table.block.detach()  # (rows here, D)
+    users = len(queries)
+    if resolve_backend(backend) == "torch":
+        shift = max(table.offset - 1, 0)  # local id j is global id j + shift; local row 0 is padding
+        items = block if table.offset == 0 else torch.cat([block.new_zeros(1, table.dim), block])
+        local = None
+        if exclude is not None:
+            keep = (exclude.indices > shift) & (exclude.indices < table.offset + table.rows_here)  # (nnz,)
+            owner = np.repeat(np.arange(users), np.diff(exclude.indptr))  # (nnz,)
+            local = ExcludeCSR(indptr=np.concatenate([[0], np.cumsum(np.bincount(owner[keep], minlength=users))]
+                                                     ).astype(np.int64),
+                               indices=(exclude.indices[keep] - shift).astype(np.int64))
+        found = ExactTorchSearch(items).search(queries, n, exclude=local)
+        return SearchResult(ids=np.where(found.ids > 0, found.ids + shift, -1), scores=found.scores,
+                            interest=found.interest)
+    rows = block.numpy()  # (rows here, D), a view
+    first = 1 if table.offset == 0 else 0
+    index = item_index("Flat", table.dim)
+    for s in range(first, len(rows), 262_144):
+        e = min(len(rows), s + 262_144)
+        index.add_with_ids(rows[s:e], np.arange(table.offset + s, table.offset + e, dtype=np.int64))
+    parts = []
+    k = queries.shape[1]
+    for u0 in range(0, users, 1024):
+        u1 = min(users, u0 + 1024)
+        sub = _slice_csr(exclude, u0, u1)
+        extra = int(np.diff(sub.indptr).max()) if sub is not None and u1 > u0 else 0
+        kk = max(1, min(index.ntotal, n + extra))
+        dist, lab = index.search(np.ascontiguousarray(queries[u0:u1].reshape(-1, table.dim)), kk)  # (C*K, kk)
+        it = np.broadcast_to(np.repeat(np.arange(k), kk), (u1 - u0, k * kk))
+        parts.append(merge_candidates(lab.reshape(u1 - u0, -1), dist.reshape(u1 - u0, -1), it, n, sub))
+    if not parts:
+        from .retrieval.exact import _empty_result
+        return _empty_result(0, n)
+    return SearchResult(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("ids", "scores", "interest")))

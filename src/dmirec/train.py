@@ -287,6 +287,8 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     def validate(window_loss: float, window_steps: int, window_seconds: float) -> dict | None:
         """Rank 0 validates and decides (with a sharded table every rank searches its rows); the other
         ranks receive its state (best, patience, stop), and a better model is saved as best."""
+        if optimizer is not None:  # the last step's gradients are dead (the next step starts with zero_grad):
+            optimizer.zero_grad(set_to_none=True)  # not held while the search needs the memory
         refresh_bank()  # every rank: the bank is model state the next steps read
         metrics = evaluate_model(model, data, "valid", cfg.seq_len, metric_cutoffs(cfg), cfg.retrieval_backend,
                                  cfg.exclude_history, cfg.eval_batch_size, device=device, eval_set=valid_set,

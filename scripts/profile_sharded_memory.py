@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""Where a sharded rank's memory goes: resident set size after each phase of a sharded run.
+
+    python -m torch.distributed.run --nproc_per_node=2 scripts/profile_sharded_memory.py \
+        bench_data/synth-1000000-u20000-s0 [--steps 5] [--valid_users 1000]
+
+Every rank builds the model with its table on the meta device, installs its rows, takes
+``--steps`` training steps through the sharded table, validates with the sharded search, and
+writes its table file; it prints its current RSS (``/proc/self/status`` VmRSS) and the peak so
+far (VmHWM) after each phase, with the size of one rank's block for scale. A measurement aid for
+``scripts/bench_scale.py sharded`` (which records only each process's final peak); it needs the
+`dist` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.distributed as tdist
+
+
+def rss() -> tuple[float, float]:
+    """(current, peak) resident set size of this process in MiB."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--valid_users", type=int, default=1000)
+    p.add_argument("--out", default="/tmp/profile_sharded_memory", help="where the table files are written (then removed)")
+    args = p.parse_args()
+
+    from dmirec import sharded
+    from dmirec.data.dataset import load_dataset
+    from dmirec.data.sampler import TrainSampler, valid_split
+    from dmirec.dist import Context
+    from dmirec.evaluate import evaluate_model
+    from dmirec.losses import NegativeSampler
+    from dmirec.models import build_model, set_routing_reg
+    from dmirec.models.base import item_table_on_meta
+    from dmirec.train import loss_with_negatives, make_config, train_step
+
+    tdist.init_process_group("gloo")
+    torch.set_num_threads(1)
+    rank, world = tdist.get_rank(), tdist.get_world_size()
+
+    def report(phase: str) -> None:
+        now, peak = rss()
+        rows = ctx_rows[0]
+        print(f"rank {rank} {phase:<28} RSS {now:7.0f} MiB   peak {peak:7.0f} MiB   (one block: {rows} rows, "
+              f"{rows * cfg.embedding_dim * 4 / 2**20:.0f} MiB)", flush=True)
+
+    ctx_rows = [0]
+    cfg = make_config("remi", overrides={"sharded_embeddings": True, "progress": False, "threads": 1,
+                                         "valid_users": args.valid_users, "device": "cpu", "seed": 0})
+    data = load_dataset(args.data, mmap=True)
+    report("data loaded")
+    with item_table_on_meta():
+        model = build_model(cfg, data.num_items, data.item_popularity("train"))
+    table = sharded.install(model, cfg.seed)
+    ctx_rows[0] = table.rows_here
+    report("table installed")
+    optimizer = sharded.make_optimizer(model, cfg)
+    set_routing_reg(model, cfg.routing_reg * world)
+    ddp = sharded.wrap(model, lambda m, h, mk, t, n, u: loss_with_negatives(m, cfg, h, mk, t, n, None, u),
+                       torch.device("cpu"))
+    sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.min_cut, seed=cfg.seed)
+    negatives = NegativeSampler(data.num_items)
+    gen = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * rank)
+    share = Context(rank=rank, world=world).share(cfg.batch_size)
+    for _ in range(args.steps):
+        train_step(model, optimizer, cfg, sampler.sample(), negatives, gen, "cpu", share=share, ddp=ddp)
+    report(f"{args.steps} steps")
+    optimizer.zero_grad(set_to_none=True)
+    report("gradients freed")
+    evaluate_model(model, data, "valid", cfg.seq_len, (20, 50), cfg.retrieval_backend, False, cfg.eval_batch_size,
+                   eval_set=valid_split(data.splits["valid"], cfg))
+    report("validated (sharded search)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sharded.save_table(table, out, "last", args.steps, moments=True)
+    report("table file written")
+    (out / f"last.table.s{args.steps}.r{rank}of{world}.pt").unlink()
+    tdist.barrier()
+    tdist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
