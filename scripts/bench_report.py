@@ -458,9 +458,11 @@ def _scale_section(path: Path) -> list[str]:
                       if "test" in r else f"| {r['step']} | {r['wall_seconds']:.0f} | {r['peak_rss_mib']:.0f} | | | | | | |"
                       for r in rows]
         elif all("train_seq_per_s" in r for r in rows):  # ddp / sharded: one row per setting
-            lines += ["| setting | train seq/s | test R@50 | test HR@50 |", "|---|---:|---:|---:|"]
-            lines += [f"| {r.get('label', str(r.get('ranks', '?')) + ' process(es)')} | {r['train_seq_per_s']:,.0f} | "
-                      f"{r['test']['recall@50']:.4f} | {r['test']['hitrate@50']:.4f} |" for r in rows]
+            lines += ["| setting | train seq/s | test R@50 | test HR@50 | peak RSS per process (MiB) |",
+                      "|---|---:|---:|---:|---|"]
+            lines += [f"| {r.get('name') or r.get('label') or str(r.get('ranks', '?')) + ' process(es)'} | "
+                      f"{r['train_seq_per_s']:,.0f} | {r['test']['recall@50']:.4f} | {r['test']['hitrate@50']:.4f} | "
+                      f"{' / '.join(f'{x:.0f}' for x in r.get('peak_rss_mib_per_rank', [])) or 'n/a'} |" for r in rows]
         lines.append("")
     return lines
 

@@ -7,9 +7,10 @@
 Every rank builds the model with its table on the meta device, installs its rows, takes
 ``--steps`` training steps through the sharded table, validates with the sharded search, and
 writes its table file; it prints its current RSS (``/proc/self/status`` VmRSS) and the peak so
-far (VmHWM) after each phase, with the size of one rank's block for scale. A measurement aid for
-``scripts/bench_scale.py sharded`` (which records only each process's final peak); it needs the
-`dist` extra.
+far (VmHWM) after each phase, with the size of one rank's block for scale; rank 0 writes every
+rank's phases to ``bench_results/profile_sharded_memory.json`` (with commit and machine). A
+measurement aid for ``scripts/bench_scale.py sharded`` (which records only each process's final
+peak); it needs the `dist` extra.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def rss() -> tuple[float, float]:
     """(current, peak) resident set size of this process in MiB."""
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def rows_mib(rows: int, dim: int) -> float:
+    return rows * dim * 4 / 2**20
 
 
 def main() -> None:
@@ -49,9 +54,12 @@ def main() -> None:
     torch.set_num_threads(1)
     rank, world = tdist.get_rank(), tdist.get_world_size()
 
+    phases: list[dict] = []
+
     def report(phase: str) -> None:
         now, peak = rss()
         rows = ctx_rows[0]
+        phases.append({"phase": phase, "rss_mib": now, "peak_mib": peak, "block_rows": rows})
         print(f"rank {rank} {phase:<28} RSS {now:7.0f} MiB   peak {peak:7.0f} MiB   (one block: {rows} rows, "
               f"{rows * cfg.embedding_dim * 4 / 2**20:.0f} MiB)", flush=True)
 
@@ -86,6 +94,20 @@ def main() -> None:
     sharded.save_table(table, out, "last", args.steps, moments=True)
     report("table file written")
     (out / f"last.table.s{args.steps}.r{rank}of{world}.pt").unlink()
+    every = [None] * world
+    tdist.all_gather_object(every, phases)
+    if rank == 0:
+        import json
+        import sys
+        import time
+
+        root = Path(__file__).resolve().parents[1]
+        sys.path.insert(0, str(root / "scripts"))
+        from bench import git_commit, machine
+
+        record = {"argv": sys.argv[1:], "ranks": every, "block_mib": rows_mib(ctx_rows[0], cfg.embedding_dim),
+                  "commit": git_commit(), "machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (root / "bench_results" / "profile_sharded_memory.json").write_text(json.dumps(record, indent=2) + "\n")
     tdist.barrier()
     tdist.destroy_process_group()
 

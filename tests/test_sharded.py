@@ -249,3 +249,6 @@ def test_sharded_run_exports_and_evaluates_like_any_run(runs, tmp_path):
     result = json.loads((base / "full" / "result.json").read_text())
     again = evaluate_run(base / "full", split="test")
     assert again["recall@50"] == pytest.approx(result["test"]["recall@50"])
+    # what a sharded run cannot train with applies to the finished run (one process, whole table)
+    ruled = evaluate_run(base / "full", split="test", overrides={"neighbour_alpha": 0.5})
+    assert ruled["recall@50"] != again["recall@50"]

@@ -42,8 +42,9 @@ No process ever holds the whole table:
   assembles the whole table for ``evaluate``, ``export`` and ``serve`` in one process, which
   therefore do need the whole table in memory (a bundle holds it).
 
-Memory per rank: its block, its gradient and Adam's two moments, ``4 (N + 1) D / P`` floats,
-plus one initialisation block (65,536 rows) at start. The step costs O(N / P) per rank (dense
+Memory per rank: its block, its gradient and Adam's two moments, ``4 (N + 1) D / P`` floats;
+the gradient is freed before each validation, whose faiss index holds one more copy of the
+block (``scripts/profile_sharded_memory.py`` prints the RSS after each phase). The step costs O(N / P) per rank (dense
 Adam over the block; ``embedding_optimizer=sparse`` is not available here). Ranks on several
 machines need a shared file system for the run directory (as ``--resume`` already does).
 
