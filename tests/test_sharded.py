@@ -50,11 +50,11 @@ def test_single_process_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_unsupported_models_and_sparse_updates_are_config_errors():
+def test_unsupported_models_are_config_errors():
     with pytest.raises(ConfigError, match="sharded_embeddings.*not dmi"):
         make_config("dmi", overrides={"sharded_embeddings": True})
-    with pytest.raises(ConfigError, match="embedding_optimizer=sparse"):
-        make_config("remi", overrides={"sharded_embeddings": True, "embedding_optimizer": "sparse"})
+    with pytest.raises(ConfigError, match="weight_decay"):
+        make_config("remi", overrides={"sharded_embeddings": True, "embedding_optimizer": "sparse", "weight_decay": 0.1})
 
 
 def test_sharded_runs_refuse_a_whole_table_draw_and_whole_table_readers():
@@ -173,6 +173,28 @@ def test_sharded_run_matches_the_unsharded_ddp_run(runs):
     ddp_result = json.loads((base / "ddp" / "result.json").read_text())
     assert abs(sharded_result["test"]["recall@50"] - ddp_result["test"]["recall@50"]) < 0.02
     assert sharded_result["test"]["recall@50"] > 0.4  # planted interests learned (random: 0.25)
+
+
+@needs_torchrec
+def test_sharded_sparse_updates_take_the_one_process_sparse_step(runs, tmp_path):
+    """Row-sparse updates of the sharded rows (ranks share their negatives): the one-process run
+    with SparseAdam from the same blocked table, up to float summation order, after 60 steps."""
+    base, data = runs
+    before = torch.get_num_threads()
+    try:
+        one = train(make_config("remi", overrides={**OVER, "embedding_optimizer": "sparse", "table_init": "blocked",
+                                                   "dist_negatives": "global"}), data, tmp_path / "one")
+    finally:
+        torch.set_num_threads(before)
+    a, b = _model(tmp_path / "one"), _model(base / "sparse")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    opt = rundir.load_checkpoint(base / "sparse" / "checkpoints" / "last.pt", assemble=False)
+    part = torch.load(base / "sparse" / "checkpoints" / opt["table_shards"]["files"][0][0], weights_only=True)
+    assert part["adam_step"] == 60  # SparseAdam's state saved with the rows
+    # rank 0's block starts with the padding row: never looked up, so never updated (lazy Adam)
+    assert not part["exp_avg_sq"][0].any() and not part["weight"][0].any() and part["exp_avg_sq"][1:].any()
+    assert json.loads((base / "sparse" / "result.json").read_text())["steps"] == one["steps"] == 60
 
 
 @needs_torchrec

@@ -343,9 +343,6 @@ def _check_ranges(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: config key 'sharded_embeddings' cannot be combined with "
                           f"{'neighbour_alpha > 0' if cfg.neighbour_alpha > 0 else 'repeat_channel'} (an interest bank "
                           f"or history scores read the whole table); apply it at evaluation of the finished run")
-    if cfg.sharded_embeddings and cfg.embedding_optimizer == "sparse":
-        raise ConfigError(f"{source}: config key 'sharded_embeddings' updates each rank's rows with dense Adam; "
-                          f"embedding_optimizer=sparse cannot be combined with it")
     if cfg.embedding_optimizer == "sparse" and cfg.weight_decay:
         raise ConfigError(f"{source}: config key 'weight_decay' must be 0 with embedding_optimizer=sparse "
                           f"(decay would touch every row of the item table)")

@@ -34,9 +34,13 @@ from .config import Config, ConfigError
 
 
 def use_sparse(cfg: Config, num_items: int) -> bool:
-    """Whether a run of ``cfg`` on ``num_items`` items updates the item table row-sparsely."""
-    if cfg.sharded_embeddings:  # each rank's rows on dense Adam (dmirec.sharded)
-        return False
+    """Whether a run of ``cfg`` on ``num_items`` items updates its (unsharded) item table row-sparsely."""
+    return not cfg.sharded_embeddings and row_sparse(cfg, num_items)
+
+
+def row_sparse(cfg: Config, num_items: int) -> bool:
+    """The rule: row-sparse item-table updates for ``embedding_optimizer=sparse``, or with ``auto``
+    from ``sparse_min_items`` items up when there is no weight decay (a sharded table's rows too)."""
     if cfg.embedding_optimizer == "sparse":
         return True
     if cfg.embedding_optimizer == "dense":

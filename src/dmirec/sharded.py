@@ -25,10 +25,13 @@ No process ever holds the whole table:
   by P (TorchRec's ``gradient_division``), i.e. the gradient of the mean loss over the global
   batch, what DDP's average gives the replicated parameters (tested against one process).
 * *Optimiser.* TorchRec's ``dense`` compute kernel gives this rank's block an ordinary dense
-  gradient, and a ``torch.optim.Adam`` over the block (:class:`ShardedAdam`) updates it with the
-  run's ``lr`` and ``weight_decay``; Adam is elementwise, so P ranks each updating their block
-  take the step one process takes on the whole table. (TorchRec's fused optimisers run on CPU
-  only as SGD / row-wise Adagrad.)
+  gradient. With dense updates a ``torch.optim.Adam`` over the block (:class:`ShardedAdam`)
+  applies the run's ``lr`` and ``weight_decay``; Adam is elementwise, so P ranks each updating
+  their block take the step one process takes on the whole table, at O(N / P) per step. With
+  row-sparse updates (``embedding_optimizer``: ``sparse``, or ``auto`` from ``sparse_min_items``
+  items up, as in one process) the ranks all-gather the step's looked-up ids and each updates only
+  its touched rows with ``torch.optim.SparseAdam``: the one-process sparse step. (TorchRec's fused
+  optimisers run on CPU only as SGD / row-wise Adagrad.)
 * *Evaluation* (validation and test, :func:`rank_users`). Every rank computes the query vectors
   of its share of the users (the history rows through one sharded lookup per batch), the queries
   are all-gathered, every rank searches its own rows exactly (top n per user, history exclusion
@@ -126,6 +129,7 @@ class ShardedItemTable(nn.Module):
             self.block.copy_(rows(self.offset, self.offset + self.rows_here))
         self.adam: "ShardedAdam | None" = None  # set by ShardedAdam: its moments are saved with the rows
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._looked_up = torch.zeros(0, dtype=torch.long)  # this rank's ids of the last prefetch
 
     # --- lookups --------------------------------------------------------------------------------
     def prefetch(self, ids: torch.Tensor) -> None:
@@ -142,6 +146,21 @@ class ShardedItemTable(nn.Module):
         if len(real) < len(uniq):
             rows = torch.cat([rows.new_zeros(1, self.dim), rows])  # (U, D), row 0 = padding
         self._cache = (uniq, rows)
+        self._looked_up = real
+
+    def touched_rows(self) -> torch.Tensor:
+        """This rank's rows (local indices, sorted) that any rank looked up in its last
+        :meth:`prefetch`; a collective."""
+        real = self._looked_up  # (R,) this rank's distinct ids of the step, all > 0
+        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(self.world)]
+        tdist.all_gather(sizes, torch.tensor([len(real)]))
+        most = int(max(sizes))
+        buf = torch.zeros(most, dtype=torch.long)
+        buf[:len(real)] = real
+        parts = [torch.empty_like(buf) for _ in range(self.world)]
+        tdist.all_gather(parts, buf)
+        ids = torch.cat([p[:int(n)] for p, n in zip(parts, sizes)]).unique()  # (U,) sorted
+        return ids[(ids >= self.offset) & (ids < self.offset + self.rows_here)] - self.offset
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self._cache is None:
@@ -227,22 +246,39 @@ def wrap(model: nn.Module, loss_fn: Callable[..., torch.Tensor], device: torch.d
 
 
 class ShardedAdam:
-    """Adam over this rank's block of the table; its moments are saved with the block's rows."""
+    """Adam over this rank's block of the table; its moments are saved with the block's rows.
 
-    def __init__(self, table: ShardedItemTable, lr: float, weight_decay: float):
+    ``sparse``: row-sparse updates, as :class:`torch.optim.SparseAdam` makes them in one process
+    (:mod:`dmirec.optim`): only the rows some rank looked up this step (all-gathered ids, O(batch))
+    are updated, from their rows of the block's gradient. Otherwise dense (fused) Adam over the
+    whole block, O(N / P) per step."""
+
+    def __init__(self, table: ShardedItemTable, lr: float, weight_decay: float, sparse: bool = False):
         self.table = table
-        self.opt = torch.optim.Adam([table.block], lr=lr, weight_decay=weight_decay, fused=True)
+        self.sparse = sparse
+        # TorchRec's block takes only dense gradients: SparseAdam steps a plain parameter on the
+        # same storage (no copy), handed the touched rows of the block's gradient
+        self.param = nn.Parameter(table.block.detach()) if sparse else table.block
+        self.opt = torch.optim.SparseAdam([self.param], lr=lr) if sparse else \
+            torch.optim.Adam([self.param], lr=lr, weight_decay=weight_decay, fused=True)
         table.adam = self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.opt.zero_grad(set_to_none=set_to_none)
+        if self.sparse:
+            self.table.block.grad = None
 
     def step(self) -> None:
+        grad = self.table.block.grad
+        if self.sparse and grad is not None:  # a collective: every rank steps together
+            rows = self.table.touched_rows()  # (R,) sorted local rows
+            self.param.grad = torch.sparse_coo_tensor(rows[None], grad[rows], grad.shape, is_coalesced=True,
+                                                      check_invariants=False)
         self.opt.step()
 
     def moments(self) -> dict[str, Any]:
         """This rank's ``exp_avg`` / ``exp_avg_sq`` rows and Adam's step (empty before the first step)."""
-        state = self.opt.state.get(self.table.block, {})
+        state = self.opt.state.get(self.param, {})
         if not state:
             return {}
         return {"adam_step": float(state["step"]), "exp_avg": state["exp_avg"].detach(),
@@ -250,7 +286,7 @@ class ShardedAdam:
 
     def set_moments(self, step: float, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
         sd = self.opt.state_dict()
-        sd["state"] = {0: {"step": torch.tensor(float(step)), "exp_avg": exp_avg.clone(),
+        sd["state"] = {0: {"step": int(step) if self.sparse else torch.tensor(float(step)), "exp_avg": exp_avg.clone(),
                            "exp_avg_sq": exp_avg_sq.clone()}}
         self.opt.load_state_dict(sd)
 
@@ -269,7 +305,8 @@ def make_optimizer(model: nn.Module, cfg: Config):
     from . import optim
 
     dense = optim.make_optimizer(model, cfg)  # the table is not among model.parameters()
-    return optim.Optimizers([dense, ShardedAdam(model.item_emb, cfg.lr, cfg.weight_decay)])
+    table = ShardedAdam(model.item_emb, cfg.lr, cfg.weight_decay, optim.row_sparse(cfg, model.item_emb.num_rows - 1))
+    return optim.Optimizers([dense, table])
 
 
 # --- table files ---------------------------------------------------------------------------------
