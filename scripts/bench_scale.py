@@ -55,21 +55,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench import DATA, RESULTS, machine  # noqa: E402
+from bench import git_commit as bench_git_commit  # noqa: E402
 
 OUT = RESULTS / "scale.json"
 SRC = ROOT / "src"
 
 
 def git_commit() -> str:
-    """HEAD, with ``+dirty`` when tracked files differ from it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):  # a copy without .git (a remote GPU machine)
-        return os.environ.get("DMIREC_COMMIT", "unknown")
+    """HEAD, with ``-dirty`` when tracked code differs from it (:func:`bench.git_commit`: the records
+    in bench_results/ do not count), or ``DMIREC_COMMIT`` in a copy without .git (a GPU machine)."""
+    return bench_git_commit() or os.environ.get("DMIREC_COMMIT", "unknown")
 
 
 def synth_data(items: int, users: int = 20_000, seed: int = 0) -> Path:

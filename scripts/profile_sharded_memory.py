@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Where a sharded rank's memory goes: resident set size after each phase of a sharded run.
+"""Where a sharded rank's memory and step time go: RSS after each phase of a sharded run, and a
+torch-profiler breakdown of its training step.
 
     python -m torch.distributed.run --nproc_per_node=2 scripts/profile_sharded_memory.py \
         bench_data/synth-1000000-u20000-s0 [--steps 5] [--valid_users 1000]
@@ -10,12 +11,14 @@ writes its table file; it prints its current RSS (``/proc/self/status`` VmRSS) a
 far (VmHWM) after each phase, with the size of one rank's block for scale; rank 0 writes every
 rank's phases to ``bench_results/profile_sharded_memory.json`` (with commit and machine). A
 measurement aid for ``scripts/bench_scale.py sharded`` (which records only each process's final
-peak); it needs the `dist` extra.
+peak); it needs the `dist` extra. Then ``--profile_steps`` more steps run under the torch profiler
+and rank 0 records the ms per step and the operators with the largest self CPU time.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +40,7 @@ def main() -> None:
     p.add_argument("data")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--valid_users", type=int, default=1000)
+    p.add_argument("--profile_steps", type=int, default=10)
     p.add_argument("--out", default="/tmp/profile_sharded_memory", help="where the table files are written (then removed)")
     args = p.parse_args()
 
@@ -84,6 +88,16 @@ def main() -> None:
     for _ in range(args.steps):
         train_step(model, optimizer, cfg, sampler.sample(), negatives, gen, "cpu", share=share, ddp=ddp)
     report(f"{args.steps} steps")
+    from torch.profiler import profile
+
+    with profile() as prof:
+        tick = time.perf_counter()
+        for _ in range(args.profile_steps):
+            train_step(model, optimizer, cfg, sampler.sample(), negatives, gen, "cpu", share=share, ddp=ddp)
+        step_ms = (time.perf_counter() - tick) * 1000 / max(args.profile_steps, 1)
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops) or 1.0
+    top_ops = [{"op": e.key, "self_cpu_share": e.self_cpu_time_total / total, "calls": e.count} for e in ops[:8]]
     optimizer.zero_grad(set_to_none=True)
     report("gradients freed")
     evaluate_model(model, data, "valid", cfg.seq_len, (20, 50), cfg.retrieval_backend, False, cfg.eval_batch_size,
@@ -99,13 +113,13 @@ def main() -> None:
     if rank == 0:
         import json
         import sys
-        import time
 
         root = Path(__file__).resolve().parents[1]
         sys.path.insert(0, str(root / "scripts"))
         from bench import git_commit, machine
 
-        record = {"argv": sys.argv[1:], "ranks": every, "block_mib": rows_mib(ctx_rows[0], cfg.embedding_dim),
+        record = {"argv": sys.argv[1:], "ranks": every, "step_ms_rank0": step_ms, "top_ops_rank0": top_ops,
+                  "table_update": "row-sparse" if optimizer.optimizers[-1].sparse else "dense", "block_mib": rows_mib(ctx_rows[0], cfg.embedding_dim),
                   "commit": git_commit(), "machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (root / "bench_results" / "profile_sharded_memory.json").write_text(json.dumps(record, indent=2) + "\n")
     tdist.barrier()

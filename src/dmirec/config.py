@@ -61,7 +61,8 @@ class Config:
     remove_accidental_hits: bool = False
     min_cut: int = 4  # a training cut point k >= min_cut (ComiRec protocol)
     # item-table updates: dense Adam over the whole table, or row-sparse (sparse gradients of the
-    # rows a step touched + SparseAdam); auto = sparse from sparse_min_items items up (README, Large data)
+    # rows a step touched + SparseAdam); auto = sparse from sparse_min_items items up (README, Large data);
+    # the same rule for a sharded table's rows
     embedding_optimizer: str = "auto"  # auto | dense | sparse
     sparse_min_items: int = 50_000  # measured: level with dense at 25k items, 1.6x faster at 50k
     # torchrun: each rank draws its own negatives for its share of the batch (rank), or every rank
