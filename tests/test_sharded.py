@@ -127,6 +127,7 @@ def runs(tmp_path_factory):
     data = make_planted_dataset(base / "data", num_users=600, num_items=200, num_clusters=10)
     torchrun(str(HERE / "sharded_worker.py"), str(data), str(base), json.dumps({**OVER, "cut_at": CUT_AT}))
     torchrun("-m", "dmirec", "train", "--resume", str(base / "cut"))
+    torchrun("-m", "dmirec", "train", "--resume", str(base / "sparse_cut"))
     return base, data
 
 
@@ -248,12 +249,15 @@ def test_sharded_search_equals_the_whole_table_search(runs):
 
 
 @needs_torchrec
-def test_sharded_run_resumes_exactly(runs):
+@pytest.mark.parametrize("run", ["full", "sparse"])
+def test_sharded_run_resumes_exactly(runs, run):
+    """Dense and row-sparse updates: the rows and Adam moments of every rank come back from their files."""
     base, _ = runs
-    a, b = _model(base / "full"), _model(base / "cut")
+    cut = {"full": "cut", "sparse": "sparse_cut"}[run]
+    a, b = _model(base / run), _model(base / cut)
     assert all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "train_seq_per_s")} for r in rows]
-    assert strip(rundir.read_metrics(base / "full")) == strip(rundir.read_metrics(base / "cut"))
+    assert strip(rundir.read_metrics(base / run)) == strip(rundir.read_metrics(base / cut))
 
 
 @needs_torchrec
