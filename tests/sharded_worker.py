@@ -6,7 +6,8 @@ In one process group: OUT/grads.pt (one step's gradients through the sharded tab
 rank 0, with the batch and negatives that made them), OUT/full (sharded, per-rank negatives, to
 max_steps), OUT/cut (the same run interrupted after step ``cut_at``), OUT/ddp (the same run
 unsharded, plain DDP, from the same blocked initial table), OUT/sparse (sharded with row-sparse
-updates and negatives shared by the ranks), OUT/sparse_cut (that run interrupted like OUT/cut) and OUT/search.pt (the sharded search of OUT/full's best
+updates and negatives shared by the ranks), OUT/fused (sharded, TorchRec's fused row-wise Adagrad),
+OUT/sparse_cut and OUT/fused_cut (those runs interrupted like OUT/cut) and OUT/search.pt (the sharded search of OUT/full's best
 model over the test users, with and without history exclusion).
 """
 
@@ -94,11 +95,13 @@ def main() -> None:
         pass
     train(cfg.replace(sharded_embeddings=False, table_init="blocked"), data, f"{out}/ddp")
     sparse = cfg.replace(embedding_optimizer="sparse", dist_negatives="global")
-    train(sparse, data, f"{out}/sparse")
-    try:
-        train(sparse, data, f"{out}/sparse_cut", callback=interrupt)
-    except Interrupt:
-        pass
+    fused = cfg.replace(embedding_optimizer="rowwise_adagrad", table_lr=0.1)
+    for name, run_cfg in (("sparse", sparse), ("fused", fused)):
+        train(run_cfg, data, f"{out}/{name}")
+        try:
+            train(run_cfg, data, f"{out}/{name}_cut", callback=interrupt)
+        except Interrupt:
+            pass
     sharded_search(cfg, data, f"{out}/full", out)
     gc.collect()  # the runs' DDP wrappers (reference cycles) freed while the group still exists
     tdist.barrier()  # no gloo work in flight when the group is torn down

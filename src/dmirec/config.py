@@ -63,7 +63,10 @@ class Config:
     # item-table updates: dense Adam over the whole table, or row-sparse (sparse gradients of the
     # rows a step touched + SparseAdam); auto = sparse from sparse_min_items items up (README, Large data);
     # the same rule for a sharded table's rows
-    embedding_optimizer: str = "auto"  # auto | dense | sparse
+    # rowwise_adagrad: a sharded table only, updated inside the backward by TorchRec's fused kernel
+    # (row-wise Adagrad at table_lr), O(batch) per step
+    embedding_optimizer: str = "auto"  # auto | dense | sparse | rowwise_adagrad
+    table_lr: float = 0.05  # the item table's learning rate with embedding_optimizer=rowwise_adagrad
     sparse_min_items: int = 50_000  # measured: level with dense at 25k items, 1.6x faster at 50k
     # torchrun: each rank draws its own negatives for its share of the batch (rank), or every rank
     # draws the same ones (global: the step equals a one-process step, for checks)
@@ -257,7 +260,7 @@ CHOICES = {
     "prediction": ("x0_residual", "x0"),
     "dmi_target": ("interest", "next_item"),
     "dmi_output": ("fuse", "extra"),
-    "embedding_optimizer": ("auto", "dense", "sparse"),
+    "embedding_optimizer": ("auto", "dense", "sparse", "rowwise_adagrad"),
     "dist_negatives": ("rank", "global"),
     "table_init": ("auto", "reference", "blocked"),
     "bank_search": ("exact", "hnsw"),
@@ -344,6 +347,13 @@ def _check_ranges(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: config key 'sharded_embeddings' cannot be combined with "
                           f"{'neighbour_alpha > 0' if cfg.neighbour_alpha > 0 else 'repeat_channel'} (an interest bank "
                           f"or history scores read the whole table); apply it at evaluation of the finished run")
+    if cfg.embedding_optimizer == "rowwise_adagrad" and not cfg.sharded_embeddings:
+        raise ConfigError(f"{source}: config key 'embedding_optimizer': rowwise_adagrad is TorchRec's fused update "
+                          f"of a sharded table; it needs sharded_embeddings=true (one process: dense or sparse)")
+    if cfg.embedding_optimizer == "rowwise_adagrad" and cfg.weight_decay:
+        raise ConfigError(f"{source}: config key 'weight_decay' must be 0 with embedding_optimizer=rowwise_adagrad")
+    if cfg.table_lr <= 0:
+        raise ConfigError(f"{source}: config key 'table_lr' must be positive, got {cfg.table_lr}")
     if cfg.embedding_optimizer == "sparse" and cfg.weight_decay:
         raise ConfigError(f"{source}: config key 'weight_decay' must be 0 with embedding_optimizer=sparse "
                           f"(decay would touch every row of the item table)")

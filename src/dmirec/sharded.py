@@ -101,13 +101,16 @@ class ShardedItemTable(nn.Module):
 
     sharded = True
 
-    def __init__(self, num_rows: int, dim: int, rows: Callable[[int, int], torch.Tensor]):
+    def __init__(self, num_rows: int, dim: int, rows: Callable[[int, int], torch.Tensor],
+                 fused_adagrad_lr: float | None = None):
         super().__init__()
         from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
         from torchrec.distributed.comm_ops import set_gradient_division
         from torchrec.distributed.shard import shard
         from torchrec.distributed.sharding_plan import row_wise
         from torchrec.distributed.types import ShardingEnv
+        from torchrec.optim import RowWiseAdagrad
+        from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
         self.num_rows, self.dim = num_rows, dim  # (N + 1, D)
         self.world, self.rank = tdist.get_world_size(), tdist.get_rank()
@@ -115,7 +118,10 @@ class ShardedItemTable(nn.Module):
         ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
             name=TABLE, embedding_dim=self.dim, num_embeddings=self.num_rows, feature_names=[FEATURE],
             pooling=PoolingType.SUM)], device=torch.device("meta"))
-        ebc = shard(ebc, {TABLE: row_wise(compute_kernel="dense")},
+        self.fused = fused_adagrad_lr is not None  # rows updated inside the backward (row-wise Adagrad)
+        if self.fused:
+            apply_optimizer_in_backward(RowWiseAdagrad, ebc.parameters(), {"lr": fused_adagrad_lr})
+        ebc = shard(ebc, {TABLE: row_wise(compute_kernel="fused" if self.fused else "dense")},
                     env=ShardingEnv.from_process_group(tdist.group.WORLD), device=torch.device("cpu"))
         torch.set_rng_state(rng)
         set_gradient_division(True)  # row gradients averaged over ranks, as DDP averages the rest
@@ -127,7 +133,7 @@ class ShardedItemTable(nn.Module):
         _, self.offset, self.rows_here = self.layout[self.rank]
         with torch.no_grad():
             self.block.copy_(rows(self.offset, self.offset + self.rows_here))
-        self.adam: "ShardedAdam | None" = None  # set by ShardedAdam: its moments are saved with the rows
+        self.optimizer: "ShardedAdam | FusedRowwiseAdagrad | None" = None  # its per-row state is saved with the rows
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._looked_up = torch.zeros(0, dtype=torch.long)  # this rank's ids of the last prefetch
 
@@ -211,7 +217,7 @@ class ShardedItemTable(nn.Module):
             self.block.copy_(full[self.offset:self.offset + self.rows_here])
 
 
-def install(model: nn.Module, seed: int) -> ShardedItemTable:
+def install(model: nn.Module, seed: int, fused_adagrad_lr: float | None = None) -> ShardedItemTable:
     """Replace ``model.item_emb`` by its sharded version. A table on the meta device (the model was
     built inside :func:`~dmirec.models.base.item_table_on_meta`) starts from the blocked draw of
     ``seed``, a real one from its own rows (this rank's slice)."""
@@ -225,7 +231,7 @@ def install(model: nn.Module, seed: int) -> ShardedItemTable:
         rows = functools.partial(blocked_table_rows, seed, dim)
     else:
         rows = lambda a, b: table.weight.detach()[a:b]  # noqa: E731
-    sharded = ShardedItemTable(num_rows, dim, rows)
+    sharded = ShardedItemTable(num_rows, dim, rows, fused_adagrad_lr)
     model.item_emb = sharded
     return sharded
 
@@ -261,7 +267,7 @@ class ShardedAdam:
         self.param = nn.Parameter(table.block.detach()) if sparse else table.block
         self.opt = torch.optim.SparseAdam([self.param], lr=lr) if sparse else \
             torch.optim.Adam([self.param], lr=lr, weight_decay=weight_decay, fused=True)
-        table.adam = self
+        table.optimizer = self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.opt.zero_grad(set_to_none=set_to_none)
@@ -276,7 +282,7 @@ class ShardedAdam:
                                                       check_invariants=False)
         self.opt.step()
 
-    def moments(self) -> dict[str, Any]:
+    def state_rows(self) -> dict[str, Any]:
         """This rank's ``exp_avg`` / ``exp_avg_sq`` rows and Adam's step (empty before the first step)."""
         state = self.opt.state.get(self.param, {})
         if not state:
@@ -284,10 +290,14 @@ class ShardedAdam:
         return {"adam_step": float(state["step"]), "exp_avg": state["exp_avg"].detach(),
                 "exp_avg_sq": state["exp_avg_sq"].detach()}
 
-    def set_moments(self, step: float, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor) -> None:
+    def load_rows(self, saved: dict[str, Any], read: Callable[[str], torch.Tensor]) -> None:
+        """Adam's state from a table file's scalars (``saved``) and ``read(field)``, this rank's rows."""
+        step = saved.get("adam_step")
+        if not step:
+            return
         sd = self.opt.state_dict()
-        sd["state"] = {0: {"step": int(step) if self.sparse else torch.tensor(float(step)), "exp_avg": exp_avg.clone(),
-                           "exp_avg_sq": exp_avg_sq.clone()}}
+        sd["state"] = {0: {"step": int(step) if self.sparse else torch.tensor(float(step)),
+                           "exp_avg": read("exp_avg"), "exp_avg_sq": read("exp_avg_sq")}}
         self.opt.load_state_dict(sd)
 
     def state_dict(self) -> dict[str, Any]:
@@ -300,11 +310,48 @@ class ShardedAdam:
                               "started without sharded_embeddings?)")
 
 
+class FusedRowwiseAdagrad:
+    """``embedding_optimizer=rowwise_adagrad``: TorchRec's fused kernel updates the rows a step
+    touched inside the backward pass (row-wise Adagrad, one accumulator per row), so there is
+    nothing to step here; the accumulators are saved with the rows."""
+
+    def __init__(self, table: ShardedItemTable):
+        self.table = table
+        table.optimizer = self
+
+    def _momentum(self) -> torch.Tensor:
+        state = self.table.ebc.fused_optimizer.state_dict()["state"][f"embedding_bags.{TABLE}.weight"]
+        return state[f"{TABLE}.momentum1"].local_shards()[0].tensor  # (rows here,), the live accumulators
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Nothing: the fused kernel keeps no gradient."""
+
+    def step(self) -> None:
+        """Nothing: the rows were updated in the backward pass."""
+
+    def state_rows(self) -> dict[str, Any]:
+        return {"adagrad_momentum": self._momentum().detach()}
+
+    def load_rows(self, saved: dict[str, Any], read: Callable[[str], torch.Tensor]) -> None:
+        with torch.no_grad():
+            self._momentum().copy_(read("adagrad_momentum"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sharded_table_fused": True}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or not state.get("sharded_table_fused"):
+            raise ConfigError("the checkpoint's optimiser state is not a fused sharded table's")
+
+
 def make_optimizer(model: nn.Module, cfg: Config):
-    """Fused Adam over the replicated parameters and :class:`ShardedAdam` over this rank's rows."""
+    """Fused Adam over the replicated parameters, and over this rank's rows :class:`ShardedAdam`
+    (dense or row-sparse) or, with ``rowwise_adagrad``, the fused kernel's own update."""
     from . import optim
 
     dense = optim.make_optimizer(model, cfg)  # the table is not among model.parameters()
+    if cfg.embedding_optimizer == "rowwise_adagrad":
+        return optim.Optimizers([dense, FusedRowwiseAdagrad(model.item_emb)])
     table = ShardedAdam(model.item_emb, cfg.lr, cfg.weight_decay, optim.row_sparse(cfg, model.item_emb.num_rows - 1))
     return optim.Optimizers([dense, table])
 
@@ -314,11 +361,12 @@ def make_optimizer(model: nn.Module, cfg: Config):
 #   {"key": "item_emb.weight", "rows": N + 1, "dim": D, "step": S,
 #    "files": [(file name, first row, rows), ...] in row order}
 # and each rank's rows are in NAME.table.sS.rRofP.pt beside it: {"first", "weight" (rows, D)} plus,
-# in ``last``, "adam_step", "exp_avg", "exp_avg_sq".
+# in ``last``, the optimiser's per-row state: Adam's "adam_step", "exp_avg", "exp_avg_sq", or the
+# fused row-wise Adagrad's "adagrad_momentum" (rows,).
 
 
 def save_table(table: ShardedItemTable, ckpt_dir: Path, name: str, step: int, moments: bool) -> dict[str, Any]:
-    """Every rank writes its rows (and with ``moments`` its Adam state) atomically; returns the
+    """Every rank writes its rows (and with ``moments`` its optimiser's per-row state) atomically; returns the
     manifest for ``NAME.pt``. A collective, ending when every rank's file is on disk."""
     from .rundir import save_checkpoint
 
@@ -328,8 +376,8 @@ def save_table(table: ShardedItemTable, ckpt_dir: Path, name: str, step: int, mo
     if block.untyped_storage().nbytes() != block.numel() * block.element_size():
         block = block.clone()
     obj: dict[str, Any] = {"first": table.offset, "weight": block}
-    if moments and table.adam is not None:
-        obj.update(table.adam.moments())
+    if moments and table.optimizer is not None:
+        obj.update(table.optimizer.state_rows())
     save_checkpoint(ckpt_dir / file(table.rank), obj)
     tdist.barrier()
     files = [(file(r), first, rows) for r, first, rows in sorted(table.layout, key=lambda x: x[1])]
@@ -348,7 +396,7 @@ def read_rows(ckpt_dir: Path, manifest: dict[str, Any], start: int, stop: int, f
               ) -> torch.Tensor:
     """Rows ``start:stop`` of the table (or of an Adam moment) from the table files of a checkpoint,
     reading only those rows (the files are memory-mapped): any P can read any P's files."""
-    out = torch.empty(max(stop - start, 0), manifest["dim"])
+    out: torch.Tensor | None = None  # (stop - start, *the field's trailing shape)
     for fname, first, rows in manifest["files"]:
         lo, hi = max(start, first), min(stop, first + rows)
         if lo >= hi:
@@ -360,25 +408,27 @@ def read_rows(ckpt_dir: Path, manifest: dict[str, Any], start: int, stop: int, f
             raise FileNotFoundError(f"{path}: a table file of this checkpoint is missing") from None
         if field not in part:
             raise KeyError(f"{path}: has no {field!r} (a best checkpoint keeps no optimiser state)")
-        out[lo - start:hi - start] = part[field][lo - first:hi - first]
-        del part
-    return out
+        piece = part[field][lo - first:hi - first]
+        if out is None:
+            out = torch.empty((stop - start, *piece.shape[1:]), dtype=piece.dtype)
+        out[lo - start:hi - start] = piece
+        del part, piece
+    return out if out is not None else torch.empty(0, manifest["dim"])
 
 
 def load_table(table: ShardedItemTable, ckpt_dir: Path, manifest: dict[str, Any], moments: bool = False) -> None:
-    """This rank's rows (and with ``moments`` its Adam state) from a checkpoint's table files."""
+    """This rank's rows (and with ``moments`` its optimiser's per-row state) from a checkpoint's table files."""
     if (manifest["rows"], manifest["dim"]) != (table.num_rows, table.dim):
         raise ConfigError(f"{ckpt_dir}: the checkpoint's table is {manifest['rows']} x {manifest['dim']}, "
                           f"this run's {table.num_rows} x {table.dim}")
     a, b = table.offset, table.offset + table.rows_here
     with torch.no_grad():
         table.block.copy_(read_rows(ckpt_dir, manifest, a, b))
-    if moments and table.adam is not None:
+    if moments and table.optimizer is not None:
         first = Path(ckpt_dir) / manifest["files"][0][0]
-        step = torch.load(first, map_location="cpu", mmap=True, weights_only=True).get("adam_step")
-        if step:
-            table.adam.set_moments(step, read_rows(ckpt_dir, manifest, a, b, "exp_avg"),
-                                   read_rows(ckpt_dir, manifest, a, b, "exp_avg_sq"))
+        saved = torch.load(first, map_location="cpu", mmap=True, weights_only=True)
+        scalars = {k: v for k, v in saved.items() if not isinstance(v, torch.Tensor)}
+        table.optimizer.load_rows(scalars, lambda field: read_rows(ckpt_dir, manifest, a, b, field))
 
 
 # --- evaluation ----------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     with item_table_on_meta() if blocked else contextlib.nullcontext():  # no whole table drawn (or held)
         model = build_model(cfg, data.num_items, popularity)
     if cfg.sharded_embeddings:  # each rank draws and keeps its rows of the table (dmirec.sharded)
-        sharded.install(model, cfg.seed)
+        sharded.install(model, cfg.seed, cfg.table_lr if cfg.embedding_optimizer == "rowwise_adagrad" else None)
     elif blocked:
         fill_blocked_table(model, cfg.seed)
     model = model.to(device)
