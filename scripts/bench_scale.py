@@ -27,7 +27,8 @@ most-popular on the same split: wall time, seq/s, peak RSS of each child, test m
 ``sharded``: the same `dmirec train` as ``ddp`` three times on the same data, global batch, seed
 and step budget: 1 process, 2 torchrun ranks (plain DDP) and 2 ranks with
 ``--sharded_embeddings=true`` (the item table sharded row-wise by TorchRec; the other two start from
-the same blocked initial table, ``--table_init=blocked``); ``--arms`` picks some of them. Records each one's
+the same blocked initial table, ``--table_init=blocked``); ``--arms`` picks some of them, or adds
+``fused`` (sharded, updated by TorchRec's fused row-wise Adagrad). Records each one's
 loss/recall curve, test metrics, training seq/s and every process's peak RSS (each rank reports
 its own ``ru_maxrss`` when it finishes).
 
@@ -223,7 +224,9 @@ def cmd_sharded(args: argparse.Namespace) -> list[dict]:
     work = ROOT / "bench_runs" / "scale-sharded"
     same_start = ["--table_init=blocked"]  # the sharded run's initial table, drawn whole by the unsharded arms
     arms = {"1": ("1 process", 1, same_start), "ddp": ("2 ranks, DDP", 2, same_start),
-            "sharded": ("2 ranks, sharded table", 2, ["--sharded_embeddings=true"])}
+            "sharded": ("2 ranks, sharded table", 2, ["--sharded_embeddings=true"]),
+            "fused": ("2 ranks, sharded table, fused row-wise Adagrad", 2,
+                      ["--sharded_embeddings=true", "--embedding_optimizer=rowwise_adagrad"])}
     return [train_ranks(args, data, work, *arms[a]) for a in args.arms.split(",")]
 
 
@@ -387,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--steps", type=int, default=600)
     h.add_argument("--eval_every", type=int, default=150)
     h.add_argument("--valid_users", type=int, default=1000)
-    h.add_argument("--arms", default="1,ddp,sharded", help="which of 1 (one process), ddp, sharded to run")
+    h.add_argument("--arms", default="1,ddp,sharded", help="which of 1 (one process), ddp, sharded, fused to run")
     h.add_argument("--tag", default=None, help="key in scale.json (default: sharded-MODEL-ITEMS)")
     t = sub.add_parser("_rank_train")
     t.add_argument("--rss_dir", required=True)
