@@ -30,8 +30,12 @@ No process ever holds the whole table:
   their block take the step one process takes on the whole table, at O(N / P) per step. With
   row-sparse updates (``embedding_optimizer``: ``sparse``, or ``auto`` from ``sparse_min_items``
   items up, as in one process) the ranks all-gather the step's looked-up ids and each updates only
-  its touched rows with ``torch.optim.SparseAdam``: the one-process sparse step. (TorchRec's fused
-  optimisers run on CPU only as SGD / row-wise Adagrad.)
+  its touched rows with ``torch.optim.SparseAdam``: the one-process sparse step. Both keep the
+  dense kernel's gradient of the whole block (zero-filled every step). ``rowwise_adagrad``
+  shards with TorchRec's ``fused`` kernel instead (:class:`FusedRowwiseAdagrad`): row-wise Adagrad
+  at ``table_lr`` applied inside the backward to the touched rows, no block gradient, O(batch)
+  per step; a different optimiser (TorchRec's fused optimisers run on CPU only as SGD / row-wise
+  Adagrad).
 * *Evaluation* (validation and test, :func:`rank_users`). Every rank computes the query vectors
   of its share of the users (the history rows through one sharded lookup per batch), the queries
   are all-gathered, every rank searches its own rows exactly (top n per user, history exclusion
@@ -45,7 +49,8 @@ No process ever holds the whole table:
   assembles the whole table for ``evaluate``, ``export`` and ``serve`` in one process, which
   therefore do need the whole table in memory (a bundle holds it).
 
-Memory per rank: its block, its gradient and Adam's two moments, ``4 (N + 1) D / P`` floats;
+Memory per rank: its block, its gradient and Adam's two moments, ``4 (N + 1) D / P`` floats
+(with the fused kernel: the block and one accumulator per row);
 the gradient is freed before each validation, whose faiss index holds one more copy of the
 block (``scripts/profile_sharded_memory.py`` prints the RSS after each phase). The step costs O(N / P) per rank (dense
 Adam over the block; ``embedding_optimizer=sparse`` is not available here). Ranks on several
