@@ -19,6 +19,7 @@ NAMES = {"comirec-sa": "ComiRec-SA", "comirec-dr": "ComiRec-DR", "mind": "MIND",
          "youtube-dnn": "YouTube-DNN", "most-popular": "Most-popular", "dmi": "DMI",
          "dmi-sa": "DMI on ComiRec-SA", "dmi-after": "DMI, refiner trained after REMI", "coin": "COIN",
          "dmi-collab": "DMI, collaborative (refiner after REMI, neighbour rule)",
+         "dmi-collab-joint": "DMI, collaborative keys trained jointly (gowalla's validation choice)",
          "dmi-collab-ctl-no-noise": "control: DMI collaborative without noise",
          "dmi-collab-ctl-plain-attention": "control: one plain cross-attention pass, same keys",
          "dmi-target": "DMI, target-supervised"}
