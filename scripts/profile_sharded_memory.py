@@ -65,7 +65,7 @@ def main() -> None:
         rows = ctx_rows[0]
         phases.append({"phase": phase, "rss_mib": now, "peak_mib": peak, "block_rows": rows})
         print(f"rank {rank} {phase:<28} RSS {now:7.0f} MiB   peak {peak:7.0f} MiB   (one block: {rows} rows, "
-              f"{rows * cfg.embedding_dim * 4 / 2**20:.0f} MiB)", flush=True)
+              f"{rows_mib(rows, cfg.embedding_dim):.0f} MiB)", flush=True)
 
     ctx_rows = [0]
     cfg = make_config("remi", overrides={"sharded_embeddings": True, "progress": False, "threads": 1,
@@ -118,8 +118,9 @@ def main() -> None:
         sys.path.insert(0, str(root / "scripts"))
         from bench import git_commit, machine
 
+        update = "row-sparse" if getattr(optimizer.optimizers[-1], "sparse", False) else "dense"
         record = {"argv": sys.argv[1:], "ranks": every, "step_ms_rank0": step_ms, "top_ops_rank0": top_ops,
-                  "table_update": "row-sparse" if optimizer.optimizers[-1].sparse else "dense", "block_mib": rows_mib(ctx_rows[0], cfg.embedding_dim),
+                  "table_update": update, "block_mib": rows_mib(ctx_rows[0], cfg.embedding_dim),
                   "commit": git_commit(), "machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (root / "bench_results" / "profile_sharded_memory.json").write_text(json.dumps(record, indent=2) + "\n")
     tdist.barrier()
