@@ -488,8 +488,8 @@ def _search_rows(table: ShardedItemTable, queries: np.ndarray, n: int, backend: 
     filled from the block without another copy. torch: the exact torch search over the block with
     a padding row in front (one copy of the block)."""
     from .retrieval import ExcludeCSR, SearchResult, resolve_backend
-    from .retrieval.exact import ExactTorchSearch
-    from .retrieval.faiss_search import _slice_csr, item_index, merge_candidates
+    from .retrieval.exact import ExactTorchSearch, _empty_result
+    from .retrieval.faiss_search import _slice_csr, add_rows, item_index, search_index
 
     block = table.block.detach()  # (rows here, D)
     users = len(queries)
@@ -506,23 +506,10 @@ def _search_rows(table: ShardedItemTable, queries: np.ndarray, n: int, backend: 
         found = ExactTorchSearch(items).search(queries, n, exclude=local)
         return SearchResult(ids=np.where(found.ids > 0, found.ids + shift, -1), scores=found.scores,
                             interest=found.interest)
-    rows = block.numpy()  # (rows here, D), a view
-    first = 1 if table.offset == 0 else 0
-    index = item_index("Flat", table.dim)
-    for s in range(first, len(rows), 262_144):
-        e = min(len(rows), s + 262_144)
-        index.add_with_ids(rows[s:e], np.arange(table.offset + s, table.offset + e, dtype=np.int64))
-    parts = []
-    k = queries.shape[1]
-    for u0 in range(0, users, 1024):
-        u1 = min(users, u0 + 1024)
-        sub = _slice_csr(exclude, u0, u1)
-        extra = int(np.diff(sub.indptr).max()) if sub is not None and u1 > u0 else 0
-        kk = max(1, min(index.ntotal, n + extra))
-        dist, lab = index.search(np.ascontiguousarray(queries[u0:u1].reshape(-1, table.dim)), kk)  # (C*K, kk)
-        it = np.broadcast_to(np.repeat(np.arange(k), kk), (u1 - u0, k * kk))
-        parts.append(merge_candidates(lab.reshape(u1 - u0, -1), dist.reshape(u1 - u0, -1), it, n, sub))
+    first = 1 if table.offset == 0 else 0  # rank 0's row 0 is the padding row
+    index = add_rows(item_index("Flat", table.dim), block.numpy()[first:], table.offset + first)  # labels = ids
+    parts = [search_index(index, queries[u0:u0 + 1024], n, _slice_csr(exclude, u0, min(users, u0 + 1024)))
+             for u0 in range(0, users, 1024)]
     if not parts:
-        from .retrieval.exact import _empty_result
         return _empty_result(0, n)
     return SearchResult(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("ids", "scores", "interest")))

@@ -41,7 +41,8 @@ from dmirec.retrieval.exact import (
     check_search_args,
 )
 
-__all__ = ["FaissSearch", "merge_candidates", "item_index", "add_items", "set_search_params", "inner_index"]
+__all__ = ["FaissSearch", "merge_candidates", "item_index", "add_items", "add_rows", "search_index",
+           "set_search_params", "inner_index"]
 
 
 def item_index(spec: str, dim: int) -> Any:
@@ -52,11 +53,32 @@ def item_index(spec: str, dim: int) -> Any:
 
 def add_items(index: Any, items: np.ndarray, chunk: int = 262_144) -> Any:
     """Add ``items[1:]`` ((N + 1, D), row 0 = padding) under their item ids 1..N; returns ``index``."""
-    x = np.ascontiguousarray(items[1:], dtype=np.float32)  # (N, D)
+    return add_rows(index, items[1:], 1, chunk)
+
+
+def add_rows(index: Any, rows: np.ndarray, first_id: int, chunk: int = 262_144) -> Any:
+    """Add ``rows`` (R, D) under the ids ``first_id .. first_id + R - 1``, ``chunk`` rows at a time
+    (no copy of a float32 C-contiguous array beyond the index's own); returns ``index``."""
+    x = np.ascontiguousarray(rows, dtype=np.float32)  # (R, D)
     for start in range(0, len(x), chunk):
-        ids = np.arange(start + 1, start + 1 + len(x[start:start + chunk]), dtype=np.int64)  # (C,)
-        index.add_with_ids(x[start:start + chunk], ids)
+        part = x[start:start + chunk]  # (C, D)
+        index.add_with_ids(part, np.arange(first_id + start, first_id + start + len(part), dtype=np.int64))
     return index
+
+
+def search_index(index: Any, q: np.ndarray, n: int, excl: ExcludeCSR | None, label_offset: int = 0) -> SearchResult:
+    """One index query per interest, then the merge: q (C, K, D) -> top n per user. A label plus
+    ``label_offset`` is an item id; each interest asks for n plus the most items a user excludes."""
+    chunk, k, dim = q.shape
+    extra = int(np.diff(excl.indptr).max()) if excl is not None and chunk else 0
+    kk = min(index.ntotal, n + extra)
+    if kk == 0:
+        return _empty_result(chunk, n)
+    dist, lab = index.search(np.ascontiguousarray(q.reshape(chunk * k, dim)), kk)  # (C*K, kk) each
+    ids = np.where(lab >= 0, lab + label_offset, -1).reshape(chunk, k * kk)  # (C, K*kk) item ids
+    sc = dist.astype(np.float32).reshape(chunk, k * kk)  # (C, K*kk)
+    it = np.broadcast_to(np.repeat(np.arange(k), kk), (chunk, k * kk))  # (C, K*kk)
+    return merge_candidates(ids, sc, it, n, excl)
 
 
 def inner_index(index: Any) -> Any:
@@ -203,16 +225,7 @@ class FaissSearch:
 
     def _search_index(self, index: Any, q: np.ndarray, n: int, excl: ExcludeCSR | None) -> SearchResult:
         """One index query per interest, then the merge: q (C, K, D) -> top n per user."""
-        chunk, k, _ = q.shape
-        extra = int(np.diff(excl.indptr).max()) if excl is not None and chunk else 0
-        kk = min(self.num_items, n + extra)
-        flat = np.ascontiguousarray(q.reshape(chunk * k, self.dim))  # (C*K, D)
-        dist, lab = index.search(flat, kk)  # (C*K, kk) each
-        offset = self._label_offset if index is self.index else 0
-        ids = np.where(lab >= 0, lab + offset, -1).reshape(chunk, k * kk)  # (C, K*kk) item ids
-        sc = dist.astype(np.float32).reshape(chunk, k * kk)  # (C, K*kk)
-        it = np.broadcast_to(np.repeat(np.arange(k), kk), (chunk, k * kk))  # (C, K*kk)
-        return merge_candidates(ids, sc, it, n, excl)
+        return search_index(index, q, n, excl, self._label_offset if index is self.index else 0)
 
     def _fill_short(self, res: SearchResult, q: np.ndarray, n: int, excl: ExcludeCSR | None) -> None:
         """Search exactly, in place, the users for whom the approximate index found too few items."""
