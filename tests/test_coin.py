@@ -48,6 +48,46 @@ def test_contrastive_loss_prefers_anchors_near_the_targets_neighbours():
     assert model.contrastive_loss(e[0].unsqueeze(0), target, None) == 0
 
 
+def plain_contrastive_loss(model, anchor, target_emb, users, pick):
+    """COIN's loss written out directly: gathered candidate vectors, one InfoNCE term per positive,
+    averaged over all candidate slots; ``pick`` is the sampled bank users (or all of them)."""
+    F = torch.nn.functional
+    cand = F.normalize(model.bank.vectors[pick], dim=-1)  # (S, K, D)
+    scores = torch.einsum("bd,skd->bsk", F.normalize(target_emb, dim=-1), cand)  # (B, S, K)
+    best, best_k = scores.max(dim=2)
+    worst, worst_k = scores.min(dim=2)
+    own = model.bank.owners[pick].unsqueeze(0) == users.unsqueeze(1)
+    best, worst = best.masked_fill(own, float("-inf")), worst.masked_fill(own, float("inf"))
+    n, m = min(model.num_positives, len(pick)), min(model.num_negatives, len(pick))
+    pos_i, neg_i = best.topk(n, dim=1).indices, (-worst).topk(m, dim=1).indices
+    a = F.normalize(anchor, dim=-1)
+    total = anchor.new_zeros(())
+    for b in range(anchor.shape[0]):
+        vecs = torch.cat([cand[pos_i[b], best_k[b, pos_i[b]]], cand[neg_i[b], worst_k[b, neg_i[b]]]])  # (n + m, D)
+        logits = vecs @ a[b] / model.temperature
+        total = total + (torch.logsumexp(logits, 0) - logits[:n]).sum()
+    return total / (anchor.shape[0] * (n + m))
+
+
+@pytest.mark.parametrize("bank_sample", [1000, 25])
+def test_contrastive_loss_equals_its_plain_definition(bank_sample):
+    model, _ = tiny(coin_negatives=12, neighbours=3, coin_temperature=0.3, coin_bank_sample=bank_sample)
+    gen = torch.Generator().manual_seed(3)
+    model.bank.set(torch.randn(40, 3, 8, generator=gen), torch.arange(40) + 1)
+    anchor = torch.randn(5, 8, generator=gen, requires_grad=True)
+    target = torch.randn(5, 8, generator=gen)
+    users = torch.tensor([1, 7, 7, 40, 99])  # 99 is in no bank entry
+    torch.manual_seed(11)  # the same bank sample for both
+    fast = model.contrastive_loss(anchor, target, users)
+    torch.manual_seed(11)
+    pick = torch.randperm(40)[:bank_sample] if bank_sample < 40 else torch.arange(40)
+    plain = plain_contrastive_loss(model, anchor, target, users, pick)
+    assert torch.allclose(fast, plain, rtol=1e-6, atol=1e-8) and fast > 0
+    g_fast, = torch.autograd.grad(fast, anchor)
+    g_plain, = torch.autograd.grad(plain, anchor)
+    assert torch.allclose(g_fast, g_plain, rtol=1e-5, atol=1e-7)
+
+
 def test_coin_trains_end_to_end_and_its_rule_is_used(tmp_path):
     data = make_planted_dataset(tmp_path / "d", num_users=400, num_items=120, num_clusters=6)
     over = {"embedding_dim": 16, "seq_len": 10, "batch_size": 64, "num_negatives": 64, "max_steps": 300,

@@ -70,7 +70,7 @@ class InterestBank(nn.Module):
         self.owners = owners.to(self.owners.device, torch.long)  # (U,)
         self._hnsw = None
 
-    def _unit_bank(self) -> torch.Tensor:
+    def unit_vectors(self) -> torch.Tensor:
         """The bank's interests scaled to unit length, (U, K, D): computed once per bank content
         (the cache holds the tensor it was made from and that tensor's version, so a new or
         modified bank is normalised again). Exact search reads it instead of normalising the whole
@@ -146,7 +146,7 @@ class InterestBank(nn.Module):
         """
         if self.search_kind == "hnsw" and exclude is None and sample == 0 and self.size > 0:
             return self._search_hnsw(queries, n)
-        bank_vecs, bank_unit, owners = self.vectors, self._unit_bank(), self.owners
+        bank_vecs, bank_unit, owners = self.vectors, self.unit_vectors(), self.owners
         if 0 < sample < self.size:
             pick = torch.randperm(self.size, device=bank_vecs.device)[:sample]  # (S,)
             bank_vecs, bank_unit, owners = bank_vecs[pick], bank_unit[pick], owners[pick]

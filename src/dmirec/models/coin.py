@@ -87,30 +87,41 @@ class COIN(RetrievalModel):
 
     def contrastive_loss(self, anchor: torch.Tensor, target_emb: torch.Tensor, users: torch.Tensor | None
                          ) -> torch.Tensor:
-        """COIN's bank InfoNCE for anchors (B, D) given the targets' embeddings (B, D)."""
+        """COIN's bank InfoNCE for anchors (B, D) given the targets' embeddings (B, D).
+
+        Written for the CPU: the candidates are the bank's cached unit interests, each of the two
+        scorings (target, anchor) is one matrix product against all S*K candidate interests, and the
+        chosen logits are gathered from the anchor's scores, so no (B, negatives, D) block of
+        vectors is ever copied (that gather was most of a step).
+        """
         bank = getattr(self, "bank", None)
         if bank is None or bank.size == 0 or self.contrast_weight == 0:
             return anchor.new_zeros(())
-        size = bank.size
-        pick = torch.randperm(size, device=anchor.device)[:self.bank_sample] if size > self.bank_sample else \
-            torch.arange(size, device=anchor.device)  # (S,)
-        cand = F.normalize(bank.vectors[pick], dim=-1)  # (S, K, D)
-        scores = torch.einsum("bd,skd->bsk", F.normalize(target_emb.detach(), dim=-1), cand)  # (B, S, K)
-        best, best_k = scores.max(dim=2)  # (B, S)
-        worst, worst_k = scores.min(dim=2)  # (B, S)
+        unit, owners = bank.unit_vectors(), bank.owners  # (U, K, D), (U,)
+        if bank.size > self.bank_sample:
+            pick = torch.randperm(bank.size, device=anchor.device)[:self.bank_sample]  # (S,)
+            unit, owners = unit[pick], owners[pick]
+        s, k, d = unit.shape
+        flat = unit.reshape(s * k, d)  # (S*K, D) candidate c*K + j is user c's interest j
+        sims = (F.normalize(target_emb.detach(), dim=-1) @ flat.T).view(-1, s, k)  # (B, S, K) target vs candidates
+        per_k = sims.unbind(2)  # K x (B, S)
+        best, worst = per_k[0].clone(), per_k[0].clone()  # (B, S) each user's best and worst interest
+        for one in per_k[1:]:
+            torch.maximum(best, one, out=best)
+            torch.minimum(worst, one, out=worst)
         if users is not None:  # never the user's own entry
-            own = bank.owners[pick].unsqueeze(0) == users.unsqueeze(1)  # (B, S)
+            own = owners.unsqueeze(0) == users.unsqueeze(1)  # (B, S)
             best = best.masked_fill(own, float("-inf"))
             worst = worst.masked_fill(own, float("inf"))
-        n_pos = min(self.num_positives, len(pick))
-        n_neg = min(self.num_negatives, len(pick))
+        n_pos = min(self.num_positives, s)
+        n_neg = min(self.num_negatives, s)
         pos_s, pos_i = best.topk(n_pos, dim=1)  # (B, n)
-        neg_s, neg_i = (-worst).topk(n_neg, dim=1)  # (B, m)
-        rows = torch.arange(anchor.shape[0], device=anchor.device).unsqueeze(1)
-        pos = cand[pos_i, best_k[rows, pos_i]]  # (B, n, D)
-        neg = cand[neg_i, worst_k[rows, neg_i]]  # (B, m, D)
-        a = F.normalize(anchor, dim=-1)  # (B, D)
-        logits = torch.einsum("bd,bcd->bc", a, torch.cat([pos, neg], dim=1)) / self.temperature  # (B, n + m)
+        neg_s, neg_i = (-worst).topk(n_neg, dim=1, sorted=False)  # (B, m) their order does not matter
+        pos_k = sims.gather(1, pos_i.unsqueeze(2).expand(-1, -1, k)).argmax(2)  # (B, n) which interest
+        neg_k = sims.gather(1, neg_i.unsqueeze(2).expand(-1, -1, k)).argmin(2)  # (B, m)
+        scores = F.normalize(anchor, dim=-1) @ flat.T  # (B, S*K) the anchor against every candidate interest
+        logits = torch.cat([scores.gather(1, pos_i * k + pos_k), scores.gather(1, neg_i * k + neg_k)],
+                           dim=1) / self.temperature  # (B, n + m)
         valid = torch.cat([torch.isfinite(pos_s), torch.isfinite(neg_s)], dim=1)  # (B, n + m)
         logits = logits.masked_fill(~valid, float("-inf"))
         log_norm = torch.logsumexp(logits, dim=1, keepdim=True)  # (B, 1)
