@@ -1,15 +1,17 @@
 #!/usr/bin/env python
 """The two hot paths of a training run, measured: the training step and the validation pass.
 
-    python scripts/bench_hotpath.py step [--base SRC] [--models comirec-sa,remi] [--steps 2000] [--rounds 3]
+    python scripts/bench_hotpath.py step [--base SRC] [--models comirec-sa,remi] [--dataset beauty] [--steps 2000] [--rounds 3]
     python scripts/bench_hotpath.py validate [--datasets beauty,gowalla,sports,synth-books] [--rounds 3]
     python scripts/bench_hotpath.py bank [--base SRC] [--users 36000] [--queries 4096] [--n 16]
     python scripts/bench_hotpath.py profile [--model remi] [--dataset beauty] [--base SRC]
     python scripts/bench_hotpath.py report
 
-``step``: training sequences/s on beauty at the reference settings (configs/beauty/MODEL.yaml:
-batch 128, 1,280 shared negatives, seq_len 20), one thread, the package's full step
-(``dmirec.train.train_step``: batch sampling, forward, loss, backward, Adam) after a warm-up. With
+``step``: training sequences/s on beauty (or ``--dataset``) at the reference settings
+(configs/DATASET/MODEL.yaml: on beauty batch 128, 1,280 shared negatives, seq_len 20), one thread,
+the package's full step (``dmirec.train.train_step``: batch sampling, forward, loss, backward, Adam)
+after a warm-up; a model that reads an interest bank (COIN, collaborative DMI) gets the bank of its
+initial weights first, as a training run does. With
 ``--base SRC`` (the ``src`` folder of another checkout, e.g. a ``git worktree`` of an older
 commit) the same measurement runs on that code too, the two alternating round by round (paired),
 so the ratio is measured under the same machine load. Each measurement is a fresh process.
@@ -68,11 +70,15 @@ sampler = TrainSampler(data.splits["train"], cfg.batch_size, cfg.seq_len, cfg.mi
 negatives = NegativeSampler(data.num_items, cfg.negative_sampler)
 gen = torch.Generator().manual_seed(1)
 opt = make_optimizer(model, cfg)
+has_bank = getattr(model, "bank", None) is not None
+if has_bank:  # what train() does before its first step
+    from dmirec.neighbours import fill_bank
+    fill_bank(model, cfg, data.splits["train"])
 model.train()
 for i in range(warmup + steps):
     if i == warmup:
         start = time.perf_counter()
-    train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu")
+    train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu", use_users=has_bank)
 print(json.dumps({"seq_per_s": cfg.batch_size * steps / (time.perf_counter() - start)}))
 """
 
@@ -122,10 +128,10 @@ import numpy as np
 from torch.profiler import ProfilerActivity, profile
 model.train()
 for _ in range(warmup):
-    train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu")
+    train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu", use_users=has_bank)
 with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
     for _ in range(steps):
-        train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu")
+        train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu", use_users=has_bank)
 print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25,
                                                          max_name_column_width=32, max_shapes_column_width=60))
 padding = 1 - np.mean([sampler.sample().mask.mean() for _ in range(200)])
@@ -159,11 +165,12 @@ def trees(args: argparse.Namespace) -> dict[str, Path]:
 def cmd_step(args: argparse.Namespace) -> dict:
     rows = []
     for model in args.models.split(","):
-        config = ROOT / "configs" / "beauty" / f"{model}.yaml"
+        config = ROOT / "configs" / args.dataset / f"{model}.yaml"
         rounds: dict[str, list[float]] = {name: [] for name in trees(args)}
         for r in range(args.rounds):
             for name, src in trees(args).items():
-                got = child(src, STEP_CHILD, [str(DATA / "beauty"), str(config), model, str(args.steps), str(args.warmup)])
+                got = child(src, STEP_CHILD, [str(DATA / args.dataset), str(config), model, str(args.steps),
+                                              str(args.warmup)])
                 rounds[name].append(got["seq_per_s"])
                 print(f"{model} round {r} {name}: {got['seq_per_s']:.0f} seq/s", flush=True)
         rows.append({"model": model, "rounds": rounds,
@@ -266,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("step")
     s.add_argument("--models", default="comirec-sa,remi")
+    s.add_argument("--dataset", default="beauty")
     s.add_argument("--steps", type=int, default=2000)
     s.add_argument("--warmup", type=int, default=50)
     v = sub.add_parser("validate")
