@@ -22,6 +22,11 @@ NAMES = {"comirec-sa": "ComiRec-SA", "comirec-dr": "ComiRec-DR", "mind": "MIND",
          "dmi-collab-joint": "DMI, collaborative keys trained jointly (gowalla's validation choice)",
          "dmi-collab-ctl-no-noise": "control: DMI collaborative without noise",
          "dmi-collab-ctl-plain-attention": "control: one plain cross-attention pass, same keys",
+         "dmi-collab-target": "DMI, collaborative + next-item target, extra queries (refiner after REMI, rule)",
+         "dmi-collab-target-ctl-no-noise": "control: DMI collaborative + target without noise",
+         "dmi-collab-target-ctl-plain-attention": "control: DMI collaborative + target, one plain attention pass",
+         "dmi-collab-joint-ctl-no-noise": "control: DMI collaborative joint without noise",
+         "dmi-collab-joint-ctl-plain-attention": "control: DMI collaborative joint, one plain attention pass",
          "dmi-target": "DMI, target-supervised"}
 KEYS = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "ndcg_comirec@20",
         "ndcg_comirec@50"]
