@@ -39,6 +39,13 @@ VARIANTS = {
     "dmi collaborative keys": ("dmi", ["dmi_keys=items,neighbours,others"]),
     "dmi target-supervised": ("dmi", ["dmi_keys=items,neighbours,others", "dmi_target=next_item",
                                       "cond_dropout=0.1"]),
+    # the main table's rows: the refiner trained after a frozen REMI (no backbone gradient), the rule inside
+    "dmi-collab (refiner after REMI, rule)": ("dmi", ["freeze_backbone_steps=1000000", "dmi_keys=items,neighbours,others",
+                                                      "neighbour_alpha=2.4", "neighbours=8"]),
+    "dmi-collab-target (extra queries, rule)": ("dmi", ["freeze_backbone_steps=1000000",
+                                                        "dmi_keys=items,neighbours,others", "neighbour_alpha=2.4",
+                                                        "neighbours=8", "dmi_target=next_item", "cond_dropout=0.1",
+                                                        "dmi_output=extra"]),
 }
 
 
