@@ -100,7 +100,7 @@ def main() -> None:
     rows = {}
     for label, (model, extra) in VARIANTS.items():
         net, cfg, data = build(args.dataset, model, extra)
-        speed = timed_steps(net, cfg, data, args.steps, warmup=20) if net.trainable and "rule" not in label else None  # the rule trains as REMI
+        speed = timed_steps(net, cfg, data, args.steps, warmup=20) if net.trainable and label != "remi + neighbour rule" else None  # trains as REMI
         net, cfg, data = build(args.dataset, model, extra)  # bank of the same (initial) weights
         lat = serving_latency(net, cfg, data, args.requests)
         rows[label] = {"train_seq_per_s": speed, **lat, "resolved_config": cfg.to_dict()}
