@@ -184,6 +184,7 @@ def _run_locked(tag: str, dataset: str, model: str, seed: int, config: str | Non
         "valid_recall@50": result["valid_recall@50"], "test": result["test"],
         "train_seq_per_s": result["train_seq_per_s"],
         "valid_pass_s": statistics.median(r["seconds"] for r in valid) if valid else None,
+        "valid_curve": [[r["step"], r["recall@50"]] for r in valid],  # (step, Recall@50) of every validation
         "wall_s_last_call": wall, "peak_rss_mb_last_call": rss,
         "resumed": cmd[3:5] == ["train", "--resume"], "recovered": recovered,
         "reused_from": run_dir.resolve().name if run_dir.is_symlink() else None,

@@ -26,7 +26,8 @@ def overrides(extra: list[str], seed: int) -> dict[str, str]:
     for arg in extra:
         assert arg.startswith("--") and "=" in arg, f"suite flag {arg!r} is not --key=value"
         key, value = arg[2:].split("=", 1)
-        assert key.replace("-", "_") not in out, f"suite flag --{key} given twice"
+        key = key.replace("-", "_")
+        assert key not in out, f"suite flag --{key} given twice"
         out[key] = value.format(runs="/nonexistent/runs", seed=seed)
     return out
 
