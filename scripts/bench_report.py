@@ -230,6 +230,7 @@ def _collab_section(records: list[dict], results_dir: Path) -> list[str]:
             lines.append(f"| {label} | {len(tests)} | " + " | ".join(_fmt([t[k] for t in tests]) for k in keys)
                          + f" | {note} |")
         lines += _collab_targets(ds, rows_by_ds[ds])
+        lines += _collab_paired(ds, main, rules)
         lines.append("")
     if selection:
         lines += ["Neighbour rule on top of the DMI selection runs (validation users only; the run's own valid "
@@ -265,6 +266,41 @@ def _collab_targets(dataset: str, rows: list[tuple[str, list[dict], str]]) -> li
                 out.append(f"  - vs {other_label}: gap {gap:+.4f} > 2 x max sd {need:.4f}: "
                            f"{'met' if gap > need else 'NOT met'}")
     return ["", "Targets (test Recall@50):", ""] + out if out else []
+
+
+def _collab_paired(dataset: str, main: dict, rules: dict) -> list[str]:
+    """Each collaborative DMI row against REMI + rule and its controls, seed by seed.
+
+    The after-REMI rows and their controls start from the same frozen REMI run of a seed, so the
+    difference within a seed removes the backbone's share of the seed-to-seed spread; mean ± sd of
+    those differences over the seeds both sides have. Rows trained from scratch are compared with
+    their own controls only (same seed, no shared backbone). Read beside the target lines, which
+    are the issue's test, not instead of them.
+    """
+    def by_seed(recs: list[dict]) -> dict[int, float]:
+        return {r["seed"]: r["test"]["recall@50"] for r in recs}
+
+    out = []
+    for name in sorted(n for d, n in main if d == dataset and n.startswith("dmi-collab") and "-ctl-" not in n):
+        run = by_seed(main[(dataset, name)])
+        after_remi = any(a.startswith("--init_from=") for a in main[(dataset, name)][0]["extra"])
+        others = [("REMI", by_seed(main.get((dataset, "remi"), []))),
+                  ("REMI + neighbour rule", by_seed(rules.get((dataset, "remi"), [])))] if after_remi else []
+        others += [(NAMES.get(n, n), by_seed(main[(dataset, n)]))
+                   for d, n in sorted(main) if d == dataset and n.startswith(name + "-ctl-")]
+        for label, other in others:
+            seeds = sorted(set(run) & set(other))
+            if not seeds:
+                continue
+            diffs = [run[s] - other[s] for s in seeds]
+            out.append(f"| {NAMES.get(name, name)} | {label} | {','.join(map(str, seeds))} | "
+                       f"{_fmt(diffs)} | {' '.join(f'{d:+.4f}' for d in diffs)} |")
+    if not out:
+        return []
+    return ["", "Seed by seed (test Recall@50, the row minus the comparison on the same seed; an after-REMI row, "
+            "its controls and REMI + rule share that seed's frozen REMI run, so these differences are free of the "
+            "backbone's seed spread; the targets above remain the test):", "",
+            "| row | minus | seeds | mean ± sd | per seed |", "|---|---|---|---|---|"] + out
 
 
 def _collab_cost_section(path: Path) -> list[str]:
