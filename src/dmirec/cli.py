@@ -7,6 +7,7 @@
     dmirec report RUN_DIR [--out report.html] [--categories FILE] [--bundle BUNDLE_DIR]
     dmirec compare RUN_DIR... [--by model] [--metric recall@50] [--out FILE.md|FILE.html]
     dmirec fit-repeat RUN_DIR [--output repeat.json]
+    dmirec fit-channels RUN_DIR [--channels model,itemknn,ease,repeat] [--key=value ...]
     dmirec export RUN_DIR BUNDLE_DIR
     dmirec index BUNDLE_DIR --kind flat|hnsw|ivf|ivfpq
     dmirec serve BUNDLE_DIR --port 8000
@@ -110,10 +111,17 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     channel = {"on": True, "off": False}.get(args.repeat_channel)
     views = [("published", False), ("new_items", True)] if args.both_views else \
         [("new_items" if args.new_items_only else "", True if args.new_items_only else None)]
+    from .recipes.fit import run_recipe_folder
+
+    folder = run_recipe_folder(args.run_dir, args.recipe)
     out = {}
     for name, new_only in views:
+        if folder is not None:  # the fitted recipe, exactly as it is served
+            metrics = _evaluate_recipe(args, folder, extra, ns, new_only)
+        else:
+            metrics = None
         # --key=value: evaluation-time config changes (neighbour rule, guidance, sampler, ...)
-        metrics = evaluate_run(args.run_dir, split=args.split, exclude_history=args.exclude_history or None,
+        metrics = metrics or evaluate_run(args.run_dir, split=args.split, exclude_history=args.exclude_history or None,
                                backend=args.backend, which=args.checkpoint, overrides=parse_overrides(extra) or None,
                                device=resolve_device(args.device), ns=ns, new_items_only=new_only,
                                repeat_channel=channel, repeat_params=args.repeat_params)
@@ -127,6 +135,39 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
             print(_metrics_table(metrics, f"{args.run_dir} ({args.split}{label})"))
     if args.json:
         print(json.dumps(out if args.both_views else next(iter(out.values()))))
+    return 0
+
+
+def _evaluate_recipe(args: argparse.Namespace, folder, extra: list[str], ns, new_only) -> dict:
+    """Metrics of a run's fitted recipe (``dmirec evaluate RUN_DIR`` when RUN_DIR/recipe exists)."""
+    from .recipes.fit import evaluate_recipe, load_run_recipe
+    from .evaluate import metric_cutoffs
+
+    if args.exclude_history or args.repeat_channel or args.repeat_params or args.backend:
+        raise ConfigError("the recipe fixes history exclusion, the repeat channel and the search; pass --recipe none "
+                          "to evaluate the run's model alone with other settings")
+    recipe, _, cfg, data = load_run_recipe(args.run_dir, folder, parse_overrides(extra) or None)
+    cutoffs = metric_cutoffs(cfg if ns is None else cfg.replace(metric_ns=tuple(ns)))
+    view = recipe.info.get("new_items_only", False) if new_only is None else new_only
+    return evaluate_recipe(recipe, data, args.split, cfg.seq_len, cutoffs, new_items_only=bool(view))
+
+
+def cmd_fit_channels(args: argparse.Namespace, extra: list[str]) -> int:
+    from .recipes.fit import fit_recipe
+
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    rec = fit_recipe(args.run_dir, channels, overrides=parse_overrides(extra) or None, depth=args.depth,
+                     max_users=args.max_users or 0, new_items_only=args.new_items_only,
+                     log=lambda s: print(f"  {s}", flush=True))
+    c = rec["chosen"]
+    print(f"recipe for {args.run_dir} on {rec['dataset']}, chosen on {rec['users']} validation users "
+          f"over {len(rec['merger_grid'])} merger settings ({rec['seconds']:.1f} s):")
+    for name, alone in rec["channels_alone"].items():
+        print(f"  {name:<12} alone: valid recall@50 {alone['recall@50']:.4f}")
+    weights = ", ".join(f"{n} {w:g}" for n, w in zip(rec["channels"], c["weights"]))
+    print(f"  merged ({c['merger']}{', k=' + format(c['k'], 'g') if c['merger'] == 'rrf' else ''}; {weights}): "
+          f"valid recall@50 {c['recall@50']:.4f}")
+    print(f"written to {rec['output']}; `dmirec evaluate {args.run_dir}` and `dmirec export` use it")
     return 0
 
 
@@ -196,9 +237,14 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     # --key=value: evaluation-time changes (e.g. the neighbour rule), served as evaluated
     manifest = export_bundle(args.run_dir, args.bundle_dir, which=args.which, query_sample=args.query_sample,
                              overwrite=args.overwrite, overrides=parse_overrides(extra) or None,
-                             repeat_params=args.repeat_params)
-    print(f"exported {manifest['model']} ({manifest['num_items']} items, D={manifest['embedding_dim']}, "
+                             repeat_params=args.repeat_params, recipe=args.recipe)
+    what = (f"recipe of {len(manifest['recipe']['channels'])} channels ({manifest['recipe']['merger']})"
+            if manifest.get("recipe") else manifest["model"])
+    print(f"exported {what} ({manifest['num_items']} items, D={manifest['embedding_dim']}, "
           f"K={manifest['num_interests']}, {manifest['query_sample_users']} sample users) to {args.bundle_dir}")
+    served = manifest.get("served")
+    if served:
+        print(f"served lists on test users: recall@50 {served['metrics'].get('recall@50', float('nan')):.4f}")
     return 0
 
 
@@ -278,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the repeat channel on/off (default: the run's config and repeat.json)")
     p.add_argument("--repeat-params", default=None, metavar="FILE",
                    help="repeat channel parameters (default: RUN_DIR/repeat.json when it exists)")
+    p.add_argument("--recipe", default="auto", metavar="auto|none|DIR",
+                   help="evaluate the fitted recipe of channels: auto = RUN_DIR/recipe when it exists (default), "
+                        "none = the run's model alone, or a recipe folder")
+
+    p = sub.add_parser("fit-channels", help="choose a recipe of channels and its merger on validation users "
+                                            "(extra --key=value pairs set the run's own channel, e.g. the neighbour rule)")
+    p.add_argument("run_dir")
+    p.add_argument("--channels", default="model,itemknn,ease",
+                   help="comma list of model (the run), itemknn, ease, repeat, or other run directories on the same data")
+    p.add_argument("--depth", type=int, default=200, help="candidates per channel before the merge")
+    p.add_argument("--max-users", type=int, default=0, help="first validation users only (0 = all)")
+    p.add_argument("--new-items-only", action="store_true",
+                   help="fit for the new-items view (history excluded, repeated targets dropped)")
 
     p = sub.add_parser("fit-repeat", help="choose the repeat channel's parameters on validation users")
     p.add_argument("run_dir")
@@ -336,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--repeat-params", default=None, metavar="FILE",
                    help="repeat channel parameters (default: RUN_DIR/repeat.json when it exists)")
+    p.add_argument("--recipe", default="auto", metavar="auto|none|DIR",
+                   help="serve the fitted recipe of channels: auto = RUN_DIR/recipe when it exists (default), "
+                        "none = the run's model alone, or a recipe folder")
 
     p = sub.add_parser("index", help="build a faiss index in a bundle and measure its recall")
     p.add_argument("bundle_dir")
@@ -376,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    takes_overrides = args.command == "train" or (args.command in ("evaluate", "export")
+    takes_overrides = args.command == "train" or (args.command in ("evaluate", "export", "fit-channels")
                                                   and all(e.startswith("--") and "=" in e for e in extra))
     if extra and not takes_overrides:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
@@ -387,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args, extra)
         if args.command == "export":
             return cmd_export(args, extra)
+        if args.command == "fit-channels":
+            return cmd_fit_channels(args, extra)
         handler = {"prepare": cmd_prepare, "demo": cmd_demo, "index": cmd_index, "serve": cmd_serve,
                    "recommend": cmd_recommend, "synth": cmd_synth,
                    "report": cmd_report, "compare": cmd_compare,

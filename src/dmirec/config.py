@@ -158,6 +158,15 @@ class Config:
     # evaluation view: drop targets already in the history, exclude history items from the candidates
     new_items_only: bool = False
 
+    # --- item-to-item models (--model itemknn / ease; docs/classical.md) ---------------------------
+    # fitted in closed form on the training users' item sets; a user's whole history scores items
+    itemknn_shrink: float = 10.0  # cosine shrinkage: <x_i, x_j> / (|x_i| |x_j| + shrink)
+    itemknn_neighbours: int = 200  # neighbours kept per item (the matrix is sparse: N x this)
+    ease_lambda: float = 200.0  # L2 weight of EASE's closed form
+    ease_neighbours: int = 500  # entries kept per item of EASE's dense matrix (0 = keep it dense)
+    ease_max_items: int = 50_000  # EASE refuses larger catalogues (a dense N x N inverse)
+    history_decay: float = 0.0  # history item weight exp(-decay * age) for the item-to-item models
+
     def to_dict(self) -> dict[str, Any]:
         # tuples become lists so the dict is plain YAML/JSON
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -312,7 +321,8 @@ SHARDED_MODELS = ("comirec-sa", "remi", "comirec-dr", "mind")  # read the item t
 def _check_ranges(cfg: Config, source: str) -> None:
     positive = ("embedding_dim", "num_interests", "seq_len", "batch_size", "eval_every",
                 "eval_batch_size", "diffusion_steps", "routing_iters", "prune_m", "coin_temperature",
-                "coin_bank_sample", "coin_negatives", "coin_gru_layers", "coin_ff_dim", "repeat_ref_rank")
+                "coin_bank_sample", "coin_negatives", "coin_gru_layers", "coin_ff_dim", "repeat_ref_rank",
+                "itemknn_neighbours", "ease_lambda", "ease_max_items")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{source}: config key {key!r} must be positive, got {getattr(cfg, key)}")
@@ -357,7 +367,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
     if cfg.embedding_optimizer == "sparse" and cfg.weight_decay:
         raise ConfigError(f"{source}: config key 'weight_decay' must be 0 with embedding_optimizer=sparse "
                           f"(decay would touch every row of the item table)")
-    for key in ("repeat_weight", "repeat_decay"):
+    for key in ("repeat_weight", "repeat_decay", "itemknn_shrink", "ease_neighbours", "history_decay"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if cfg.start_step > cfg.diffusion_steps:
@@ -447,6 +457,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "youtube-dnn": {"num_interests": 1},
     "most-popular": {"num_interests": 1, "max_steps": 0},
     "repeat": {"num_interests": 1, "max_steps": 0},
+    "itemknn": {"num_interests": 1, "max_steps": 0},
+    "ease": {"num_interests": 1, "max_steps": 0},
 }
 
 

@@ -79,6 +79,11 @@ def rank_users(model, eval_set: EvalSet, n: int, backend: str = "auto", exclude_
         from .sharded import rank_users as sharded_rank_users
 
         return sharded_rank_users(model, eval_set, n, backend, exclude_history, batch_size)
+    if hasattr(model, "rank_histories"):  # item-to-item models score the whole history themselves
+        if repeat is not None:
+            raise ValueError(f"the repeat channel needs query vectors; model {type(model).__name__} has none "
+                             f"(merge it with the repeat channel in a recipe: dmirec fit-channels)")
+        return model.rank_histories(eval_set.full_history, n, eval_set.full_history if exclude_history else None)
     queries = user_vectors(model, eval_set, batch_size, device)  # (U, K, D)
     items = model.item_embeddings().detach().float()  # (N + 1, D)
     items_np = items.cpu().numpy()  # (N + 1, D)

@@ -42,7 +42,8 @@ def _query_sample(model, data, seq_len: int, users: int, batch_size: int = 1024)
 def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "best",
                   query_sample: int = DEFAULT_QUERY_SAMPLE, overwrite: bool = False,
                   overrides: dict[str, Any] | None = None,
-                  repeat_params: str | Path | None = None) -> dict[str, Any]:
+                  repeat_params: str | Path | None = None, recipe: str | None = "auto",
+                  served_metrics: bool = True) -> dict[str, Any]:
     """Export ``run_dir`` (its ``which`` checkpoint: best or last) to ``bundle_dir``; returns the manifest.
 
     Needs the prepared dataset the run used (``data.json``) for the raw item ids, popularity and
@@ -50,12 +51,26 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
     recall measurement. ``overrides``: evaluation-time config changes (e.g. the neighbour rule);
     an interest bank the model reads travels in the bundle's weights, checksummed with them.
     The repeat channel's parameters (``RUN_DIR/repeat.json`` or the file ``repeat_params``, see
-    ``dmirec fit-repeat``) go into the bundle's config.
+    ``dmirec fit-repeat``) go into the bundle's config. ``recipe``: the fitted recipe of channels
+    (``auto``: ``RUN_DIR/recipe`` when it exists; ``none``: the model alone; or a folder) travels
+    in the bundle, its channels' weights checksummed with the rest.
+    ``served_metrics``: the manifest's ``served`` entry holds the test metrics of exactly what the
+    bundle serves (the recipe, or the model with its rule and repeat channel), measured at export.
     """
+    from .recipes.fit import evaluate_recipe, load_run_recipe, run_recipe_folder
+    from .recipes.recipe import recipe_files
     from .repeat_fit import with_repeat_params
 
     run_dir = Path(run_dir)
-    model, cfg = load_trained_model(run_dir, which=which, device="cpu", overrides=overrides)
+    folder = run_recipe_folder(run_dir, recipe)
+    if folder is not None:  # the fitted recipe: the run's own channel with the settings it was fitted with
+        if which != "best" or repeat_params is not None:
+            raise BundleError(f"{folder}: a recipe is exported with the best checkpoint and its own settings; "
+                              f"pass --recipe none to export the model alone with other settings")
+        fitted, model, cfg, _ = load_run_recipe(run_dir, folder, overrides)
+    else:
+        fitted = None
+        model, cfg = load_trained_model(run_dir, which=which, device="cpu", overrides=overrides)
     cfg = with_repeat_params(cfg, run_dir, repeat_params)
     ref = read_data_ref(run_dir)
     data_path = Path(ref["path"])
@@ -86,6 +101,23 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
         "repeat": {k: getattr(cfg, k) for k in ("repeat_channel", "repeat_weight", "repeat_recency",
                                                  "repeat_bias", "repeat_decay", "repeat_ref_rank")},
     }
+    extra: dict[str, bytes] = {}
+    if fitted is not None:
+        extra = recipe_files(fitted)
+        info["recipe"] = fitted.describe()
+    if served_metrics and data.splits["test"].num_users:
+        from .evaluate import evaluate_model, metric_cutoffs
+        from .repeats import channel_from_config
+
+        if fitted is not None:
+            served = evaluate_recipe(fitted, data, "test", cfg.seq_len, metric_cutoffs(cfg),
+                                     new_items_only=bool(fitted.info.get("new_items_only", False)))
+        else:
+            served = evaluate_model(model, data, "test", cfg.seq_len, metric_cutoffs(cfg), "auto", cfg.exclude_history,
+                                    cfg.eval_batch_size, repeat=channel_from_config(cfg),
+                                    new_items_only=cfg.new_items_only)
+        info["served"] = {"split": "test", "what": "recipe" if fitted is not None else "model",
+                          "metrics": {k: float(v) for k, v in served.items() if "@" in k}}
     return write_bundle(bundle_dir, model_state=model.state_dict(), config=cfg, item_ids=data.item_ids,
                         item_embeddings=items, popularity=popularity, query_sample=queries, info=info,
-                        overwrite=overwrite)
+                        overwrite=overwrite, extra_files=extra)

@@ -322,6 +322,8 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         validate(0.0, 0, 0.0)  # the warm start itself is a candidate: training must beat it on validation
         save_last()
     if not trainable and state["step"] == 0 and no_best:
+        if hasattr(model, "fit"):  # item-to-item models: closed form on the training users
+            model.fit(data.splits["train"])
         validate(0.0, 0, 0.0)
         state["stopped"] = "nothing to train"
         save_last()

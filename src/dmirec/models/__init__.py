@@ -63,6 +63,20 @@ def _repeat(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalMod
     return RepeatBaseline(num_items, popularity, cfg.repeat_decay)
 
 
+def _itemknn(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
+    from .item_item import ItemKNN
+
+    return ItemKNN(num_items, popularity, shrink=cfg.itemknn_shrink, neighbours=cfg.itemknn_neighbours,
+                   history_decay=cfg.history_decay)
+
+
+def _ease(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
+    from .item_item import EASE
+
+    return EASE(num_items, popularity, lam=cfg.ease_lambda, neighbours=cfg.ease_neighbours,
+                max_items=cfg.ease_max_items, history_decay=cfg.history_decay)
+
+
 def _dmi(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
     from .dmi import DMI
 
@@ -80,6 +94,8 @@ REGISTRY: dict[str, Builder] = {
     "coin": _coin,
     "repeat": _repeat,
     "dmi": _dmi,
+    "itemknn": _itemknn,
+    "ease": _ease,
 }
 
 def needs_bank(cfg: Config) -> bool:

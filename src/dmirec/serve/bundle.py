@@ -206,7 +206,7 @@ def _own_temporary(name: str) -> bool:
 def write_bundle(bundle_dir: str | Path, *, model_state: dict[str, torch.Tensor], config: Config,
                  item_ids: Sequence[str], item_embeddings: np.ndarray, popularity: np.ndarray,
                  query_sample: np.ndarray, info: dict[str, Any] | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, extra_files: dict[str, bytes] | None = None) -> dict[str, Any]:
     """Write a complete bundle folder and return its manifest.
 
     The bundle is assembled in a temporary folder beside ``bundle_dir`` and renamed into place,
@@ -245,6 +245,10 @@ def write_bundle(bundle_dir: str | Path, *, model_state: dict[str, torch.Tensor]
         _fsync_write(tmp / MODEL_FILE, buf.getvalue())
         _fsync_write(tmp / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))
         _fsync_write(tmp / ITEM_IDS_FILE, "".join(f"{raw}\n" for raw in item_ids).encode("utf-8"))
+        for name, data in (extra_files or {}).items():
+            if Path(name).name != name or name in REQUIRED_FILES or name in (MANIFEST, INDEX_FILE):
+                raise BundleError(f"extra bundle file {name!r} is not a free plain file name")
+            _fsync_write(tmp / name, data)
         for name, arr in ((EMBEDDINGS_FILE, emb), (POPULARITY_FILE, pop), (QUERY_SAMPLE_FILE, queries)):
             with open(tmp / name, "wb") as fh:
                 np.save(fh, arr, allow_pickle=False)
@@ -265,7 +269,7 @@ def write_bundle(bundle_dir: str | Path, *, model_state: dict[str, torch.Tensor]
             "query_sample_users": int(queries.shape[0]),
             **(info or {}),
             "index": None,
-            "files": {name: file_entry(tmp / name) for name in REQUIRED_FILES},
+            "files": {name: file_entry(tmp / name) for name in (*REQUIRED_FILES, *sorted(extra_files or {}))},
         }
         write_manifest(tmp, manifest)
         if bundle_dir.exists():
@@ -344,6 +348,8 @@ class Bundle:
         else:
             raise ValueError(f"exact_backend must be 'auto', 'torch' or 'faiss', got {exact_backend!r}")
         self._query_sample: np.ndarray | None = None
+        # a fitted recipe of channels (README, "Channels"): its own channel is this model and searcher
+        self.recipe = self._load_recipe() if load_model and self.manifest.get("recipe") else None
 
     # -- loading helpers ---------------------------------------------------------------------
     def _read_config(self) -> Config:
@@ -376,6 +382,15 @@ class Bundle:
         except RuntimeError as exc:
             raise BundleError(f"{path}: weights do not fit model {self.config.model!r} ({exc})") from None
         return model.to(self.device).eval()
+
+    def _load_recipe(self):
+        from ..recipes.recipe import RecipeError, load_recipe
+
+        try:
+            return load_recipe(self.path, self.model, self.config, self.num_items, self.popularity,
+                               own_search=self.searcher.search)
+        except RecipeError as exc:
+            raise BundleError(str(exc)) from None
 
     @property
     def query_sample(self) -> np.ndarray:
@@ -456,9 +471,10 @@ class Bundle:
         rows = np.flatnonzero(~fallback)
         if len(rows):
             sub = [seqs[r] for r in rows]
-            queries = self.user_vectors_ids(sub)  # (b, K, D)
-            res = retrieve(self.searcher.search, queries, sub, n, exclude_history=exclude_history,
-                           stage=self.repeat_stage, item_embeddings=self.item_embeddings)
+            if self.recipe is not None:  # the channels merged, as `dmirec evaluate` measured them
+                res = self.recipe.rank(sub, n, True if exclude_history else None)
+            else:
+                res = self._search(sub, n, exclude_history)
             ids[rows], scores[rows], interest[rows] = res.ids, res.scores, res.interest
         if fallback.any():
             top = self.popular(n)
@@ -466,6 +482,15 @@ class Bundle:
             scores[fallback, :len(top)] = self.popularity[top].astype(np.float32)
             interest[fallback, :len(top)] = FALLBACK_INTEREST
         return SearchResult(ids=ids, scores=scores, interest=interest), fallback
+
+    def _search(self, seqs: Sequence[np.ndarray], n: int, exclude_history: bool) -> SearchResult:
+        """The model alone: an item-to-item model scores the whole sequences; a vector model's queries
+        are searched, then its repeat stage (:func:`dmirec.repeats.retrieve`, as evaluation does)."""
+        if hasattr(self.model, "rank_histories"):
+            return self.model.rank_histories(seqs, n, seqs if exclude_history else None)
+        queries = self.user_vectors_ids(seqs)  # (b, K, D)
+        return retrieve(self.searcher.search, queries, seqs, n, exclude_history=exclude_history,
+                        stage=self.repeat_stage, item_embeddings=self.item_embeddings)
 
     def recommend(self, history: Iterable[str], n: int = 50, exclude_history: bool = False) -> dict[str, Any]:
         """Recommendations for one raw-id history (oldest first), as the HTTP API returns them::
@@ -500,6 +525,10 @@ class Bundle:
             "seq_len": self.seq_len,
             "index": index,
             "repeat": _repeat_info(self.repeat_stage),
+            "neighbour_rule": ({"alpha": self.config.neighbour_alpha, "neighbours": self.config.neighbours}
+                               if self.config.neighbour_alpha > 0 else None),
+            "recipe": self.recipe.describe() if self.recipe is not None else None,
+            "served_metrics": m.get("served"),
             "bundle": {"name": self.path.name, "created": m.get("created"), "format_version": m.get("format_version")},
             "versions": {
                 "format_version": m.get("format_version"),
