@@ -24,6 +24,7 @@ from dmirec.serve.bundle import load_bundle
 from dmirec.train import make_config, train
 
 SMALL = {"itemknn_grid": [{"itemknn_shrink": 10.0, "itemknn_neighbours": 50}],
+         "scoring_grid": [{"history_decay": 0.0, "exclude_history": False}, {"history_decay": 0.1, "exclude_history": True}],
          "ease_grid": [{"ease_lambda": 50.0}, {"ease_lambda": 500.0}]}
 
 
@@ -88,6 +89,8 @@ def test_fit_never_below_the_best_channel_and_writes_the_grid(fitted):
     assert [c["name"] for c in spec["channels"]] == ["model", "itemknn", "ease", "repeat"]
     assert spec["weights"] == record["chosen"]["weights"]
     assert {p["ease_lambda"] for p in record["channel_grids"]["ease"]} == {50.0, 500.0}
+    assert {p["exclude_history"] for p in record["channel_grids"]["itemknn"]} == {False, True}
+    assert {p["exclude_history"] for p in record["channel_grids"]["model"]} == {False, True}
     assert (run / "recipe" / "channel-itemknn.pt").exists() and not (run / "recipe" / "channel-model.pt").exists()
 
 

@@ -3,11 +3,13 @@
 The rule, fixed before any test number is seen:
 
 1. Every requested channel is built: ``model`` (the run itself, with the neighbour rule and
-   repeat channel of its config and the given overrides), ``itemknn`` and ``ease`` (fitted on the
-   run's training users; each setting of their small grid scored alone on the validation users,
-   the best validation Recall@50 kept, ties to the earlier grid point), ``repeat`` (the user's own
-   history by count, then popular), or the path of another run on the same prepared data.
-   ``ease`` is skipped, with a note, above ``ease_max_items`` items.
+   repeat channel of its config and the given overrides; history exclusion on or off, whichever
+   scores better alone), ``itemknn`` and ``ease`` (fitted on the run's training users; each
+   setting of their small grid, times the scoring variants of :data:`SCORING_GRID` (history
+   decay, history exclusion), scored alone on the validation users, the best validation
+   Recall@50 kept, ties to the earlier grid point), ``repeat`` (the user's own history by count,
+   then popular), or the path of another run on the same prepared data. ``ease`` is skipped,
+   with a note, above ``ease_max_items`` items.
 2. Each channel ranks every validation user once (its top ``depth``).
 3. Every point of the merger grid is scored on those users: merger ``rrf`` with k in
    :data:`RRF_KS` and ``score``, times one weight per channel from :data:`WEIGHTS` (weight vectors
@@ -45,8 +47,11 @@ RRF_KS = (10.0, 60.0)
 WEIGHTS = (0.0, 0.5, 1.0, 2.0)
 DEPTH = 200
 ITEMKNN_GRID: tuple[dict[str, Any], ...] = tuple(
-    {"itemknn_shrink": s, "itemknn_neighbours": k} for k in (100, 500) for s in (0.0, 10.0, 50.0, 200.0))
-EASE_GRID: tuple[dict[str, Any], ...] = tuple({"ease_lambda": lam} for lam in (100.0, 300.0, 1000.0))
+    {"itemknn_shrink": s, "itemknn_neighbours": k} for k in (50, 200) for s in (10.0, 50.0, 200.0))
+EASE_GRID: tuple[dict[str, Any], ...] = tuple({"ease_lambda": lam} for lam in (100.0, 500.0, 2000.0))
+# how an item-to-item channel scores a history: each fitted matrix is tried with every variant
+SCORING_GRID: tuple[dict[str, Any], ...] = tuple(
+    {"history_decay": d, "exclude_history": e} for e in (False, True) for d in (0.0, 0.1))
 KNOWN = ("model", "itemknn", "ease", "repeat")
 
 
@@ -61,9 +66,11 @@ def _fill(res, popular_order: np.ndarray, histories, exclude: bool):
     return fill_popular(res, popular_order, histories if exclude else None)
 
 
-def _select(name: str, base: Config, grid: Sequence[dict[str, Any]], data, valid: EvalSet, exclude: bool,
-            popular_order: np.ndarray, log: Callable[[str], None]) -> tuple[Channel, list[dict[str, Any]]]:
-    """Fit every grid point of an item-to-item channel and keep the best alone on validation users."""
+def _select(name: str, base: Config, grid: Sequence[dict[str, Any]], scoring: Sequence[dict[str, Any]], data,
+            valid: EvalSet, exclude: bool, popular_order: np.ndarray,
+            log: Callable[[str], None]) -> tuple[Channel, list[dict[str, Any]]]:
+    """Fit every grid point of an item-to-item channel, score it alone on validation users with
+    every scoring variant (history decay, history exclusion), and keep the best."""
     popularity = data.item_popularity("train")
     rows, best = [], None
     for point in grid:
@@ -72,14 +79,20 @@ def _select(name: str, base: Config, grid: Sequence[dict[str, Any]], data, valid
         tick = time.perf_counter()
         model = build_model(cfg, data.num_items, popularity).fit(data.splits["train"])
         fit_s = time.perf_counter() - tick
-        ch = make_channel(name, model, cfg)
-        res = _fill(channel_list(ch, valid.full_history, 50, exclude), popular_order, valid.full_history, exclude)
-        row = {**point, **_score(res, valid.targets), "fit_seconds": round(fit_s, 2)}
-        rows.append(row)
-        log(f"{name} {point}: valid recall@50 {row['recall@50']:.4f} ({fit_s:.1f} s)")
-        if best is None or row["recall@50"] > best[0]["recall@50"]:
-            best = (row, ch)
-    return best[1], rows
+        for variant in scoring:
+            vcfg = cfg.replace(**variant)
+            model.history_decay = vcfg.history_decay
+            ch = make_channel(name, model, vcfg)
+            res = _fill(channel_list(ch, valid.full_history, 50, exclude), popular_order, valid.full_history,
+                        exclude or vcfg.exclude_history)
+            row = {**point, **variant, **_score(res, valid.targets), "fit_seconds": round(fit_s, 2)}
+            rows.append(row)
+            log(f"{name} {point} {variant}: valid recall@50 {row['recall@50']:.4f} (fit {fit_s:.1f} s)")
+            if best is None or row["recall@50"] > best[0]["recall@50"]:
+                best = (row, model, vcfg)
+    row, model, vcfg = best
+    model.history_decay = vcfg.history_decay
+    return make_channel(name, model, vcfg), rows
 
 
 def weight_grid(channels: int, weights: Sequence[float] = WEIGHTS) -> list[tuple[float, ...]]:
@@ -100,9 +113,12 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
                overrides: dict[str, Any] | None = None, depth: int = DEPTH, max_users: int = 0,
                new_items_only: bool = False, weights: Sequence[float] = WEIGHTS, rrf_ks: Sequence[float] = RRF_KS,
                itemknn_grid: Sequence[dict[str, Any]] = ITEMKNN_GRID, ease_grid: Sequence[dict[str, Any]] = EASE_GRID,
-               write: bool = True, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Choose the recipe of ``run_dir`` on its validation users; write ``RUN_DIR/recipe/`` unless
-    ``write`` is False. Returns the record (chosen point, grid, channels alone, recipe)."""
+               scoring_grid: Sequence[dict[str, Any]] = SCORING_GRID, model_exclusion: bool = True,
+               write: bool = True, out: str | Path | None = None,
+               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Choose the recipe of ``run_dir`` on its validation users; write it to ``out`` (default
+    ``RUN_DIR/recipe/``) unless ``write`` is False. Returns the record (chosen point, grid,
+    channels alone, the :class:`Recipe` itself under ``"recipe"``)."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
     model, cfg, data = load_run(run_dir, overrides=overrides)
@@ -122,19 +138,32 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
     notes: list[str] = []
     for name in channels:
         if name == OWN_MODEL:
-            built.append(make_channel(OWN_MODEL, model, cfg))
+            own = make_channel(OWN_MODEL, model, cfg)
+            if model_exclusion and not exclude:  # the run's channel with and without history exclusion
+                rows = []
+                for e in (False, True):
+                    ch = make_channel(OWN_MODEL, model, cfg.replace(exclude_history=e))
+                    res = _fill(channel_list(ch, valid.full_history, 50), popular_order, valid.full_history, e)
+                    rows.append({"exclude_history": e, **_score(res, valid.targets)})
+                    log(f"model exclude_history={e}: valid recall@50 {rows[-1]['recall@50']:.4f}")
+                grids["model"] = rows
+                pick = max(rows, key=lambda r: (r["recall@50"], not r["exclude_history"]))
+                own = make_channel(OWN_MODEL, model, cfg.replace(exclude_history=pick["exclude_history"]))
+            built.append(own)
         elif name == "itemknn":
-            ch, grids["itemknn"] = _select("itemknn", cfg, itemknn_grid, data, valid, exclude, popular_order, log)
+            ch, grids["itemknn"] = _select("itemknn", cfg, itemknn_grid, scoring_grid, data, valid, exclude,
+                                           popular_order, log)
             built.append(ch)
         elif name == "ease":
             if data.num_items > cfg.ease_max_items:
                 notes.append(f"ease skipped: {data.num_items:,} items > ease_max_items {cfg.ease_max_items:,}")
                 log(notes[-1])
                 continue
-            ch, grids["ease"] = _select("ease", cfg, ease_grid, data, valid, exclude, popular_order, log)
+            ch, grids["ease"] = _select("ease", cfg, ease_grid, scoring_grid, data, valid, exclude, popular_order, log)
             built.append(ch)
         elif name == "repeat":
-            rcfg = cfg.replace(model="repeat", num_interests=1, max_steps=0, neighbour_alpha=0.0, repeat_channel=False)
+            rcfg = cfg.replace(model="repeat", num_interests=1, max_steps=0, neighbour_alpha=0.0, repeat_channel=False,
+                               exclude_history=False)
             built.append(make_channel("repeat", build_model(rcfg, data.num_items, pop), rcfg))
         else:
             other = Path(name)
@@ -153,7 +182,8 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
     lists = [channel_list(c, valid.full_history, depth, exclude) for c in built]
     alone = {}
     for c, res in zip(built, lists):
-        alone[c.name] = _score(_fill(_cut(res, 50), popular_order, valid.full_history, exclude), valid.targets)
+        alone[c.name] = _score(_fill(_cut(res, 50), popular_order, valid.full_history,
+                                     exclude or c.config.exclude_history), valid.targets)
     table = candidate_table(lists)
     variants = [("rrf", float(k)) for k in rrf_ks] + [("score", 0.0)]
     rows: list[dict[str, Any]] = []
@@ -181,7 +211,7 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
     record = {"run_dir": str(run_dir.resolve()), "dataset": data.name, "channels": names, **info,
               "seconds": round(time.perf_counter() - start, 2)}
     if write:
-        out = run_dir / RECIPE_DIR
+        out = Path(out) if out is not None else run_dir / RECIPE_DIR
         write_recipe(out, recipe)
         record["output"] = str(out)
     record["recipe"] = recipe
@@ -214,7 +244,8 @@ def evaluate_recipe(recipe: Recipe, data, split: str, seq_len: int, ns=(20, 50),
     if channels_alone:
         metrics["channels"] = {}
         for ch in recipe.channels:
-            alone = _fill(channel_list(ch, ev.full_history, n, exclude), recipe.popular_order, ev.full_history, exclude)
+            alone = _fill(channel_list(ch, ev.full_history, n, exclude), recipe.popular_order, ev.full_history,
+                          exclude or ch.config.exclude_history)
             metrics["channels"][ch.name] = summarize(alone.ids, ev.targets, ns)
     metrics["seconds"] = time.perf_counter() - start
     return metrics

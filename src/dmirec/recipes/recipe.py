@@ -88,7 +88,11 @@ def make_channel(name: str, model: torch.nn.Module, cfg: Config, backend: str = 
 @torch.no_grad()
 def channel_list(ch: Channel, histories: Sequence[np.ndarray], n: int, exclude_history: bool = False,
                  batch_size: int = 1024) -> SearchResult:
-    """The channel's top ``n`` for each history (1-D id arrays, oldest first, each non-empty)."""
+    """The channel's top ``n`` for each history (1-D id arrays, oldest first, each non-empty).
+
+    History items are excluded when ``exclude_history`` is set or the channel's own config says so
+    (its ``exclude_history``, chosen per channel on validation users by the fit)."""
+    exclude_history = bool(exclude_history or ch.config.exclude_history)
     if hasattr(ch.model, "rank_histories"):
         return ch.model.rank_histories(histories, n, histories if exclude_history else None)
     parts = []
@@ -146,8 +150,8 @@ class Recipe:
 
 # settings that say what a channel is, for the manifest and /metadata
 _SUMMARY_KEYS = {
-    "itemknn": ("itemknn_shrink", "itemknn_neighbours", "history_decay"),
-    "ease": ("ease_lambda", "ease_neighbours", "history_decay"),
+    "itemknn": ("itemknn_shrink", "itemknn_neighbours", "history_decay", "exclude_history"),
+    "ease": ("ease_lambda", "ease_neighbours", "history_decay", "exclude_history"),
     "repeat": ("repeat_decay",),
 }
 
@@ -158,6 +162,7 @@ def channel_summary(ch: Channel, weight: float) -> dict[str, Any]:
     for key in _SUMMARY_KEYS.get(cfg.model, ()):
         out[key] = getattr(cfg, key)
     if ch.kind == "vectors":
+        out["exclude_history"] = cfg.exclude_history
         out["neighbour_rule"] = ({"alpha": cfg.neighbour_alpha, "neighbours": cfg.neighbours}
                                  if cfg.neighbour_alpha > 0 else None)
         out["repeat_channel"] = ({k: getattr(cfg, k) for k in ("repeat_weight", "repeat_recency", "repeat_bias",
