@@ -7,6 +7,7 @@
     dmirec report RUN_DIR [--out report.html] [--categories FILE] [--bundle BUNDLE_DIR]
     dmirec compare RUN_DIR... [--by model] [--metric recall@50] [--out FILE.md|FILE.html]
     dmirec fit-repeat RUN_DIR [--output repeat.json]
+    dmirec fit LOG_OR_PREPARED_DIR --out DIR [--budget quick|standard|full] [--recipe recipe.yaml]
     dmirec fit-channels RUN_DIR [--channels model,itemknn,ease,repeat] [--key=value ...]
     dmirec export RUN_DIR BUNDLE_DIR
     dmirec index BUNDLE_DIR --kind flat|hnsw|ivf|ivfpq
@@ -171,6 +172,15 @@ def cmd_fit_channels(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace, extra: list[str]) -> int:
+    from .pipeline.fit import fit
+
+    fit(args.source, args.out, args.budget, recipe=args.recipe, seed=args.seed,
+        overrides=parse_overrides(extra) or None, progress=args.progress, threads=args.threads)
+    print(Path(args.out, "report.md").read_text())
+    return 0
+
+
 def cmd_fit_repeat(args: argparse.Namespace) -> int:
     from .repeat_fit import fit_repeat_run
 
@@ -328,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the fitted recipe of channels: auto = RUN_DIR/recipe when it exists (default), "
                         "none = the run's model alone, or a recipe folder")
 
+    p = sub.add_parser("fit", help="from a log (or prepared folder) to a served recipe: prepare, train REMI, fit the "
+                                   "neighbour rule, ItemKNN/EASE/repeat channels and their merger on validation users, "
+                                   "evaluate on test users, export a bundle (extra --key=value pairs set the backbone)")
+    p.add_argument("source", help="an interaction log (csv, parquet, RecBole .inter) or a prepared dataset folder")
+    p.add_argument("--out", required=True, help="output folder (resumable: run the same command again after a kill)")
+    p.add_argument("--budget", choices=["quick", "standard", "full"], default="standard",
+                   help="quick: a short backbone run and small grids; standard: early stopping (default); "
+                        "full: wider grids")
+    p.add_argument("--recipe", default=None, metavar="recipe.yaml", help="replay the choices of an earlier fit")
+    p.add_argument("--seed", type=int, default=2021)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for training (0 = torch's default)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
     p = sub.add_parser("fit-channels", help="choose a recipe of channels and its merger on validation users "
                                             "(extra --key=value pairs set the run's own channel, e.g. the neighbour rule)")
     p.add_argument("run_dir")
@@ -438,7 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    takes_overrides = args.command == "train" or (args.command in ("evaluate", "export", "fit-channels")
+    if args.command in ("evaluate", "export", "report", "fit-channels", "fit-repeat"):
+        from .pipeline.fit import run_dir_of
+
+        args.run_dir = str(run_dir_of(args.run_dir))  # a `dmirec fit` folder: its backbone run and recipe
+    if args.command == "compare":
+        from .pipeline.fit import run_dir_of
+
+        args.run_dirs = [str(run_dir_of(r)) for r in args.run_dirs]
+    takes_overrides = args.command == "train" or (args.command in ("evaluate", "export", "fit-channels", "fit")
                                                   and all(e.startswith("--") and "=" in e for e in extra))
     if extra and not takes_overrides:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
@@ -451,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_export(args, extra)
         if args.command == "fit-channels":
             return cmd_fit_channels(args, extra)
+        if args.command == "fit":
+            return cmd_fit(args, extra)
         handler = {"prepare": cmd_prepare, "demo": cmd_demo, "index": cmd_index, "serve": cmd_serve,
                    "recommend": cmd_recommend, "synth": cmd_synth,
                    "report": cmd_report, "compare": cmd_compare,

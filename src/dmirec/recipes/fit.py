@@ -114,11 +114,14 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
                new_items_only: bool = False, weights: Sequence[float] = WEIGHTS, rrf_ks: Sequence[float] = RRF_KS,
                itemknn_grid: Sequence[dict[str, Any]] = ITEMKNN_GRID, ease_grid: Sequence[dict[str, Any]] = EASE_GRID,
                scoring_grid: Sequence[dict[str, Any]] = SCORING_GRID, model_exclusion: bool = True,
+               fixed_merger: dict[str, Any] | None = None,
                write: bool = True, out: str | Path | None = None,
                log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Choose the recipe of ``run_dir`` on its validation users; write it to ``out`` (default
     ``RUN_DIR/recipe/``) unless ``write`` is False. Returns the record (chosen point, grid,
-    channels alone, the :class:`Recipe` itself under ``"recipe"``)."""
+    channels alone, the :class:`Recipe` itself under ``"recipe"``). ``fixed_merger``
+    (``{"merger", "k", "weights"}``) replaces the merger grid by that one point (a recipe replayed
+    from ``recipe.yaml``); ``model_exclusion`` False keeps the run's own ``exclude_history``."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
     model, cfg, data = load_run(run_dir, overrides=overrides)
@@ -186,11 +189,16 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
                                      exclude or c.config.exclude_history), valid.targets)
     table = candidate_table(lists)
     variants = [("rrf", float(k)) for k in rrf_ks] + [("score", 0.0)]
+    if fixed_merger is not None:
+        variants = [(fixed_merger["merger"], float(fixed_merger["k"]) if fixed_merger["merger"] == "rrf" else 0.0)]
+        if len(fixed_merger["weights"]) != len(built):
+            raise ValueError(f"the fixed merger has {len(fixed_merger['weights'])} weights for {len(built)} channels")
     rows: list[dict[str, Any]] = []
     best = None
     for merger, k in variants:
         contrib = contributions(table, merger, k or 60.0)
-        for w in weight_grid(len(built), weights):
+        points = [tuple(float(x) for x in fixed_merger["weights"])] if fixed_merger else weight_grid(len(built), weights)
+        for w in points:
             res = _fill(merge_table(table, w, 50, merger, k or 60.0, contrib), popular_order, valid.full_history,
                         exclude)
             row = {"merger": merger, "k": k, "weights": list(w), **_score(res, valid.targets)}

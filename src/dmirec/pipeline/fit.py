@@ -1,0 +1,312 @@
+"""``dmirec fit LOG_OR_PREPARED_DIR --out DIR``: from an interaction log to a served recipe.
+
+Stages, each written down in ``DIR/fit_state.json`` as it finishes, so that a killed ``fit``
+resumes where it stopped (a killed training run resumes from its last checkpoint):
+
+1. ``prepare``: the log through the ComiRec/REMI protocol into ``DIR/data`` (a prepared folder is
+   used as it is);
+2. ``settings``: what the data implies (:func:`dmirec.pipeline.settings.derive_settings`);
+3. ``train``: the backbone, REMI, trained to early stopping within the budget's step cap
+   (``DIR/backbone``, an ordinary run directory);
+4. ``rule``: the neighbour rule's (n, alpha) on validation users (:mod:`dmirec.pipeline.rule`);
+5. ``channels``: ItemKNN, EASE (where the catalogue allows it), the repeat ranking (where the data
+   has repeats) and the backbone with its rule, and the merger, all chosen on validation users
+   (:func:`dmirec.recipes.fit.fit_recipe`; the recipe lands in ``DIR/backbone/recipe``);
+6. ``evaluate``: the recipe, each channel alone, REMI without the rule and most-popular on test
+   users (``DIR/report.md``, ``DIR/report.json``);
+7. ``export``: the bundle that serves the recipe (``DIR/bundle``).
+
+Every choice goes into ``DIR/recipe.yaml``; ``dmirec fit LOG --recipe recipe.yaml --out DIR2``
+replays it without any search (same data settings, same backbone config and seed, the same rule,
+channel settings and merger weights), so it gives the same numbers. Selection uses validation users
+only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ..atomic import atomic_write_text
+from ..config import ConfigError
+from ..data.dataset import load_dataset
+from ..data.prepare import prepare
+from ..data.sampler import eval_split
+from ..evaluate import evaluate_run, load_run, metric_cutoffs, rank_users
+from ..metrics import summarize
+from ..models import build_model
+from ..recipes.fit import evaluate_recipe, fit_recipe, load_run_recipe
+from ..recipes.recipe import RECIPE_DIR
+from ..train import make_config, resume, train
+from .rule import select_rule
+from .settings import BUDGETS, RULE_TIE, derive_settings
+
+STATE_FILE = "fit_state.json"
+RECIPE_YAML = "recipe.yaml"
+BACKBONE = "backbone"
+FORMAT = "dmirec-fit"
+STAGES = ("prepare", "settings", "train", "rule", "channels", "evaluate", "export")
+LABELS = {"model": "backbone + neighbour rule", "itemknn": "ItemKNN", "ease": "EASE", "repeat": "repeat ranking"}
+
+
+def is_fit_dir(path: str | Path) -> bool:
+    """Whether ``path`` is the output folder of ``dmirec fit``."""
+    return (Path(path) / STATE_FILE).exists() and (Path(path) / BACKBONE).is_dir()
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory a command should read: ``DIR/backbone`` for a ``dmirec fit`` folder."""
+    return Path(path) / BACKBONE if is_fit_dir(path) else Path(path)
+
+
+def _read_state(out: Path) -> dict[str, Any]:
+    path = out / STATE_FILE
+    if not path.exists():
+        return {"format": FORMAT, "stages": {}}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc}); remove it to start the fit again") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a dmirec fit state file")
+    return state
+
+
+def _save_state(out: Path, state: dict[str, Any]) -> None:
+    atomic_write_text(out / STATE_FILE, json.dumps(state, indent=2) + "\n")
+
+
+def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
+    """A ``recipe.yaml`` written by ``dmirec fit``, checked for the fields the replay needs."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such recipe file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a recipe written by dmirec fit (\"format: {FORMAT}\" missing)")
+    for key in ("budget", "prepare", "settings", "backbone", "neighbour_rule", "channels", "merger"):
+        if key not in spec:
+            raise ConfigError(f"{path}: missing field {key!r}")
+    return spec
+
+
+def fit(source: str | Path, out: str | Path, budget: str = "standard", *, recipe: str | Path | None = None,
+        seed: int = 2021, overrides: dict[str, Any] | None = None, progress: bool = True, threads: int = 1,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the stages of the module docstring; returns the report (test metrics)."""
+    out = Path(out)
+    source = Path(source)
+    fixed = read_recipe_yaml(recipe) if recipe is not None else None
+    if fixed is not None:
+        budget, seed = fixed["budget"], int(fixed["backbone"]["seed"])
+    if budget not in BUDGETS:
+        raise ConfigError(f"unknown budget {budget!r}; choose one of {sorted(BUDGETS)}")
+    plan = BUDGETS[budget]
+    out.mkdir(parents=True, exist_ok=True)
+    state = _read_state(out)
+    done = state["stages"]
+    started = time.perf_counter()
+
+    def stage(i: int, name: str, note: str = "") -> bool:
+        """Announce stage i; False when it is already done (resumed fit)."""
+        if name in done:
+            log(f"[{i}/{len(STAGES)}] {name}: done before (resumed){note}")
+            return False
+        log(f"[{i}/{len(STAGES)}] {name}{note}")
+        return True
+
+    def finish(name: str, value: Any) -> None:
+        done[name] = value
+        _save_state(out, state)
+
+    # 1 prepare
+    prepared = (source / "meta.json").exists()
+    data_dir = source if prepared else out / "data"
+    if stage(1, "prepare", f" ({'a prepared folder' if prepared else source})"):
+        prep = (fixed or {}).get("prepare") or {"core": 5, "seed": 1230}
+        if not prepared:
+            report = prepare(source, data_dir, core=int(prep["core"]), seed=int(prep["seed"]))
+            log("  " + report.summary().replace("\n", "\n  "))
+        finish("prepare", {"source": str(source.resolve()), "data": str(data_dir.resolve()), "prepared_input": prepared,
+                           **prep})
+    data = load_dataset(data_dir, mmap=True)
+
+    # 2 settings
+    if stage(2, "settings"):
+        settings = dict(fixed["settings"]) if fixed else derive_settings(data)
+        finish("settings", settings)
+    settings = done["settings"]
+    log(f"  seq_len {settings['seq_len']} (median history {settings['median_history']:g}); repeats "
+        f"{settings['repeat_share']:.1%} of validation targets; {settings['num_items']:,} items")
+
+    # 3 train the backbone
+    run = out / BACKBONE
+    if stage(3, "train", " (REMI to early stopping)"):
+        if fixed:
+            bb = dict(fixed["backbone"]["config"])
+        else:
+            bb = {"seq_len": settings["seq_len"], "seed": seed, **plan["backbone"], **(overrides or {})}
+        bb.update(progress=progress, threads=threads)
+        if (run / "result.json").exists():
+            result = json.loads((run / "result.json").read_text())
+        elif (run / "checkpoints" / "last.pt").exists():
+            result = resume(run)
+        else:
+            result = train(make_config("remi", overrides=bb), data_dir, run)
+        info = {"steps": result["steps"], "best_step": result["best_step"], "stopped": result["stopped"],
+                "valid_recall@50": result["valid_recall@50"],
+                "config": {k: v for k, v in bb.items() if k not in ("progress", "threads")}}
+        finish("train", info)
+    info = done["train"]
+    if info["stopped"] != "patience":
+        log(f"  note: the backbone stopped by {info['stopped']} at step {info['steps']}, not by early stopping: it is "
+            f"probably under-trained (budget {budget}; `--budget standard` trains to early stopping)")
+
+    # 4 the neighbour rule
+    if stage(4, "rule", " (neighbour rule on validation users)"):
+        if fixed:
+            rule = dict(fixed["neighbour_rule"])
+        else:
+            chosen = select_rule(run, plan["rule_grid"], RULE_TIE, log=lambda s: log(f"  {s}"))
+            rule = {"neighbour_alpha": chosen["neighbour_alpha"], "neighbours": chosen["neighbours"],
+                    "valid_recall@50": chosen["valid_recall@50"], "grid": chosen["grid"]}
+        finish("rule", rule)
+    rule = done["rule"]
+    log(f"  neighbour rule: alpha {rule['neighbour_alpha']:g}, n {rule['neighbours']}")
+
+    # 5 channels and the merger
+    if stage(5, "channels"):
+        names = ["model", "itemknn"] + (["ease"] if settings["ease"] else []) + \
+            (["repeat"] if settings["repeat_channel"] else [])
+        over = {"neighbour_alpha": rule["neighbour_alpha"], "neighbours": rule["neighbours"]}
+        kwargs: dict[str, Any] = {k: plan[k] for k in ("itemknn_grid", "ease_grid", "scoring_grid", "weights")
+                                  if plan[k] is not None}
+        if fixed:
+            ch = fixed["channels"]
+            names = list(ch)
+            over["exclude_history"] = bool(ch["model"].get("exclude_history", False))
+            kwargs = {"model_exclusion": False, "fixed_merger": fixed["merger"]}
+            for name in ("itemknn", "ease"):
+                if name in ch:
+                    c = ch[name]
+                    fit_keys = {k: v for k, v in c.items() if k not in ("history_decay", "exclude_history")}
+                    kwargs[f"{name}_grid"] = [fit_keys]
+            knn_or_ease = ch.get("itemknn") or ch.get("ease") or {}
+            kwargs["scoring_grid"] = [{"history_decay": knn_or_ease.get("history_decay", 0.0),
+                                       "exclude_history": knn_or_ease.get("exclude_history", False)}]
+            if "itemknn" in ch and "ease" in ch and any(ch["itemknn"].get(k) != ch["ease"].get(k)
+                                                          for k in ("history_decay", "exclude_history")):
+                kwargs["scoring_grid"] = None  # differing scoring variants: replayed per channel below
+        record = fit_recipe(run, names, overrides=over, log=lambda s: log(f"  {s}"),
+                            **_per_channel_scoring(kwargs, fixed))
+        rec = record.pop("recipe")
+        chosen = {c.name: _channel_choice(c) for c in rec.channels}
+        finish("channels", {"channels": names, "chosen": chosen,
+                            "merger": {"merger": rec.merger, "k": rec.k, "weights": list(rec.weights)},
+                            "valid": record["chosen"], "channels_alone_valid": record["channels_alone"],
+                            "notes": record["notes"]})
+    ch_state = done["channels"]
+    log("  merged: " + ", ".join(f"{n} {w:g}" for n, w in zip(ch_state["channels"], ch_state["merger"]["weights"]))
+        + f" ({ch_state['merger']['merger']}); valid recall@50 {ch_state['valid']['recall@50']:.4f}")
+
+    # 6 evaluate on test users
+    if stage(6, "evaluate", " (test users: the recipe beside each channel alone)"):
+        report = _evaluate(run)
+        finish("evaluate", report)
+        _write_report(out, done, budget)
+    report = done["evaluate"]
+
+    # 7 export
+    if stage(7, "export", f" ({out / 'bundle'})"):
+        from ..export import export_bundle
+
+        manifest = export_bundle(run, out / "bundle", overwrite=True, query_sample=1000)
+        finish("export", {"bundle": str((out / "bundle").resolve()), "served": manifest.get("served")})
+    _write_recipe_yaml(out, done, budget)
+    log(f"recipe: {out / RECIPE_YAML}; report: {out / 'report.md'}; bundle: {out / 'bundle'} "
+        f"(serve it with `dmirec serve {out / 'bundle'}`); {time.perf_counter() - started:.0f} s")
+    return report
+
+
+def _per_channel_scoring(kwargs: dict[str, Any], fixed: dict[str, Any] | None) -> dict[str, Any]:
+    """Replay: when ItemKNN and EASE were chosen with different scoring variants, each channel's
+    grid holds its own variant (the fit scores every variant of every grid point, so a grid of the
+    two variants still picks each channel's own best on validation users, deterministically)."""
+    if kwargs.get("scoring_grid", "") is None and fixed:
+        ch = fixed["channels"]
+        kwargs["scoring_grid"] = [{"history_decay": ch[n]["history_decay"], "exclude_history": ch[n]["exclude_history"]}
+                                  for n in ("itemknn", "ease")]
+    return kwargs
+
+
+def _channel_choice(ch) -> dict[str, Any]:
+    cfg = ch.config
+    keys = {"model": ("exclude_history",), "itemknn": ("itemknn_shrink", "itemknn_neighbours", "history_decay",
+                                                       "exclude_history"),
+            "ease": ("ease_lambda", "ease_neighbours", "history_decay", "exclude_history"), "repeat": ("repeat_decay",)}
+    return {k: getattr(cfg, k) for k in keys.get(ch.name, ())}
+
+
+def _evaluate(run: Path) -> dict[str, Any]:
+    """Test metrics of the recipe, each channel alone, REMI without the rule and most-popular."""
+    recipe, _, cfg, data = load_run_recipe(run, run / RECIPE_DIR)
+    ns = metric_cutoffs(cfg)
+    new_items = bool(recipe.info.get("new_items_only", False))
+    rec = evaluate_recipe(recipe, data, "test", cfg.seq_len, ns, new_items_only=new_items, channels_alone=True)
+    rows = {"recipe": {k: float(v) for k, v in rec.items() if "@" in k or k == "users"}}
+    for name, m in rec["channels"].items():
+        rows[name] = {k: float(v) for k, v in m.items() if "@" in k or k == "users"}
+    plain = evaluate_run(run, split="test")
+    rows["remi"] = {k: float(v) for k, v in plain.items() if "@" in k or k == "users"}
+    pop_model = build_model(cfg.replace(model="most-popular", num_interests=1, max_steps=0, neighbour_alpha=0.0,
+                                        repeat_channel=False), data.num_items, data.item_popularity("train"))
+    ev = eval_split(data.splits["test"], cfg.seq_len)
+    pop = summarize(rank_users(pop_model, ev, max(ns)).ids, ev.targets, ns)
+    rows["most-popular"] = {k: float(v) for k, v in pop.items() if "@" in k or k == "users"}
+    return rows
+
+
+def _write_report(out: Path, done: dict[str, Any], budget: str) -> None:
+    report = done["evaluate"]
+    labels = {"recipe": "**fitted recipe (served)**", **LABELS, "remi": "REMI (backbone, no rule)",
+              "most-popular": "most-popular"}
+    lines = [f"# dmirec fit: {done['prepare']['source']}", "",
+             f"Budget `{budget}`; backbone REMI stopped by {done['train']['stopped']} at step {done['train']['steps']} "
+             f"(best {done['train']['best_step']}); neighbour rule alpha {done['rule']['neighbour_alpha']:g}, "
+             f"n {done['rule']['neighbours']}; merger {done['channels']['merger']['merger']} with weights "
+             + ", ".join(f"{n} {w:g}" for n, w in zip(done["channels"]["channels"], done["channels"]["merger"]["weights"]))
+             + ". Everything was chosen on validation users; the table is test users.", "",
+             "| method | Recall@20 | Recall@50 | NDCG@50 | HitRate@50 |", "|---|---|---|---|---|"]
+    for key, m in report.items():
+        lines.append(f"| {labels.get(key, key)} | {m['recall@20']:.4f} | {m['recall@50']:.4f} | {m['ndcg@50']:.4f} | "
+                     f"{m['hitrate@50']:.4f} |")
+    lines += ["", f"Users: {int(report['recipe']['users'])}."]
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+
+
+def _write_recipe_yaml(out: Path, done: dict[str, Any], budget: str) -> None:
+    """Every choice of the fit, enough for ``dmirec fit --recipe`` to replay it without search."""
+    spec = {
+        "format": FORMAT,
+        "budget": budget,
+        "prepare": {k: done["prepare"][k] for k in ("core", "seed") if k in done["prepare"]},
+        "settings": done["settings"],
+        "backbone": {"model": "remi", "seed": done["train"]["config"]["seed"], "config": done["train"]["config"],
+                     "stopped": done["train"]["stopped"], "steps": done["train"]["steps"],
+                     "best_step": done["train"]["best_step"]},
+        "neighbour_rule": {k: done["rule"][k] for k in ("neighbour_alpha", "neighbours")},
+        "channels": done["channels"]["chosen"],
+        "merger": done["channels"]["merger"],
+        "validation": {"recall@50": done["channels"]["valid"]["recall@50"]},
+        "test": done.get("evaluate", {}).get("recipe"),
+    }
+    atomic_write_text(out / RECIPE_YAML, "# written by `dmirec fit`; replay with `dmirec fit SOURCE --recipe "
+                      "recipe.yaml --out DIR`\n" + yaml.safe_dump(spec, sort_keys=False))
