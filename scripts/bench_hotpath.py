@@ -29,7 +29,7 @@ sample of 2,000 validation users that its training run validates on. Also with `
 share of padding among the batch positions of a dataset; printed, not recorded.
 
 Results go to bench_results/hotpath.json (key ``--tag``, default the subcommand) with the machine,
-commits, arguments and every round; ``report`` prints the tables the README carries. Run it on an
+commits, arguments and every round; ``report`` prints the tables that BENCHMARKS.md carries. Run it on an
 otherwise idle machine.
 """
 

@@ -155,7 +155,6 @@ def write_report(results_dir: Path, out: Path) -> None:
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
     out.write_text("\n".join(lines) + "\n")
-    _update_readme(groups, records)
     print(f"wrote {out} from {len(records)} runs")
 
 
@@ -461,7 +460,7 @@ def _hotpath_section(path: Path) -> list[str]:
     return ["## Training step and validation pass (`scripts/bench_hotpath.py`)", "",
             "Beauty at the reference settings (bank: a random interest bank), one thread; \"base\" is the code of the base commit, run "
             "alternately with this tree in fresh processes (paired rounds: median seq/s of the step, best "
-            "validation pass). README, \"The small-catalogue step and the validation pass\", explains them.", "",
+            "validation pass). docs/scale/step-speed.md explains them.", "",
             report().rstrip(), ""]
 
 
@@ -472,7 +471,7 @@ def _scale_section(path: Path) -> list[str]:
     d = json.loads(path.read_text())
     lines = ["## Large catalogues, many processes, GPU (`scripts/bench_scale.py`)", "",
              "One table per record in `bench_results/scale.json` (its key, commit, machine and the "
-             "command's arguments); the README's \"Large data and many machines\" explains them. CPU "
+             "command's arguments); docs/scale/large-data.md explains them. CPU "
              "records were taken on a shared 2-core machine: compare rows of one table, not tables.", ""]
     for key, e in d.items():
         m = e.get("machine", {})
@@ -609,34 +608,3 @@ def _targets(dataset: str, groups: dict, refs: dict) -> list[str]:
         out.append(f"- {label} target 2: mean - REMI mean = {gap:+.4f} > 2 x max seed sd = {2 * sd:.4f}: "
                    f"{'met' if gap > 2 * sd else 'NOT met'}")
     return out if len(out) > 3 else []
-
-
-README_BEGIN = "<!-- results:begin (written by scripts/bench.py report) -->"
-README_END = "<!-- results:end -->"
-
-
-def _update_readme(groups: dict, records: list[dict]) -> None:
-    """Replace the marked block of README.md with the compact results and ablation tables."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        return
-    lines = [README_BEGIN, "", "Test users, mean ± sd over the seeds (the seeds column counts them); NDCG is the standard definition; full tables, wall times, "
-             "machine and commands in [`BENCHMARKS.md`](BENCHMARKS.md).", "",
-             "| dataset | model | seeds | R@20 | R@50 | HR@20 | HR@50 | NDCG@20 | NDCG@50 |", "|---|---|---|---|---|---|---|---|---|"]
-    for (ds, name), rs in sorted(groups.items()):
-        keys = ["recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50"]
-        lines.append(f"| {ds} | {NAMES.get(name, name)} | {len(rs)} | "
-                     + " | ".join(_fmt([r["test"][k] for r in rs]) for k in keys) + " |")
-    ablation = [r for r in records if r.get("group") == "ablation"]
-    if ablation:
-        lines += ["", "Ablations (1 seed; test users):", "", "| dataset | variant | overrides | valid R@50 | test R@50 |",
-                  "|---|---|---|---|---|"]
-        for r in _with_defaults(ablation, records):
-            lines.append(f"| {r['dataset']} | {_ablation_label(r)} | `{_overrides(r)}` | "
-                         f"{r['valid_recall@50']:.4f} | "
-                         f"{r['test']['recall@50']:.4f} |")
-    lines += ["", README_END]
-    head, rest = text.split(README_BEGIN, 1)
-    tail = rest.split(README_END, 1)[1]
-    readme.write_text(head + "\n".join(lines) + tail)
