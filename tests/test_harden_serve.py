@@ -72,7 +72,7 @@ def test_non_finite_numbers_and_lone_surrogates_get_422(client, body):
 
 
 def test_error_bodies_do_not_echo_huge_inputs(client, bundle):
-    history = [7] * 10_000  # 10,000 wrong-typed ids
+    history = [7.5] * 10_000  # 10,000 wrong-typed ids
     r = client.post("/recommend", json={"history": history})
     assert r.status_code == 422
     body = r.json()
@@ -82,13 +82,25 @@ def test_error_bodies_do_not_echo_huge_inputs(client, bundle):
     assert r.status_code == 422 and "xxxx" not in r.text
 
 
-def test_integer_ids_refused_alike_by_http_and_python(client, bundle):
-    assert client.post("/recommend", json={"history": [int(bundle.item_ids[0])
-                                                       if bundle.item_ids[0].isdigit() else 6413]}).status_code == 422
-    with pytest.raises(TypeError, match=r"history\[0\]: raw ids are strings, got int 6413 \(pass '6413'\)"):
-        bundle.recommend([6413])
+def test_integer_ids_accepted_alike_by_http_and_python(client, bundle):
+    raw = bundle.item_ids[:3]
+    as_ints = [int(r) if r.isdigit() else r for r in raw]  # ids that print as integers are sent as integers
+    want = client.post("/recommend", json={"history": raw, "n": 10}).json()
+    got = client.post("/recommend", json={"history": as_ints + [987654321], "n": 10})
+    assert got.status_code == 200
+    assert got.json()["items"] == want["items"] and got.json()["unknown"] == ["987654321"]
+    assert bundle.recommend([987654321])["unknown"] == ["987654321"]
+    for bad in ([True], [1.5], [None]):  # booleans, floats and nulls are not ids
+        assert client.post("/recommend", json={"history": bad}).status_code == 422
+    with pytest.raises(TypeError, match=r"history\[0\]: raw ids are strings or integers, got float 1.5"):
+        bundle.recommend([1.5])
     with pytest.raises(TypeError, match="not one string"):
         bundle.recommend("abc")
+
+
+def test_a_body_without_json_content_type_gets_a_422_that_says_so(client):
+    r = client.post("/recommend", content=b'{"history": ["a"]}', headers={"content-type": "text/plain"})
+    assert r.status_code == 422 and "content-type: application/json" in r.json()["hint"]
 
 
 def test_long_history_keeps_the_last_seq_len(tiny_serving_run):

@@ -197,7 +197,8 @@ def cmd_fit_repeat(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.workdir, args.steps, args.seed, args.threads, args.progress, args.report, args.report_users)
+    return run_demo(args.workdir, args.steps, args.seed, args.threads, args.progress, args.report, args.report_users,
+                    args.dmi_steps)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -305,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item-col", default=None)
     p.add_argument("--time-col", default=None)
 
-    p = sub.add_parser("train", help="train a model (extra --key=value pairs override the config)")
+    from .config import config_keys_help
+
+    keys_help = config_keys_help()
+    p = sub.add_parser("train", help="train a model (extra --key=value pairs override the config)",
+                       epilog=keys_help, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None)
     p.add_argument("--model", default=None)
     p.add_argument("--backbone", default=None)
@@ -317,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ns", default=None, help="extra metric cutoffs, e.g. 10,20,50,100 (20 and 50 are always there)")
     p.add_argument("--tensorboard", action="store_true", help="also log the scalars for TensorBoard (extra)")
 
-    p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint")
+    p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint", epilog=keys_help,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["valid", "test"], default="test")
     p.add_argument("--exclude-history", action="store_true")
@@ -340,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="from a log (or prepared folder) to a served recipe: prepare, train REMI, fit the "
                                    "neighbour rule, ItemKNN/EASE/repeat channels and their merger on validation users, "
-                                   "evaluate on test users, export a bundle (extra --key=value pairs set the backbone)")
+                                   "evaluate on test users, export a bundle (extra --key=value pairs set the backbone)",
+                       epilog=keys_help, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="an interaction log (csv, parquet, RecBole .inter) or a prepared dataset folder")
     p.add_argument("--out", required=True, help="output folder (resumable: run the same command again after a kill)")
     p.add_argument("--budget", choices=["quick", "standard", "full"], default="standard",
@@ -352,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
     p = sub.add_parser("fit-channels", help="choose a recipe of channels and its merger on validation users "
-                                            "(extra --key=value pairs set the run's own channel, e.g. the neighbour rule)")
+                                            "(extra --key=value pairs set the run's own channel, e.g. the neighbour rule)",
+                       epilog=keys_help, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("--channels", default="model,itemknn,ease",
                    help="comma list of model (the run), itemknn, ease, repeat, or other run directories on the same data")
@@ -368,9 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "torch", "faiss"], default=None)
     p.add_argument("--max-users", type=int, default=0, help="first validation users only (0 = all)")
 
-    p = sub.add_parser("demo", help="DMI against its backbone REMI on the shipped beauty data: table and report")
+    p = sub.add_parser("demo", help="dmirec fit on the shipped beauty data, DMI beside the fitted recipe: table and report")
     p.add_argument("--workdir", default="demo_run")
-    p.add_argument("--steps", type=int, default=4000, help="training steps per model")
+    p.add_argument("--dmi-steps", type=int, default=1000, help="training steps of DMI's refiner on the frozen backbone")
+    p.add_argument("--steps", type=int, default=4000, help="training steps of the REMI backbone")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (0 = torch's default; 1 stays fast when other jobs share the cores)")
@@ -410,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-users", type=int, default=None)
     p.add_argument("--format", choices=["parquet", "csv"], default=None)
 
-    p = sub.add_parser("export", help="export a run as a self-contained serving bundle")
+    p = sub.add_parser("export", help="export a run as a self-contained serving bundle", epilog=keys_help,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("bundle_dir")
     p.add_argument("--checkpoint", dest="which", choices=["best", "last"], default="best")

@@ -27,24 +27,24 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     # --- what to train -------------------------------------------------------------------------
-    model: str = "comirec-sa"
+    model: str = "comirec-sa"  # the model to train, a name of the zoo (docs/models/zoo.md)
     backbone: str = "comirec-sa"  # used by wrappers (DMI) only
-    seed: int = 2021
+    seed: int = 2021  # seeds the model initialisation, batches and negatives: the same seed gives the same numbers
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = torch default
 
     # --- model size ----------------------------------------------------------------------------
-    embedding_dim: int = 64
-    num_interests: int = 4
-    seq_len: int = 20
+    embedding_dim: int = 64  # D, the size of item embeddings and interest vectors
+    num_interests: int = 4  # K, interest vectors per user
+    seq_len: int = 20  # L, the last L history items are the model input (20 Amazon-style, 40 check-ins)
     sa_hidden_factor: int = 4  # ComiRec-SA attention hidden size = factor * D
     add_positions: bool = True  # learned position embeddings in ComiRec-SA
 
     # --- capsule routing (MIND / ComiRec-DR) ----------------------------------------------------
-    routing_iters: int = 3
+    routing_iters: int = 3  # capsule routing iterations
     routing_axis: str = "positions"  # positions (PyTorch ports) | interests (original TF code)
     label_aware_pow: float = 0.0  # MIND label-aware attention power; 0 = hard argmax read-out
-    mind_relu_layer: bool = False
+    mind_relu_layer: bool = False  # MIND's ReLU layer after routing
     routing_renormalise: bool = False  # keep padding out of the routing softmax (reference: off)
 
     # --- REMI training scheme ------------------------------------------------------------------
@@ -52,13 +52,13 @@ class Config:
     routing_reg: float = 0.0  # routing (attention) regularisation weight; 0 = off
 
     # --- optimisation --------------------------------------------------------------------------
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    num_negatives: int = 1280
+    batch_size: int = 128  # training sequences per step
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay (0: none, as the reference)
+    num_negatives: int = 1280  # sampled-softmax negatives shared by the batch (>= 1)
     negative_sampler: str = "uniform"  # uniform | log_uniform
-    logq_correction: bool = False
-    remove_accidental_hits: bool = False
+    logq_correction: bool = False  # subtract log Q(item) from sampled logits
+    remove_accidental_hits: bool = False  # mask negatives equal to the target
     min_cut: int = 4  # a training cut point k >= min_cut (ComiRec protocol)
     # item-table updates: dense Adam over the whole table, or row-sparse (sparse gradients of the
     # rows a step touched + SparseAdam); auto = sparse from sparse_min_items items up (README, Large data);
@@ -82,15 +82,15 @@ class Config:
     bf16: bool = False  # bfloat16 autocast of forward and loss (CUDA; CPU works but is slow)
 
     # --- budget, validation, early stopping ----------------------------------------------------
-    max_steps: int = 100_000
-    eval_every: int = 500
+    max_steps: int = 100_000  # step cap; early stopping usually ends a run first
+    eval_every: int = 500  # validate every this many steps
     patience: int = 10  # stop once more than `patience` validations in a row bring no better R@50 (as the reference)
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 1024  # users per batch when ranking
     eval_max_users: int = 0  # 0 = all validation users
     valid_users: int = 0  # > 0: validate on a fixed seeded sample of this many validation users (test stays full)
     retrieval_backend: str = "auto"  # auto (faiss flat on CPU, torch on CUDA: the faster exact search) | torch | faiss
-    exclude_history: bool = False
-    progress: bool = True
+    exclude_history: bool = False  # never recommend items of the user's history
+    progress: bool = True  # show a progress bar
     # cutoffs of the reported metrics (comma list on the command line); 20 and 50 are always added,
     # as the checkpoint is chosen on valid Recall@50 and the tables print @20 and @50
     metric_ns: tuple[int, ...] = (20, 50)
@@ -106,17 +106,17 @@ class Config:
 
     # --- COIN (baseline) ------------------------------------------------------------------------
     coin_contrast_weight: float = 10.0  # weight of the bank contrastive loss
-    coin_temperature: float = 0.1
+    coin_temperature: float = 0.1  # COIN's contrastive temperature
     coin_bank_sample: int = 40_000  # bank users scored per step for the contrastive loss
     coin_negatives: int = 2560  # contrastive negatives per example
-    coin_gru_layers: int = 1
+    coin_gru_layers: int = 1  # COIN's GRU layers
     coin_ff_dim: int = 2048  # feed-forward width of COIN's Transformer layer (its code: PyTorch's default)
 
     # --- DMI refiner ---------------------------------------------------------------------------
     diffusion_steps: int = 10  # T
     schedule: str = "linear"  # linear | cosine
-    beta_start: float = 1e-4
-    beta_end: float = 2e-2
+    beta_start: float = 1e-4  # diffusion schedule: first beta
+    beta_end: float = 2e-2  # diffusion schedule: last beta
     noise_scale: float = 1.0  # s: beta_t = s * schedule(t)
     noise_kind: str = "gaussian"  # gaussian | dim_mask
     normalize_scale: bool = True  # diffuse v0 / running RMS, rescale after
@@ -131,16 +131,16 @@ class Config:
     cond_dropout: float = 0.0  # next_item: share of training examples whose keys are all masked
     guidance: float = 1.0  # next_item: classifier-free guidance weight w at evaluation (1 = conditional)
     prune: str = "topm"  # topm | threshold | none
-    prune_m: int = 5
+    prune_m: int = 5  # DMI item pruning: the top-m history items of each interest are the denoiser's keys
     denoiser: str = "attention"  # attention | mlp
-    denoiser_blocks: int = 1
-    denoiser_heads: int = 2
-    step_token: bool = True
+    denoiser_blocks: int = 1  # cross-attention blocks of DMI's denoiser
+    denoiser_heads: int = 2  # attention heads of DMI's denoiser
+    step_token: bool = True  # DMI's diffusion-step token among the keys
     recon_weight: float = 1.0  # tuned on beauty validation users (0.1 first); configs/bench/dmi_tune.yaml
     no_noise: bool = False  # ablation: same denoiser, t=0
     train_chain: bool = False  # unroll the reverse chain from t in training
-    refiner_lr_scale: float = 1.0
-    freeze_backbone_steps: int = 0
+    refiner_lr_scale: float = 1.0  # learning-rate factor of DMI's refiner
+    freeze_backbone_steps: int = 0  # DMI: steps during which the backbone is frozen (warm start from init_from)
     # warm start: a run directory (its checkpoints/best.pt) or a checkpoint file whose model is
     # loaded before step 0: into the backbone under DMI (train the refiner after the backbone),
     # into the whole model otherwise; the start is validated as step 0
@@ -295,6 +295,42 @@ def upgrade_saved(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def did_you_mean(key: str) -> str:
+    """`` (did you mean 'max_steps'?)`` for a misspelt config key, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(key, list(_FIELDS), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def config_keys_help() -> str:
+    """Every config key with its type, default and the comment beside it in :class:`Config`:
+    the ``--help`` of the commands that take ``--key=value`` overrides."""
+    import inspect
+    import re
+
+    docs: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(Config).splitlines():
+        text = line.strip()
+        m = re.match(r"(\w+): [^=]+=\s*[^#]*?(?:#\s*(.*))?$", text)
+        if text.startswith("#") and not text.startswith("# ---"):
+            pending.append(text.lstrip("# "))
+        elif m and m.group(1) in _FIELDS:
+            docs[m.group(1)] = m.group(2) or " ".join(pending)
+            pending = []
+        elif not text or text.startswith("# ---"):
+            pending = []
+    lines = ["config keys (--key=value, or key: value in a --config YAML file):"]
+    for f in fields(Config):
+        hint = _HINTS[f.name]
+        kind = getattr(hint, "__name__", str(hint)).replace("typing.", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        doc = docs.get(f.name, "")
+        lines.append(f"  {f.name} ({kind}, default {default!r})" + (f": {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
 def from_dict(values: dict[str, Any], source: str = "config") -> Config:
     """Build a Config from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
     if not isinstance(values, dict):
@@ -305,7 +341,7 @@ def from_dict(values: dict[str, Any], source: str = "config") -> Config:
         if key in RENAMED:
             raise ConfigError(f"{source}: config key {key!r} was renamed: use {RENAMED[key]}")
         if key not in _FIELDS:
-            raise ConfigError(f"{source}: unknown config key {key!r}")
+            raise ConfigError(f"{source}: unknown config key {key!r}{did_you_mean(key)}")
         clean[key] = _coerce(key, value)
     for key, allowed in CHOICES.items():
         if key in clean and clean[key] not in allowed:
@@ -441,7 +477,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
         key, value = text.split("=", 1)
         key = key.replace("-", "_")
         if key not in _FIELDS:
-            raise ConfigError(f"command line: unknown config key {key!r}")
+            raise ConfigError(f"command line: unknown config key {key!r}{did_you_mean(key)}")
         if key in out:
             raise ConfigError(f"command line: config key {key!r} is given twice ({out[key]!r} and {value!r})")
         out[key] = value

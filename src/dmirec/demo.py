@@ -1,9 +1,13 @@
-"""``dmirec demo`` / ``make demo``: the main job on the shipped data, in a few minutes.
+"""``dmirec demo`` / ``make demo``: the product path on the shipped data, in a few minutes.
 
-Prepares the shipped Amazon Beauty log, trains REMI and DMI (the default config, whose backbone
-is REMI) for the same step budget and seed, prints both metric tables and ``dmirec compare``'s
-table with the per-user paired test, writes the DMI run's report, and records what it measured
-(resolved configs, git commit, machine, wall and CPU time) in ``WORKDIR/demo.json``.
+Runs ``dmirec fit`` on the shipped Amazon Beauty log (prepare, REMI backbone, the neighbour rule,
+ItemKNN and EASE channels and their merger chosen on validation users, test metrics, a bundle),
+trains DMI as the paper draws it on the frozen REMI backbone for a short step budget, and prints
+one table of test metrics: the fitted recipe beside REMI, REMI + rule, DMI, ItemKNN, EASE and
+most-popular. It writes the backbone's report and records what it measured (settings, commit,
+machine, wall and CPU time) in ``WORKDIR/demo.json``. The demo's step budgets are smaller than the
+benchmarks' (which train to early stopping): its numbers are a first look, BENCHMARKS.md has the
+measured ones.
 """
 
 from __future__ import annotations
@@ -18,56 +22,65 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODELS = ("remi", "dmi")  # the backbone first: it is the baseline of the paired test
+ROWS = (("recipe", "fitted recipe (served)"), ("itemknn", "ItemKNN"), ("ease", "EASE"),
+        ("model", "REMI + neighbour rule"), ("remi", "REMI"), ("dmi", "DMI (refiner on frozen REMI)"),
+        ("most-popular", "most-popular"))
 
 
 def run_demo(workdir: str | Path = "demo_run", steps: int = 4000, seed: int = 2021, threads: int = 1,
-             progress: bool = True, report: bool = True, report_users: int = 1000) -> int:
-    from .cli import _metrics_table
-    from .compare import compare, to_markdown
-    from .data.prepare import prepare_shipped_beauty
+             progress: bool = True, report: bool = True, report_users: int = 1000, dmi_steps: int = 1000) -> int:
+    from .data.prepare import shipped_beauty_path
+    from .pipeline.fit import BACKBONE, fit
     from .train import make_config, train
 
     start = time.perf_counter()
     work = Path(workdir)
-    data_dir = work / "beauty"
-    print(prepare_shipped_beauty(data_dir).summary())
-    runs, results, configs = [], {}, {}
-    for model in MODELS:
-        run_dir = work / f"run-{model}"
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        cfg = make_config(model, [], {"max_steps": steps, "eval_every": max(steps // 4, 1), "seed": seed,
-                                      "threads": threads, "progress": progress})
-        print(f"\ntraining {model} for {cfg.max_steps} steps (batch {cfg.batch_size}, seed {cfg.seed}); the full "
-              f"benchmark runs to early stopping, see BENCHMARKS.md")
-        result = train(cfg, data_dir, run_dir)
-        print(_metrics_table(result["test"], f"{model} on beauty, test users, {result['steps']} steps "
-                                             f"(best step {result['best_step']})"))
-        runs.append(run_dir)
-        results[model], configs[model] = result, cfg.to_dict()
+    fit_dir = work / "fit"
+    if fit_dir.exists():
+        shutil.rmtree(fit_dir)
+    from importlib.resources import as_file
 
-    c = compare(runs, metric="recall@50", resamples=1000)
-    print("\n" + to_markdown(c))
-    chart = work / "compare.png"
-    if c["chart"]:
-        chart.write_bytes(c["chart"])
-    (work / "compare.md").write_text(to_markdown(c, chart.name if c["chart"] else None), encoding="utf-8")
+    with as_file(shipped_beauty_path()) as log:
+        print(f"dmirec fit {log.name} --out {fit_dir} --budget quick --max_steps={steps}")
+        rows = fit(log, fit_dir, "quick", seed=seed, overrides={"max_steps": steps, "eval_every": max(steps // 4, 1)},
+                   progress=progress, threads=threads)
+    backbone = fit_dir / BACKBONE
+    dmi_dir = work / "run-dmi"
+    if dmi_dir.exists():
+        shutil.rmtree(dmi_dir)
+    cfg = make_config("dmi", [], {"max_steps": dmi_steps, "eval_every": max(dmi_steps // 2, 1), "seed": seed,
+                                  "threads": threads, "progress": progress, "init_from": str(backbone),
+                                  "freeze_backbone_steps": 10 ** 9})
+    print(f"\ntraining DMI (the paper's refiner) on the frozen REMI backbone for {dmi_steps} steps")
+    dmi = train(cfg, fit_dir / "data", dmi_dir)
+    rows = {**rows, "dmi": {k: float(v) for k, v in dmi["test"].items() if "@" in k or k == "users"}}
+    print("\n" + demo_table(rows))
     if report:
         try:
             from .report import build_report
 
-            out = build_report(runs[-1], work / "report" / "report.html", users=report_users)
-            print(f"report of the DMI run (refined vs its coarse REMI interests): {out}")
+            out = build_report(backbone, work / "report" / "report.html", users=report_users)
+            print(f"report of the backbone run: {out}")
         except ImportError as exc:
             print(f"no report: {exc}")
     wall = time.perf_counter() - start
-    options = {"workdir": str(workdir), "steps": steps, "seed": seed, "threads": threads, "report": report,
-               "report_users": report_users}
-    write_record(work / "demo.json", options, results, configs, c["tests"], wall)
-    print(f"wall time: {wall:.1f} s   runs: {', '.join(map(str, runs))}   comparison: {work / 'compare.md'}   "
-          f"record: {work / 'demo.json'}")
+    options = {"workdir": str(workdir), "steps": steps, "dmi_steps": dmi_steps, "seed": seed, "threads": threads,
+               "report": report, "report_users": report_users}
+    write_record(work / "demo.json", options, rows, {"dmi": cfg.to_dict()}, [], wall)
+    print(f"wall time: {wall:.1f} s   fit: {fit_dir}   bundle: {fit_dir / 'bundle'} (dmirec serve {fit_dir / 'bundle'})"
+          f"   record: {work / 'demo.json'}")
     return 0
+
+
+def demo_table(rows: dict[str, dict[str, float]]) -> str:
+    """The demo's table of test metrics, one row per method."""
+    lines = [f"{'beauty, test users':<32}{'Recall@20':>11}{'Recall@50':>11}{'NDCG@50':>10}{'HitRate@50':>12}"]
+    for key, label in ROWS:
+        if key in rows:
+            m = rows[key]
+            lines.append(f"{label:<32}{m['recall@20']:>11.4f}{m['recall@50']:>11.4f}{m['ndcg@50']:>10.4f}"
+                         f"{m['hitrate@50']:>12.4f}")
+    return "\n".join(lines)
 
 
 def _git_commit() -> str | None:
@@ -99,5 +112,5 @@ def write_record(path: Path, options: dict[str, Any], results: dict, configs: di
                           "load_avg_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
                           "python": platform.python_version(), "torch": torch.__version__,
                           "argv": sys.argv[1:]},
-              "runs": results, "configs": configs, "paired": tests}
+              "results": results, "configs": configs, "paired": tests}
     path.write_text(json.dumps(record, indent=2, default=str))

@@ -4,7 +4,8 @@ Endpoints:
 
 * ``POST /recommend`` with ``{"history": ["raw id", ... oldest first], "n": 50, "exclude_history": false}``
   returns ``{"items": [{"item": "raw id", "score": float, "interest": k}, ...], "unknown": [...],
-  "fallback": false}``. The last ``seq_len`` known items of the history are the model input;
+  "fallback": false}``. Raw ids are strings; integer ids are taken as the strings they print as
+  (``6413`` is ``"6413"``). The last ``seq_len`` known items of the history are the model input;
   unknown ids are dropped and listed (distinct, first-seen order); an empty or all-unknown
   history gets the most popular items with ``"fallback": true`` (score = training count,
   interest = -1). ``n`` is 1..1000; ``history`` holds at most 10,000 ids of at most 1,024
@@ -50,7 +51,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from .app_options import (DEFAULT_BODY_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT,
                           MAX_BODY_BYTES, add_serve_arguments)
@@ -70,7 +71,16 @@ def _valid_text(value: str) -> str:
     return value
 
 
-RawId = Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH), AfterValidator(_valid_text)]
+def _int_as_text(value: Any) -> Any:
+    """Integer ids (most logs have them) are the raw id strings they print as: 6413 -> "6413".
+    Booleans and floats stay invalid."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+RawId = Annotated[str, BeforeValidator(_int_as_text), StringConstraints(max_length=MAX_ID_LENGTH),
+                  AfterValidator(_valid_text)]
 
 
 def _safe_text(value: Any, limit: int = 200) -> str:
@@ -251,7 +261,13 @@ def create_app(bundle: Bundle | str | Path, *, threads: int | None = None,
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError) -> Response:
-        return JSONResponse(validation_errors(list(exc.errors())), status_code=422)
+        body = validation_errors(list(exc.errors()))
+        kind = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in kind.lower():
+            body["hint"] = ("the body must be JSON sent with the header 'content-type: application/json' "
+                            + (f"(got {_safe_text(kind, 80)!r})" if kind else "(the request had no content-type)")
+                            + ', e.g. {"history": ["id1", "id2"], "n": 50}')
+        return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def body_errors_are_422(request: Request, exc: StarletteHTTPException) -> Response:

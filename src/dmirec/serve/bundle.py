@@ -405,7 +405,8 @@ class Bundle:
 
     # -- encoding ----------------------------------------------------------------------------
     def encode(self, history: Iterable[str]) -> Encoded:
-        """Map raw ids to item ids; unknown ids are dropped and reported (distinct, first-seen order)."""
+        """Map raw ids to item ids; unknown ids are dropped and reported (distinct, first-seen order).
+        Integer ids are the strings they print as (6413 is "6413"), as in the HTTP API."""
         known: list[int] = []
         unknown: dict[str, None] = {}
         get = self.id_of.get
@@ -413,9 +414,10 @@ class Bundle:
             raise TypeError("history must be a list of raw id strings, not one string")
         history = list(history)
         for pos, raw in enumerate(history):
-            if not isinstance(raw, str):  # as the HTTP API: raw ids are strings ("6413", not 6413)
-                raise TypeError(f"history[{pos}]: raw ids are strings, got {type(raw).__name__} {raw!r}"
-                                + (f" (pass {str(raw)!r})" if isinstance(raw, int) and not isinstance(raw, bool) else ""))
+            if isinstance(raw, int) and not isinstance(raw, bool):  # as the HTTP API: 6413 is "6413"
+                history[pos] = raw = str(raw)
+            if not isinstance(raw, str):
+                raise TypeError(f"history[{pos}]: raw ids are strings or integers, got {type(raw).__name__} {raw!r}")
         for raw in history:
             i = get(raw)
             if i is None:
