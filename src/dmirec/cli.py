@@ -214,7 +214,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     from .report import _plt, build_report
 
     try:
@@ -222,16 +222,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ConfigError(str(exc)) from None
     out = build_report(args.run_dir, args.out, categories=args.categories, category_ids=args.category_ids,
-                       users=args.users, seed=args.seed, bundle=args.bundle)
+                       users=args.users, seed=args.seed, bundle=args.bundle, overrides=parse_overrides(extra) or None)
     print(f"wrote {out} (and its figures as {out.stem}_*.png beside it)")
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     from .compare import compare, to_markdown, write_outputs
 
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
-    c = compare(args.run_dirs, by, args.metric, not args.no_paired, args.baseline, args.bootstrap, args.seed)
+    c = compare(args.run_dirs, by, args.metric, not args.no_paired, args.baseline, args.bootstrap, args.seed,
+                overrides=parse_overrides(extra) or None)
     print(to_markdown(c))
     if args.out:
         print(f"wrote {write_outputs(c, args.out)}")
@@ -479,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         from .pipeline.fit import run_dir_of
 
         args.run_dirs = [str(run_dir_of(r)) for r in args.run_dirs]
-    takes_overrides = args.command == "train" or (args.command in ("evaluate", "export", "fit-channels", "fit")
+    takes_overrides = args.command == "train" or (args.command in ("evaluate", "export", "fit-channels", "fit",
+                                                                   "report", "compare")
                                                   and all(e.startswith("--") and "=" in e for e in extra))
     if extra and not takes_overrides:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
@@ -494,9 +496,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_fit_channels(args, extra)
         if args.command == "fit":
             return cmd_fit(args, extra)
+        if args.command in ("report", "compare"):
+            return (cmd_report if args.command == "report" else cmd_compare)(args, extra)
         handler = {"prepare": cmd_prepare, "demo": cmd_demo, "index": cmd_index, "serve": cmd_serve,
                    "recommend": cmd_recommend, "synth": cmd_synth,
-                   "report": cmd_report, "compare": cmd_compare,
                    "fit-repeat": cmd_fit_repeat}[args.command]
         return handler(args)
     except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:

@@ -86,6 +86,7 @@ class Run:
     data_path: str
     seed: int
     test: dict[str, Any]
+    overrides: dict[str, Any] | None = None  # evaluation-time config changes the test metrics were measured with
 
 
 @dataclass
@@ -181,7 +182,7 @@ def per_user_values(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray]:
     from .evaluate import evaluate_run
 
     n = int(metric.split("@")[1]) if "@" in metric else 50
-    res = evaluate_run(run.path, split="test", ns=(n,), per_user=True)
+    res = evaluate_run(run.path, split="test", ns=(n,), per_user=True, overrides=run.overrides)
     if metric not in res["per_user"]:
         raise ValueError(f"--metric {metric!r} is not a per-user metric; use e.g. recall@50, ndcg@20, mrr@50")
     return res["per_user"]["user"], res["per_user"][metric]
@@ -266,9 +267,20 @@ def paired_lines(tests: list[dict[str, Any]]) -> list[str]:
 
 
 def compare(run_dirs: list[str | Path], by: list[str] | None = None, metric: str = "recall@50",
-            paired: bool = True, baseline: str | None = None, resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Everything ``dmirec compare`` prints: groups, the table, the paired tests and the chart."""
+            paired: bool = True, baseline: str | None = None, resamples: int = 2000, seed: int = 0,
+            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything ``dmirec compare`` prints: groups, the table, the paired tests and the chart.
+
+    ``overrides``: evaluation-time config changes applied to every run (e.g. the neighbour rule);
+    the runs' test metrics are then measured with them instead of read from ``result.json``."""
     runs = [load_run(d) for d in run_dirs]
+    if overrides:
+        from .evaluate import evaluate_run
+
+        for run in runs:
+            run.config.update({k.replace("-", "_"): v for k, v in overrides.items()})
+            run.test = evaluate_run(run.path, split="test", overrides=overrides)
+            run.overrides = dict(overrides)
     if not runs:
         raise ValueError("compare needs at least one run directory")
     groups = group_runs(runs, by)

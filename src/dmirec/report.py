@@ -71,15 +71,19 @@ def _finite_mean(x: np.ndarray) -> float | None:
 
 def analyse_run(run_dir: str | Path, categories: str | Path | None = None, category_ids: str = "auto",
                 users: int = 1000, seed: int = 0, n: int = 50, list_n: int = 20, examples: int = 3,
-                bundle: str | Path | None = None) -> dict[str, Any]:
-    """Every number of the report for ``run_dir`` (best checkpoint, test users)."""
+                bundle: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every number of the report for ``run_dir`` (best checkpoint, test users). ``overrides``:
+    evaluation-time config changes (e.g. the neighbour rule), as ``dmirec evaluate`` takes them;
+    the test metrics are then measured with them."""
     run_dir = Path(run_dir)
     cfg = rundir.read_config(run_dir)
     ref = rundir.read_data_ref(run_dir)
     rows = rundir.read_metrics(run_dir)
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else None
-    model, _, data = load_run(run_dir, "best")  # builds the interest bank of a model that reads one
+    model, run_cfg, data = load_run(run_dir, "best", "cpu", overrides)  # builds the interest bank if one is read
+    if overrides:
+        cfg = run_cfg
     is_dmi = cfg.model == "dmi" and hasattr(model, "refine")
 
     out: dict[str, Any] = {"run_dir": str(run_dir), "model": cfg.model, "config": cfg.to_dict(), "data_ref": ref,
@@ -90,6 +94,11 @@ def analyse_run(run_dir: str | Path, categories: str | Path | None = None, categ
     out["best_step"] = best_step
     out["valid_best"] = next((r for r in valid_rows if r["step"] == best_step), None)
     out["test"] = result["test"] if result else next((r for r in rows if r.get("split") == "test"), None)
+    if overrides:  # the recipe that is served: measured with its settings, not read from result.json
+        from .evaluate import evaluate_run
+
+        out["test"] = evaluate_run(run_dir, split="test", overrides=overrides)
+        out["overrides"] = dict(overrides)
 
     # sample of test users
     ev = eval_split(data.splits["test"], cfg.seq_len)
