@@ -11,7 +11,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from dmirec.compare import format_mean_sd, mean_sd
+from dmirec.evaluation.compare import format_mean_sd, mean_sd
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCH = ROOT / "configs" / "bench" / "reference_remi_code.md"

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmirec import rundir
+from dmirec.runs import rundir
 from dmirec.data.sampler import eval_split
-from dmirec.evaluate import load_run, user_vectors
+from dmirec.evaluation.evaluate import load_run, user_vectors
 from dmirec.retrieval import search
 
 N = 50

@@ -44,15 +44,15 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/profile_sharded_memory", help="where the table files are written (then removed)")
     args = p.parse_args()
 
-    from dmirec import sharded
+    from dmirec.training.distributed import sharded
     from dmirec.data.dataset import load_dataset
     from dmirec.data.sampler import TrainSampler, valid_split
-    from dmirec.dist import Context
-    from dmirec.evaluate import evaluate_model
-    from dmirec.losses import NegativeSampler
+    from dmirec.training.distributed.ddp import Context
+    from dmirec.evaluation.evaluate import evaluate_model
+    from dmirec.objectives.losses import NegativeSampler
     from dmirec.models import build_model, set_routing_reg
     from dmirec.models.base import item_table_on_meta
-    from dmirec.train import loss_with_negatives, make_config, train_step
+    from dmirec.training.train import loss_with_negatives, make_config, train_step
 
     tdist.init_process_group("gloo")
     torch.set_num_threads(1)

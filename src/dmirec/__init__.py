@@ -13,9 +13,6 @@ Imports are lazy so that ``import dmirec`` stays cheap.
 
 from __future__ import annotations
 
-import sys
-import types
-
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -24,36 +21,16 @@ _EXPORTS = {
     "prepare": ("dmirec.data.prepare", "prepare"),
     "read_log": ("dmirec.data.readers", "read_log"),
     "load_dataset": ("dmirec.data.dataset", "load_dataset"),
-    "make_config": ("dmirec.train", "make_config"),
-    "train": ("dmirec.train", "train"),
-    "resume": ("dmirec.train", "resume"),
-    "evaluate_run": ("dmirec.evaluate", "evaluate_run"),
-    "evaluate_model": ("dmirec.evaluate", "evaluate_model"),
+    "make_config": ("dmirec.training.train", "make_config"),
+    "train": ("dmirec.training.train", "train"),
+    "resume": ("dmirec.training.train", "resume"),
+    "evaluate_run": ("dmirec.evaluation.evaluate", "evaluate_run"),
+    "evaluate_model": ("dmirec.evaluation.evaluate", "evaluate_model"),
     "build_model": ("dmirec.models", "build_model"),
-    "load_trained_model": ("dmirec.rundir", "load_trained_model"),
-    "export_bundle": ("dmirec.export", "export_bundle"),
-    "load_bundle": ("dmirec.serve", "load_bundle"),
+    "load_trained_model": ("dmirec.runs.rundir", "load_trained_model"),
+    "export_bundle": ("dmirec.serving.export", "export_bundle"),
+    "load_bundle": ("dmirec.serving", "load_bundle"),
 }
-
-
-class _Package(types.ModuleType):
-    """``dmirec.train`` is the function :func:`dmirec.train.train`, also once the submodule
-    ``dmirec.train`` has been imported (an import binds a submodule as an attribute of its
-    package, which would otherwise replace the function by the module). ``from dmirec.train
-    import make_config`` still imports from the module."""
-
-    @property
-    def train(self):
-        from .train import train
-
-        return train
-
-    @train.setter
-    def train(self, module) -> None:  # the import system binding the submodule: keep the function
-        self.__dict__["_train_module"] = module
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

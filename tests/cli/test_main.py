@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dmirec.cli import main
+from dmirec.cli.main import main
 from dmirec.data.synthetic import make_planted_dataset
 
 

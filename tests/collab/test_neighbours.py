@@ -7,8 +7,8 @@ import torch
 from dmirec.data.dataset import Sequences
 from dmirec.data.synthetic import make_planted_dataset
 from dmirec.models import build_model
-from dmirec.neighbours import InterestBank, build_bank, neighbour_rule
-from dmirec.train import make_config, train
+from dmirec.collab.neighbours import InterestBank, build_bank, neighbour_rule
+from dmirec.training.train import make_config, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -105,7 +105,7 @@ def remi_run(tmp_path_factory):
 
 
 def test_rule_at_evaluation_alpha_zero_is_the_model_and_alpha_changes_it(remi_run):
-    from dmirec.evaluate import evaluate_run
+    from dmirec.evaluation.evaluate import evaluate_run
 
     _, run, _ = remi_run
     strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}
@@ -116,7 +116,7 @@ def test_rule_at_evaluation_alpha_zero_is_the_model_and_alpha_changes_it(remi_ru
 
 
 def test_training_with_the_rule_stores_the_bank_in_checkpoints(remi_run, tmp_path):
-    from dmirec import rundir
+    from dmirec.runs import rundir
 
     data, _, over = remi_run
     train(make_config("remi", overrides={**over, "max_steps": 50, "neighbour_alpha": 0.5}), data, tmp_path / "r")
@@ -127,9 +127,9 @@ def test_training_with_the_rule_stores_the_bank_in_checkpoints(remi_run, tmp_pat
 def test_bundle_with_a_bank_serves_what_evaluate_measures(remi_run, tmp_path):
     from dmirec.data.dataset import load_dataset
     from dmirec.data.sampler import eval_split
-    from dmirec.evaluate import load_run, user_vectors
-    from dmirec.export import export_bundle
-    from dmirec.serve import load_bundle
+    from dmirec.evaluation.evaluate import load_run, user_vectors
+    from dmirec.serving.export import export_bundle
+    from dmirec.serving import load_bundle
 
     data_dir, run, _ = remi_run
     over = {"neighbour_alpha": 0.6, "neighbours": 3}
@@ -146,8 +146,8 @@ def test_bundle_with_a_bank_serves_what_evaluate_measures(remi_run, tmp_path):
 def test_cli_evaluate_and_export_take_evaluation_time_overrides(remi_run, tmp_path, capsys):
     import json
 
-    from dmirec.cli import main
-    from dmirec.evaluate import evaluate_run
+    from dmirec.cli.main import main
+    from dmirec.evaluation.evaluate import evaluate_run
 
     _, run, _ = remi_run
     assert main(["evaluate", str(run), "--split", "valid", "--json", "--neighbour_alpha=0.8"]) == 0
@@ -157,7 +157,7 @@ def test_cli_evaluate_and_export_take_evaluation_time_overrides(remi_run, tmp_pa
     assert main(["evaluate", str(run), "--neighbour_alpha=oops"]) == 2
     assert "neighbour_alpha" in capsys.readouterr().err
     assert main(["export", str(run), str(tmp_path / "b"), "--neighbour_alpha=0.8"]) == 0
-    from dmirec.serve import load_bundle
+    from dmirec.serving import load_bundle
 
     assert load_bundle(tmp_path / "b").model.bank.size > 0
 
@@ -174,9 +174,9 @@ def test_sampled_search_looks_at_that_many_users_only():
 
 def test_bundle_with_an_hnsw_bank_serves_what_evaluate_measures(remi_run, tmp_path):
     from dmirec.data.sampler import eval_split
-    from dmirec.evaluate import load_run, user_vectors
-    from dmirec.export import export_bundle
-    from dmirec.serve import load_bundle
+    from dmirec.evaluation.evaluate import load_run, user_vectors
+    from dmirec.serving.export import export_bundle
+    from dmirec.serving import load_bundle
 
     data_dir, run, _ = remi_run
     over = {"neighbour_alpha": 0.6, "neighbours": 3, "bank_search": "hnsw"}

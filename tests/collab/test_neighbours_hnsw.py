@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dmirec.config import ConfigError
-from dmirec.neighbours import InterestBank, neighbour_rule
-from dmirec.train import make_config
+from dmirec.collab.neighbours import InterestBank, neighbour_rule
+from dmirec.training.train import make_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

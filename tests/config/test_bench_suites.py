@@ -9,7 +9,7 @@ import yaml
 from dmirec.config import make_config
 from dmirec.models import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUITES = sorted(p for p in (ROOT / "configs" / "bench").glob("*.yaml")
                 if "runs" in (yaml.safe_load(p.read_text()) or {}))
 

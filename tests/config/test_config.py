@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from dmirec.config import Config, ConfigError, build_config, from_dict, parse_overrides
-from dmirec.train import make_config
+from dmirec.training.train import make_config
 
 
 def test_defaults_are_the_reference_training_defaults():
@@ -65,7 +65,7 @@ def test_frozen():
 
 def test_renamed_keys_are_refused_from_users_but_read_from_saved_runs(tmp_path):
     from dmirec.config import upgrade_saved
-    from dmirec.rundir import read_config
+    from dmirec.runs.rundir import read_config
 
     with pytest.raises(ConfigError, match="'eta' was renamed: use fusion_weight"):
         build_config([], {"eta": "0.3"})

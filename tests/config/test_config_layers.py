@@ -12,7 +12,7 @@ import pytest
 
 from dmirec.config import Config, ConfigError, build_config, make_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = json.loads((ROOT / "tests" / "fixtures" / "resolved_configs.json").read_text())
 # Defaults changed on purpose since the snapshot, (old, new): the exact retrieval backend became
 # "auto" (faiss flat on CPU, torch on CUDA; same lists up to float ties), issue 11 item 7.

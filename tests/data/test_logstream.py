@@ -26,7 +26,7 @@ def log_frame(rows=3000, users=150, items=60, seed=0) -> pd.DataFrame:
 
 def test_batch_and_streaming_prepare_read_through_the_one_reader():
     from dmirec.data import stream_prepare
-    from dmirec.serve import batch
+    from dmirec.serving import batch
 
     assert batch.iter_log is logstream.iter_log and stream_prepare.iter_log is logstream.iter_log
     assert issubclass(batch.BatchInputError, InputError)

@@ -16,7 +16,7 @@ import pytest
 from dmirec.data.prepare import prepare
 from dmirec.data.readers import InputError, read_csv, read_log
 
-SRC = str(Path(__file__).resolve().parent.parent / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def planted_log(rows: int = 6000, users: int = 300, items: int = 80, seed: int = 0) -> str:
@@ -182,7 +182,7 @@ def test_malformed_log_corpus_no_tracebacks_and_rows_reconcile(tmp_path):
 def test_cli_prepare_corpus_has_no_tracebacks(tmp_path, capsys):
     # the whole corpus through the command line, in process: exit 0, or 2 with one line on stderr;
     # an exception escaping main() would be the traceback a user sees
-    from dmirec.cli import main
+    from dmirec.cli.main import main
 
     for path in _corpus(tmp_path):
         code = main(["prepare", str(path), str(tmp_path / f"cli-{path.name}"), "--format", "csv", "--core", "1"])
@@ -208,7 +208,7 @@ def test_disk_full_names_the_file(tmp_path):
 def test_atomic_write_names_the_file_on_a_full_disk(tmp_path, monkeypatch):
     import errno
 
-    from dmirec import rundir
+    from dmirec.runs import rundir
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -222,7 +222,7 @@ def test_atomic_write_names_the_file_on_a_full_disk(tmp_path, monkeypatch):
 def test_streaming_reader_reads_what_read_log_reads(tmp_path):
     """Batch recommendation's streaming reader and prepare's reader share the header guess, column
     aliases, id checks and timestamp parsing: on every log both accept, the same rows."""
-    from dmirec.serve.batch import iter_log
+    from dmirec.serving.batch import iter_log
 
     good = planted_log(rows=300, users=30, items=20, seed=5)
     body = "\n".join(good.split("\n")[1:])

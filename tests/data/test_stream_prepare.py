@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dmirec.cli import main
+from dmirec.cli.main import main
 from dmirec.data.prepare import prepare, shipped_beauty_path
 from dmirec.data.readers import InputError
 from dmirec.data.stream_prepare import prepare_streaming

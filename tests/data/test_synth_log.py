@@ -7,11 +7,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from dmirec.cli import main
+from dmirec.cli.main import main
 from dmirec.data.dataset import load_dataset
 from dmirec.data.prepare import prepare
 from dmirec.data.synth_log import LogSpec, chunks, make_world, spec_from, write_log
-from dmirec.train import make_config, train
+from dmirec.training.train import make_config, train
 
 SPEC = LogSpec(users=1500, items=600, clusters=12, chunk_users=400, seed=3)
 

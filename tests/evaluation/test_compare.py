@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from dmirec.compare import (
+from dmirec.evaluation.compare import (
     compare,
     format_mean_sd,
     group_runs,
@@ -100,9 +100,9 @@ def test_paired_statistics_known_answers():
 
 
 def test_paired_test_on_real_runs_and_cli(tmp_path, capsys):
-    from dmirec.cli import main
+    from dmirec.cli.main import main
     from dmirec.data.synthetic import make_planted_dataset
-    from dmirec.train import make_config, train
+    from dmirec.training.train import make_config, train
 
     data = make_planted_dataset(tmp_path / "data", num_users=200, num_items=60, num_clusters=4)
     ov = {"embedding_dim": 8, "max_steps": 10, "eval_every": 10, "batch_size": 32, "num_negatives": 16,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmirec.metrics import (
+from dmirec.evaluation.metrics import (
     hit_matrix,
     hitrate_at,
     ndcg_at,
@@ -159,7 +159,7 @@ def test_summarize_keys_and_means():
 
 
 def reference(recs_row, targets, n):
-    """Literal pure-Python reading of the definitions in dmirec.metrics."""
+    """Literal pure-Python reading of the definitions in dmirec.evaluation.metrics."""
     tset, seen, hits = set(targets), set(), []
     for r in list(recs_row)[:n]:
         hits.append(r >= 0 and r in tset and r not in seen)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmirec import diagnostics as dg
+from dmirec.evaluation import diagnostics as dg
 from dmirec.models import REGISTRY
 
 @pytest.fixture(autouse=True)
@@ -81,7 +81,7 @@ def test_overlap_and_gained_lost_counts():
     b = np.array([[4, 3, 9, 8]])
     assert dg.list_overlap(a, b, 4) == pytest.approx([0.5])
     assert dg.list_overlap(a, b, 2) == pytest.approx([0.0])
-    from dmirec.metrics import hit_matrix
+    from dmirec.evaluation.metrics import hit_matrix
 
     targets = [[1, 9, 3]]
     gl = dg.hits_gained_lost(hit_matrix(a, targets), hit_matrix(b, targets), a, b, 4)
@@ -138,7 +138,7 @@ def test_read_categories_formats(tmp_path):
 
 def test_untrained_dmi_refiner_is_the_identity():
     from dmirec.models import build_model
-    from dmirec.train import make_config
+    from dmirec.training.train import make_config
 
     torch.manual_seed(0)
     cfg = make_config("dmi", overrides={"embedding_dim": 8, "seq_len": 6, "device": "cpu"})
@@ -161,7 +161,7 @@ OVERRIDES = {"embedding_dim": 8, "max_steps": 12, "eval_every": 6, "batch_size":
 def tiny_runs(tmp_path_factory):
     """A planted dataset (4 clusters of 20 items), its category file, and a tiny run of every model."""
     from dmirec.data.synthetic import make_planted_dataset
-    from dmirec.train import make_config, train
+    from dmirec.training.train import make_config, train
 
     base = tmp_path_factory.mktemp("report_runs")
     data = make_planted_dataset(base / "data", num_users=200, num_items=80, num_clusters=4)
@@ -181,7 +181,7 @@ def matplotlib_agg():
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_report_builds_for_every_model_with_every_section(tiny_runs, matplotlib_agg, name, tmp_path):
-    from dmirec.report import SECTIONS, build_report
+    from dmirec.evaluation.report import SECTIONS, build_report
 
     _, cats, runs = tiny_runs
     out = build_report(runs[name], tmp_path / "r.html", categories=cats, users=15)
@@ -196,7 +196,7 @@ def test_report_builds_for_every_model_with_every_section(tiny_runs, matplotlib_
 
 
 def test_report_numbers_match_the_planted_categories(tiny_runs, matplotlib_agg):
-    from dmirec.report import analyse_run
+    from dmirec.evaluation.report import analyse_run
 
     _, cats, runs = tiny_runs
     a = analyse_run(runs["comirec-sa"], categories=cats, users=0)
@@ -212,7 +212,7 @@ def test_report_numbers_match_the_planted_categories(tiny_runs, matplotlib_agg):
 
 
 def test_report_of_dmi_compares_refined_with_coarse(tiny_runs, matplotlib_agg):
-    from dmirec.report import analyse_run
+    from dmirec.evaluation.report import analyse_run
 
     _, _, runs = tiny_runs
     a = analyse_run(runs["dmi"], users=0)
@@ -224,9 +224,9 @@ def test_report_of_dmi_compares_refined_with_coarse(tiny_runs, matplotlib_agg):
 
 
 def test_report_shows_the_bundle_index_recall(tiny_runs, matplotlib_agg, tmp_path):
-    from dmirec.export import export_bundle
-    from dmirec.report import build_report
-    from dmirec.serve.index import build_index
+    from dmirec.serving.export import export_bundle
+    from dmirec.evaluation.report import build_report
+    from dmirec.serving.index import build_index
 
     _, _, runs = tiny_runs
     bundle = tmp_path / "bundle"
@@ -238,7 +238,7 @@ def test_report_shows_the_bundle_index_recall(tiny_runs, matplotlib_agg, tmp_pat
 
 
 def test_report_cli_and_missing_run(tiny_runs, matplotlib_agg, tmp_path, capsys):
-    from dmirec.cli import main
+    from dmirec.cli.main import main
 
     _, cats, runs = tiny_runs
     out = tmp_path / "x" / "rep.html"
@@ -261,7 +261,7 @@ def test_chromium_screenshot_shows_the_figures(tiny_runs, matplotlib_agg, tmp_pa
         pytest.skip("no headless Chromium installed (Debian: apt-get install chromium)")
     import matplotlib.image as mpimg
 
-    from dmirec.report import build_report
+    from dmirec.evaluation.report import build_report
 
     _, cats, runs = tiny_runs
     page = build_report(runs["dmi"], tmp_path / "r.html", categories=cats, users=10)
@@ -294,8 +294,8 @@ def test_tensorboard_logs_the_validation_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from dmirec.data.synthetic import make_planted_dataset
-    from dmirec.rundir import read_metrics
-    from dmirec.train import make_config, train
+    from dmirec.runs.rundir import read_metrics
+    from dmirec.training.train import make_config, train
 
     data = make_planted_dataset(tmp_path / "data", num_users=100, num_items=40, num_clusters=4)
     run = tmp_path / "run"
@@ -311,7 +311,7 @@ def test_tensorboard_logs_the_validation_scalars(tmp_path):
 
 
 def test_metric_cutoffs_add_to_the_default_ones(tiny_runs):
-    from dmirec.evaluate import evaluate_run
+    from dmirec.evaluation.evaluate import evaluate_run
 
     _, _, runs = tiny_runs
     base = evaluate_run(runs["comirec-sa"])
@@ -324,9 +324,9 @@ def test_metric_cutoffs_add_to_the_default_ones(tiny_runs):
 
 
 def test_ns_option_on_the_command_line(tiny_runs, capsys):
-    from dmirec.cli import main
+    from dmirec.cli.main import main
     from dmirec.config import from_dict
-    from dmirec.rundir import read_config, write_config
+    from dmirec.runs.rundir import read_config, write_config
 
     _, _, runs = tiny_runs
     assert main(["evaluate", str(runs["comirec-sa"]), "--json"]) == 0
@@ -347,9 +347,9 @@ def test_ns_option_on_the_command_line(tiny_runs, capsys):
 def test_missing_optional_packages_give_clear_errors(tiny_runs, tmp_path, monkeypatch, capsys):
     import sys
 
-    from dmirec.cli import main
+    from dmirec.cli.main import main
     from dmirec.config import ConfigError
-    from dmirec.tblog import open_writer
+    from dmirec.training.tblog import open_writer
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if `tensorboard` were not installed
     with pytest.raises(ConfigError, match="tensorboard"):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dmirec.config import Config
 from dmirec.data.synthetic import make_planted_dataset
-from dmirec.losses import sampled_softmax_loss
+from dmirec.objectives.losses import sampled_softmax_loss
 from dmirec.models import build_model
 from dmirec.models.comirec_dr import ComiRecDR
 from dmirec.models.mind import MIND
@@ -23,7 +23,7 @@ from dmirec.models.remi import routing_regularizer
 from dmirec.models.routing import CapsuleRouting, label_aware_readout, squash
 from dmirec.models.youtube_dnn import YouTubeDNN
 from dmirec.retrieval import search
-from dmirec.train import make_config, train
+from dmirec.training.train import make_config, train
 
 N_ITEMS, D, K, L = 30, 8, 3, 6
 
@@ -309,7 +309,7 @@ def test_packed_attention_logits_equal_the_full_formula(lengths, seed):
 def test_weighted_negative_mass_function_and_gradient(beta):
     """REMI's weighted negative mass with its hand-written backward: the closed form
     LSE((1 + beta) n) - LSE(beta n) + log S in value, and autograd's gradient (gradcheck)."""
-    from dmirec.losses import _WeightedNegativeMass
+    from dmirec.objectives.losses import _WeightedNegativeMass
 
     gen = torch.Generator().manual_seed(3)
     neg = (10 * torch.randn(6, 23, generator=gen, dtype=torch.float64)).requires_grad_()
@@ -337,7 +337,7 @@ def test_hard_negatives_reduce_to_plain_sampled_softmax():
 # configs
 # --------------------------------------------------------------------------------------------
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 MODELS = ["comirec-sa", "comirec-dr", "mind", "remi", "youtube-dnn", "most-popular"]
 
 
@@ -373,7 +373,7 @@ def planted(tmp_path_factory):
 
 def test_most_popular_trains_with_the_loop(planted):
     from dmirec.data.dataset import load_dataset
-    from dmirec.rundir import load_trained_model
+    from dmirec.runs.rundir import load_trained_model
 
     root, data, pop = planted
     assert pop["steps"] == 0 and pop["stopped"] == "nothing to train"

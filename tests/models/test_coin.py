@@ -6,7 +6,7 @@ import torch
 from dmirec.data.synthetic import make_planted_dataset
 from dmirec.models import build_model
 from dmirec.models.coin import COIN
-from dmirec.train import make_config, train
+from dmirec.training.train import make_config, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -95,7 +95,7 @@ def test_coin_trains_end_to_end_and_its_rule_is_used(tmp_path):
     result = train(make_config("coin", overrides=over), data, tmp_path / "coin")
     popular = train(make_config("most-popular", overrides=over), data, tmp_path / "pop")
     assert result["test"]["recall@20"] > 2 * 20 / 120 and result["test"]["recall@20"] > popular["test"]["recall@20"]
-    from dmirec.evaluate import evaluate_run
+    from dmirec.evaluation.evaluate import evaluate_run
 
     strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}
     with_rule = strip(evaluate_run(tmp_path / "coin", "test"))

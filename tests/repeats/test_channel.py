@@ -14,21 +14,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmirec.cli import main as cli_main
+from dmirec.cli.main import main as cli_main
 from dmirec.config import ConfigError
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import EvalSet, eval_split
-from dmirec.evaluate import evaluate_model, evaluate_run, new_items_view, rank_users
-from dmirec.export import export_bundle
-from dmirec.metrics import drop_seen_targets, summarize
+from dmirec.evaluation.evaluate import evaluate_model, evaluate_run, new_items_view, rank_users
+from dmirec.serving.export import export_bundle
+from dmirec.evaluation.metrics import drop_seen_targets, summarize
 from dmirec.models import build_model
-from dmirec.repeat_fit import fit_repeat_run, with_repeat_params
-from dmirec.repeats import RepeatChannel, history_features, history_item_scores, repeat_score, retrieve
+from dmirec.evaluation.repeat_fit import fit_repeat_run, with_repeat_params
+from dmirec.repeats.channel import RepeatChannel, history_features, history_item_scores, repeat_score, retrieve
 from dmirec.retrieval import make_searcher
-from dmirec.rundir import load_trained_model
-from dmirec.serve import load_bundle
-from dmirec.serve.batch import recommend_batch
-from dmirec.train import make_config
+from dmirec.runs.rundir import load_trained_model
+from dmirec.serving import load_bundle
+from dmirec.serving.batch import recommend_batch
+from dmirec.training.train import make_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -324,7 +324,7 @@ def test_serving_and_batch_give_what_evaluate_measures(run, channel_bundle, tmp_
 
 def test_repeat_model_trains_evaluates_and_serves(tmp_path):
     from dmirec.data.synthetic import make_planted_dataset
-    from dmirec.train import train
+    from dmirec.training.train import train
 
     data_dir = make_planted_dataset(tmp_path / "data", num_users=300, num_items=100, num_clusters=5)
     result = train(make_config("repeat", overrides={"progress": False, "device": "cpu"}), data_dir, tmp_path / "run")
@@ -348,7 +348,7 @@ def test_repeat_model_trains_evaluates_and_serves(tmp_path):
 
 def test_new_items_only_config_key_drives_training_validation_and_test(tmp_path):
     from dmirec.data.synthetic import make_planted_dataset
-    from dmirec.train import train
+    from dmirec.training.train import train
 
     data_dir = make_planted_dataset(tmp_path / "data", num_users=200, num_items=60, num_clusters=3)
     cfg = make_config("most-popular", overrides={"progress": False, "device": "cpu", "new_items_only": True})

@@ -12,13 +12,13 @@ import pytest
 import yaml
 
 import dmirec
-from dmirec import rundir
-from dmirec.cli import main
+from dmirec.runs import rundir
+from dmirec.cli.main import main
 from dmirec.config import ConfigError, parse_overrides
 from dmirec.data.synthetic import make_planted_dataset
-from dmirec.train import make_config, resume, train
+from dmirec.training.train import make_config, resume, train
 
-SRC = str(Path(__file__).resolve().parent.parent / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 SMALL = ["--eval_every=20", "--embedding_dim=8", "--num_negatives=16", "--batch_size=32", "--progress=false",
          "--seq_len=8", "--threads=1"]
 
@@ -35,7 +35,7 @@ def small_cfg(**kw):
 
 
 def test_readme_python_example_train_is_callable(data, tmp_path):
-    import dmirec.train  # noqa: F401  (the submodule import used to replace the function)
+    import dmirec.training.train  # noqa: F401  (importing the module leaves dmirec.train the function)
 
     cfg = dmirec.make_config("comirec-sa", overrides={"max_steps": 20, "eval_every": 20, "embedding_dim": 8,
                                                       "num_negatives": 16, "batch_size": 32, "progress": False,
@@ -88,7 +88,7 @@ def test_run_lock_across_processes(data, tmp_path):
     run = tmp_path / "run"
     train(small_cfg(max_steps=20), data, run)
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys, time; from dmirec import rundir\n"
+        [sys.executable, "-c", f"import sys, time; from dmirec.runs import rundir\n"
                                f"with rundir.run_lock({str(run)!r}):\n print('locked', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": SRC}, text=True)
     try:

@@ -20,13 +20,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmirec.export import export_bundle
-from dmirec.rundir import load_trained_model
-from dmirec.serve import BundleError, load_bundle
-from dmirec.serve.app import MAX_ERRORS, create_app
-from dmirec.serve.batch import BatchInputError, recommend_batch
+from dmirec.serving.export import export_bundle
+from dmirec.runs.rundir import load_trained_model
+from dmirec.serving import BundleError, load_bundle
+from dmirec.serving.app import MAX_ERRORS, create_app
+from dmirec.serving.batch import BatchInputError, recommend_batch
 
-SRC = str(Path(__file__).resolve().parent.parent / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -121,7 +121,7 @@ def test_bundle_manifest_fields_and_extra_files(bundle_dir, tmp_path):
 
 
 def test_inflight_limit_answers_503_with_retry_after(bundle):
-    from dmirec.serve.app import ServingLimits
+    from dmirec.serving.app import ServingLimits
 
     gate = asyncio.Event()
 
@@ -252,7 +252,7 @@ def test_batch_names_the_file_for_gzip_and_pipe_input(bundle_dir, tmp_path):
 
 
 def test_batch_user_col_on_the_command_line(bundle_dir, tmp_path):
-    from dmirec.cli import main
+    from dmirec.cli.main import main
 
     ids = load_bundle(bundle_dir, verify=False).item_ids[:5]
     log = tmp_path / "log.csv"

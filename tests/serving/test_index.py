@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dmirec.retrieval import FaissSearch, search
-from dmirec.serve.bundle import load_faiss_index
-from dmirec.serve.index import FACTORY, KINDS, build_index, make_index
+from dmirec.serving.bundle import load_faiss_index
+from dmirec.serving.index import FACTORY, KINDS, build_index, make_index
 
 OPTS = {"flat": {}, "hnsw": {"hnsw_m": 8, "ef_search": 300}, "ivf": {"nlist": 8, "nprobe": 8},
         "ivfpq": {"nlist": 4, "nprobe": 4, "pq_m": 8}}
@@ -59,9 +59,9 @@ def test_ivfpq_refuses_what_it_cannot_train():
 
 
 def test_a_bundle_index_from_before_the_id_map_still_loads(tmp_path, tiny_serving_run):
-    from dmirec.export import export_bundle
-    from dmirec.serve import load_bundle
-    from dmirec.serve.bundle import INDEX_FILE, file_entry, write_manifest
+    from dmirec.serving.export import export_bundle
+    from dmirec.serving import load_bundle
+    from dmirec.serving.bundle import INDEX_FILE, file_entry, write_manifest
 
     bundle_dir = tmp_path / "b"
     export_bundle(tiny_serving_run[1], bundle_dir, query_sample=20)

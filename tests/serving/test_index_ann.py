@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from dmirec.retrieval import FaissSearch, search
-from dmirec.serve import load_bundle
-from dmirec.serve.index import build_index, fit_ivf_params, make_index
+from dmirec.serving import load_bundle
+from dmirec.serving.index import build_index, fit_ivf_params, make_index
 
 
 def clustered(num: int = 3000, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -71,7 +71,7 @@ def test_ivf_default_build_on_small_catalogue_has_good_recall(tmp_path):
 
 
 def test_bundle_recommend_with_index_holds_n(tmp_path, tiny_serving_run):
-    from dmirec.export import export_bundle
+    from dmirec.serving.export import export_bundle
 
     bundle_dir = tmp_path / "b"
     export_bundle(tiny_serving_run[1], bundle_dir, query_sample=20)
@@ -86,8 +86,8 @@ def test_bundle_recommend_with_index_holds_n(tmp_path, tiny_serving_run):
 def test_batch_with_index_holds_n(tmp_path, tiny_serving_run):
     import pandas as pd
 
-    from dmirec.export import export_bundle
-    from dmirec.serve.batch import recommend_batch
+    from dmirec.serving.export import export_bundle
+    from dmirec.serving.batch import recommend_batch
 
     bundle_dir = tmp_path / "b"
     export_bundle(tiny_serving_run[1], bundle_dir, query_sample=20)

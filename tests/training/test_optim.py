@@ -10,10 +10,10 @@ from dmirec.config import ConfigError
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import TrainSampler
 from dmirec.data.synthetic import make_planted_dataset
-from dmirec.losses import NegativeSampler
+from dmirec.objectives.losses import NegativeSampler
 from dmirec.models import build_model
-from dmirec.optim import Optimizers, make_optimizer, set_sparse, use_sparse
-from dmirec.train import batch_loss, make_config, train
+from dmirec.training.optim import Optimizers, make_optimizer, set_sparse, use_sparse
+from dmirec.training.train import batch_loss, make_config, train
 
 SMALL = {"embedding_dim": 16, "batch_size": 32, "num_negatives": 40, "seq_len": 10, "progress": False,
          "device": "cpu"}
@@ -68,9 +68,9 @@ def test_sparse_and_dense_sgd_give_the_same_parameters(planted, name):
 @pytest.mark.parametrize("name", ["remi", "comirec-sa", "dmi"])
 def test_sparse_lookups_into_a_dense_gradient_give_dense_adam(planted, name):
     """One process: dense Adam reads its table gradient from sparse lookups added into one kept
-    dense tensor (dmirec.optim.prepare_table_grad); the parameters follow dense lookups' within float noise."""
-    from dmirec.optim import setup_table
-    from dmirec.train import train_step
+    dense tensor (dmirec.training.optim.prepare_table_grad); the parameters follow dense lookups' within float noise."""
+    from dmirec.training.optim import setup_table
+    from dmirec.training.train import train_step
 
     data = load_dataset(planted)
     cfg = make_config(name, overrides=SMALL)
@@ -101,7 +101,7 @@ def test_sparse_lookups_into_a_dense_gradient_give_dense_adam(planted, name):
 def test_a_table_without_gradient_is_skipped_by_adam():
     """With sparse lookups and dense Adam, a step in which the table got no gradient (a frozen
     backbone's detached lookups) leaves ``grad = None``: Adam skips the table, weight decay included."""
-    from dmirec.optim import finish_table_grad, prepare_table_grad, setup_table
+    from dmirec.training.optim import finish_table_grad, prepare_table_grad, setup_table
 
     cfg = make_config("remi", overrides={**SMALL, "weight_decay": 0.1})
     model = build_model(cfg, 50)
@@ -158,7 +158,7 @@ def test_bf16_autocast_runs_on_cpu(planted, tmp_path):
     """The bf16 key is meant for CUDA (tests/test_gpu.py); on CPU it must still train and log finite losses."""
     over = {**SMALL, "bf16": True, "max_steps": 40, "eval_every": 20, "lr": 0.01}
     result = train(make_config("remi", overrides=over), planted, tmp_path / "run")
-    from dmirec import rundir
+    from dmirec.runs import rundir
 
     losses = [r["loss"] for r in rundir.read_metrics(tmp_path / "run") if r["split"] == "valid"]
     assert len(losses) == 2 and all(np.isfinite(losses)) and losses[1] < losses[0]
@@ -171,8 +171,8 @@ class _Interrupt(Exception):
 
 def test_sparse_run_resumes_exactly(planted, tmp_path):
     """SparseAdam's moments and step counts are checkpointed: a resumed run retraces the steps."""
-    from dmirec import rundir
-    from dmirec.train import resume
+    from dmirec.runs import rundir
+    from dmirec.training.train import resume
 
     cfg = make_config("remi", overrides={**SMALL, "embedding_optimizer": "sparse", "max_steps": 60,
                                          "eval_every": 30, "lr": 0.01})

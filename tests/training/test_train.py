@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from dmirec import rundir
+from dmirec.runs import rundir
 from dmirec.data.synthetic import make_planted_dataset
-from dmirec.evaluate import evaluate_run
-from dmirec.losses import NegativeSampler, sampled_softmax_loss
-from dmirec.train import make_config, resume, train
+from dmirec.evaluation.evaluate import evaluate_run
+from dmirec.objectives.losses import NegativeSampler, sampled_softmax_loss
+from dmirec.training.train import make_config, resume, train
 
 SMALL = {"embedding_dim": 24, "batch_size": 64, "num_negatives": 64, "eval_every": 100, "max_steps": 400,
          "patience": 50, "progress": False, "seq_len": 10, "lr": 0.005}

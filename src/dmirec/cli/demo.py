@@ -23,10 +23,10 @@ MODELS = ("remi", "dmi")  # the backbone first: it is the baseline of the paired
 
 def run_demo(workdir: str | Path = "demo_run", steps: int = 4000, seed: int = 2021, threads: int = 1,
              progress: bool = True, report: bool = True, report_users: int = 1000) -> int:
-    from .cli import _metrics_table
-    from .compare import compare, to_markdown
-    from .data.prepare import prepare_shipped_beauty
-    from .train import make_config, train
+    from .main import _metrics_table
+    from ..evaluation.compare import compare, to_markdown
+    from ..data.prepare import prepare_shipped_beauty
+    from ..training.train import make_config, train
 
     start = time.perf_counter()
     work = Path(workdir)
@@ -55,7 +55,7 @@ def run_demo(workdir: str | Path = "demo_run", steps: int = 4000, seed: int = 20
     (work / "compare.md").write_text(to_markdown(c, chart.name if c["chart"] else None), encoding="utf-8")
     if report:
         try:
-            from .report import build_report
+            from ..evaluation.report import build_report
 
             out = build_report(runs[-1], work / "report" / "report.html", users=report_users)
             print(f"report of the DMI run (refined vs its coarse REMI interests): {out}")

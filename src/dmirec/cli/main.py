@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, parse_overrides
+from ..config import ConfigError, parse_overrides
 
 
 def _metrics_table(metrics: dict, title: str = "") -> str:
@@ -44,11 +44,11 @@ def _metrics_table(metrics: dict, title: str = "") -> str:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .data.prepare import prepare
+    from ..data.prepare import prepare
 
     cols = {k: v for k, v in (("user_col", args.user_col), ("item_col", args.item_col), ("time_col", args.time_col)) if v}
     if args.stream:  # bounded memory: csv/parquet read in record batches (dmirec.data.stream_prepare)
-        from .data.stream_prepare import prepare_streaming
+        from ..data.stream_prepare import prepare_streaming
 
         report = prepare_streaming(args.input, args.outdir, format=args.format, core=args.core, seed=args.seed,
                                    name=args.name, comirec_files=args.comirec_files, **cols)
@@ -61,7 +61,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from .train import make_config, resume, train
+    from ..training.train import make_config, resume, train
 
     if args.resume:
         if args.data or args.model or args.config or args.backbone or args.seed is not None:
@@ -98,10 +98,10 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
-    from .config import from_dict
-    from .evaluate import evaluate_run
-    from .rundir import unfinished_note
-    from .train import resolve_device
+    from ..config import from_dict
+    from ..evaluation.evaluate import evaluate_run
+    from ..runs.rundir import unfinished_note
+    from ..training.train import resolve_device
 
     note = unfinished_note(args.run_dir)
     if note:
@@ -131,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_fit_repeat(args: argparse.Namespace) -> int:
-    from .repeat_fit import fit_repeat_run
+    from ..evaluation.repeat_fit import fit_repeat_run
 
     rec = fit_repeat_run(args.run_dir, args.output, args.checkpoint, args.backend, args.max_users or 0)
     c, m, key = rec["chosen"], rec["model"], rec["metric"]
@@ -151,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Write a synthetic log with planted interests (streamed, bounded memory)."""
-    from .data.synth_log import spec_from, write_log
+    from ..data.synth_log import spec_from, write_log
 
     spec = spec_from(args.preset, users=args.users, items=args.items, clusters=args.clusters, seed=args.seed,
                      chunk_users=args.chunk_users)
@@ -163,7 +163,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import _plt, build_report
+    from ..evaluation.report import _plt, build_report
 
     try:
         _plt()
@@ -176,7 +176,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, to_markdown, write_outputs
+    from ..evaluation.compare import compare, to_markdown, write_outputs
 
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
     c = compare(args.run_dirs, by, args.metric, not args.no_paired, args.baseline, args.bootstrap, args.seed)
@@ -187,8 +187,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
-    from .export import export_bundle
-    from .rundir import unfinished_note
+    from ..serving.export import export_bundle
+    from ..runs.rundir import unfinished_note
 
     note = unfinished_note(args.run_dir)
     if note:
@@ -203,7 +203,7 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .serve.index import DEFAULTS, build_index
+    from ..serving.index import DEFAULTS, build_index
 
     opts = {k: getattr(args, k) for k in (*DEFAULTS, "train_size", "seed")}
     build_index(args.bundle_dir, args.kind, recall_n=args.recall_n or 50, threads=args.threads, **opts)
@@ -211,8 +211,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve.app import SERVE_OPTIONS, run_server
-    from .train import resolve_device
+    from ..serving.app import SERVE_OPTIONS, run_server
+    from ..training.train import resolve_device
 
     resolve_device(args.device)  # --device cuda without a GPU: the same error as train's
     run_server(args.bundle_dir, port=args.port, **{k: getattr(args, k) for k in SERVE_OPTIONS})
@@ -220,7 +220,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from .serve.batch import recommend_batch
+    from ..serving.batch import recommend_batch
 
     cols = {k: getattr(args, k) for k in ("user_col", "item_col", "time_col") if getattr(args, k)}
     stats = recommend_batch(args.bundle_dir, args.input, args.output, args.n, args.format, args.chunk_users or 4096,
@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
 
     p = sub.add_parser("serve", help="answer recommendation requests over HTTP")
-    from .serve.app_options import add_serve_arguments
+    from ..serving.app_options import add_serve_arguments
 
     add_serve_arguments(p)
 

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.dataset import Sequences
-from .data.sampler import gather_windows
+from ..data.dataset import Sequences
+from ..data.sampler import gather_windows
 
 
 class InterestBank(nn.Module):

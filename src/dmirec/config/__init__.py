@@ -72,7 +72,7 @@ class Config:
     # draws the same ones (global: the step equals a one-process step, for checks)
     dist_negatives: str = "rank"  # rank | global
     # torchrun: the item table sharded row-wise over the ranks with TorchRec (the `dist` extra;
-    # dmirec.sharded); the rest of the model stays data-parallel
+    # dmirec.training.distributed.sharded); the rest of the model stays data-parallel
     sharded_embeddings: bool = False
     # the item table's initial draw: reference = Kaiming-normal over the whole table from the run's
     # generator (the public code's); blocked = the same distribution, each block of 65,536 rows from

@@ -97,7 +97,7 @@ class Group:
 
 def load_run(run_dir: str | Path) -> Run:
     """A finished run: its resolved config, dataset and the test metrics in ``result.json``."""
-    from .rundir import read_data_ref
+    from ..runs.rundir import read_data_ref
 
     run_dir = Path(run_dir)
     import yaml
@@ -116,7 +116,7 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def _wrappers() -> set[str]:
-    from .config import MODEL_DEFAULTS
+    from ..config import MODEL_DEFAULTS
 
     return {m for m, d in MODEL_DEFAULTS.items() if "backbone" in d}
 

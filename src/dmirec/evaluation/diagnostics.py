@@ -1,7 +1,7 @@
 """What a multi-interest model learned: pure numpy diagnostics of interests, lists and refinement.
 
 Every function takes arrays and returns arrays or numbers; nothing here loads a model or a file,
-except :func:`read_categories`, which reads an item -> category table. :mod:`dmirec.report` runs
+except :func:`read_categories`, which reads an item -> category table. :mod:`dmirec.evaluation.report` runs
 them on a trained run and draws the results.
 
 Shapes: ``U`` users, ``K`` interests, ``D`` dimensions, ``N`` list length; item ids are the
@@ -252,7 +252,7 @@ def list_overlap(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
 def hits_gained_lost(hits_refined: np.ndarray, hits_coarse: np.ndarray, recs_refined: np.ndarray,
                      recs_coarse: np.ndarray, n: int) -> dict[str, np.ndarray]:
     """Per user: ``gained`` = distinct target items in the refined top n but not the coarse top n,
-    ``lost`` the reverse (hit matrices (U, N) from :func:`dmirec.metrics.hit_matrix`)."""
+    ``lost`` the reverse (hit matrices (U, N) from :func:`dmirec.evaluation.metrics.hit_matrix`)."""
     gained = np.zeros(len(recs_refined), dtype=np.int64)
     lost = np.zeros(len(recs_refined), dtype=np.int64)
     for r in range(len(recs_refined)):

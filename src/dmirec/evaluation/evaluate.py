@@ -2,7 +2,7 @@
 
 For every user of a split: the model turns the last ``seq_len`` history items into K query
 vectors, each retrieves its top N from all items, the K*N candidates are merged by score,
-de-duplicated and cut to N (:mod:`dmirec.retrieval`), and the metrics of :mod:`dmirec.metrics`
+de-duplicated and cut to N (:mod:`dmirec.retrieval`), and the metrics of :mod:`dmirec.evaluation.metrics`
 compare the list with the targets. History items can optionally be excluded from retrieval.
 The default backend ("auto") is faiss flat on the CPU and the torch search on a CUDA device, the
 faster exact search in each place; on a CUDA device the torch backend searches on the GPU (the faiss
@@ -11,8 +11,8 @@ Besides the per-user metrics, the result holds the catalogue coverage at each cu
 ``per_user=True`` it also holds every user's metric values (``dmirec compare`` pairs users on them)
 and the recommended lists.
 
-Repeats (:mod:`dmirec.repeats`): the ``repeat`` model's ranking and the optional repeat channel
-run after the search through :func:`dmirec.repeats.retrieve`, the function serving and batch use
+Repeats (:mod:`dmirec.repeats.channel`): the ``repeat`` model's ranking and the optional repeat channel
+run after the search through :func:`dmirec.repeats.channel.retrieve`, the function serving and batch use
 too. Two views: the protocol as published (targets that repeat history items count) and, with
 ``new_items_only``, the new-items view (:func:`new_items_view`: targets already in the history
 removed, users left without a target skipped and counted, history items excluded from the
@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.dataset import PreparedData, load_dataset
-from .data.sampler import EvalSet, eval_split
+from ..data.dataset import PreparedData, load_dataset
+from ..data.sampler import EvalSet, eval_split
 from .metrics import catalogue_coverage, drop_seen_targets, per_user as per_user_metrics, summarize
-from .repeats import RepeatChannel, model_stage, retrieve
-from .retrieval import SearchResult, make_searcher, resolve_backend
+from ..repeats.channel import RepeatChannel, model_stage, retrieve
+from ..retrieval import SearchResult, make_searcher, resolve_backend
 
 METRIC_NS = (20, 50)
 
@@ -71,12 +71,12 @@ def rank_users(model, eval_set: EvalSet, n: int, backend: str = "auto", exclude_
                repeat: RepeatChannel | None = None) -> SearchResult:
     """The top-n list of every evaluation user: search, then the model's own repeat stage or ``repeat``.
 
-    A model whose item table is sharded over torchrun ranks (:mod:`dmirec.sharded`) is searched by
+    A model whose item table is sharded over torchrun ranks (:mod:`dmirec.training.distributed.sharded`) is searched by
     every rank together, each over its own rows (a collective: every rank calls this)."""
     if getattr(getattr(model, "item_emb", None), "sharded", False):
         if repeat is not None or model_stage(model) is not None:
             raise ValueError("a sharded item table cannot be searched with a repeat stage")
-        from .sharded import rank_users as sharded_rank_users
+        from ..training.distributed.sharded import rank_users as sharded_rank_users
 
         return sharded_rank_users(model, eval_set, n, backend, exclude_history, batch_size)
     queries = user_vectors(model, eval_set, batch_size, device)  # (U, K, D)
@@ -130,8 +130,8 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu", over
 
     A model that reads an interest bank its checkpoint does not hold gets one built from the
     run's training users (deterministic: same weights, same bank)."""
-    from .neighbours import fill_bank
-    from .rundir import load_trained_model, read_data_ref
+    from ..collab.neighbours import fill_bank
+    from ..runs.rundir import load_trained_model, read_data_ref
 
     model, cfg = load_trained_model(run_dir, which=which, device=device, overrides=overrides)
     data = load_dataset(read_data_ref(Path(run_dir))["path"], mmap=True)
@@ -154,7 +154,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", exclude_history: bool
     channel on or off whatever they say. ``new_items_only`` None: the config's ``new_items_only``.
     """
     from .repeat_fit import with_repeat_params
-    from .repeats import channel_from_config
+    from ..repeats.channel import channel_from_config
 
     model, cfg, data = load_run(run_dir, which, device, overrides)
     cfg = with_repeat_params(cfg, run_dir, repeat_params)

@@ -3,7 +3,7 @@
 The run's model ranks every validation user once (its top ``max(50, repeat_ref_rank)`` and the
 best score of each history item under the user's interests); then every point of a small grid
 (weight x recency x bias, the run's ``repeat_decay`` and ``repeat_ref_rank`` kept) is merged
-(:func:`dmirec.repeats.merge_channel`) and scored. The point with the best validation Recall@50
+(:func:`dmirec.repeats.channel.merge_channel`) and scored. The point with the best validation Recall@50
 wins (ties: better Recall@20, then the smaller weight). Weight 0 (the model's list exactly) is in
 the grid, so the chosen channel never lowers validation Recall@50. Test users are never seen.
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, ConfigError
+from ..config import Config, ConfigError
 
 REPEAT_FILE = "repeat.json"
 PARAM_KEYS = ("repeat_channel", "repeat_weight", "repeat_recency", "repeat_bias", "repeat_decay",
@@ -70,8 +70,8 @@ def fit_channel(model, eval_set, cfg: Config, grid: dict[str, tuple[float, ...]]
     """Score every grid point on ``eval_set`` (validation users); returns the chosen params and the grid."""
     from .evaluate import user_vectors
     from .metrics import summarize
-    from .repeats import RepeatChannel, history_features, history_item_scores, merge_channel
-    from .retrieval import make_searcher
+    from ..repeats.channel import RepeatChannel, history_features, history_item_scores, merge_channel
+    from ..retrieval import make_searcher
 
     grid = grid or DEFAULT_GRID
     queries = user_vectors(model, eval_set, cfg.eval_batch_size, device)  # (U, K, D)
@@ -103,9 +103,9 @@ def fit_repeat_run(run_dir: str | Path, output: str | Path | None = None, which:
                    backend: str | None = None, max_users: int = 0,
                    grid: dict[str, tuple[float, ...]] | None = None) -> dict[str, Any]:
     """Fit the channel of a finished run on its validation users and write ``repeat.json``."""
-    from .data.dataset import load_dataset
-    from .data.sampler import eval_split
-    from .rundir import atomic_write_text, load_trained_model, read_data_ref
+    from ..data.dataset import load_dataset
+    from ..data.sampler import eval_split
+    from ..runs.rundir import atomic_write_text, load_trained_model, read_data_ref
 
     start = time.perf_counter()
     run_dir = Path(run_dir)

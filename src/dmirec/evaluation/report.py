@@ -2,7 +2,7 @@
 
 Sections: training curves (best step marked), the metrics table (valid at the best step, test),
 the resolved config, the data, the machine, per-interest diagnostics on a seeded sample of test
-users (:mod:`dmirec.diagnostics`), categories when a category file is given, what the refiner
+users (:mod:`dmirec.evaluation.diagnostics`), categories when a category file is given, what the refiner
 changed for DMI, the index recall stored in a bundle, and how many hits are repeats. The figures
 are drawn with matplotlib (Agg backend; the ``report`` extra) and embedded as base64 PNGs, so the
 file opens offline; the same PNGs are written beside it.
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from . import diagnostics as dg
-from . import rundir
-from .data.sampler import eval_split
+from ..runs import rundir
+from ..data.sampler import eval_split
 from .evaluate import load_run, metric_cutoffs
 from .metrics import hit_matrix, summarize
-from .retrieval import search
+from ..retrieval import search
 
 SECTIONS = ("training", "metrics", "config", "data", "machine", "interests", "examples", "categories",
             "refinement", "repeats", "index")

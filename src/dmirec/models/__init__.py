@@ -64,7 +64,7 @@ def _repeat(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalMod
 
 
 def _dmi(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .dmi import DMI
+    from .dmi.model import DMI
 
     backbone = build_model(cfg.replace(model=cfg.backbone, neighbour_alpha=0.0), num_items, popularity)
     return DMI.from_config(cfg, backbone)
@@ -90,7 +90,7 @@ def needs_bank(cfg: Config) -> bool:
 
 def attach_bank(model: RetrievalModel, cfg: Config) -> RetrievalModel:
     """Give ``model`` an (empty) interest bank and the neighbour rule's settings."""
-    from ..neighbours import InterestBank
+    from ..collab.neighbours import InterestBank
 
     k = getattr(model, "num_interests", None) or cfg.num_interests
     model.bank = InterestBank(model.embedding_dim, k, search=cfg.bank_search, hnsw_ef=cfg.bank_hnsw_ef)

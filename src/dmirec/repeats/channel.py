@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .retrieval import SearchResult
+from ..retrieval import SearchResult
 
 __all__ = ["HistoryFeatures", "RepeatChannel", "RepeatFirst", "channel_from_config", "history_features",
            "history_item_scores", "merge_channel", "model_stage", "repeat_first", "retrieve"]

@@ -11,7 +11,7 @@ Layout::
 
 Writes go to a temporary file in the same folder, are flushed to disk, then renamed over the
 target, so a kill at any moment leaves either the old or the new file, never a torn one.
-This module knows nothing about training; :mod:`dmirec.export` and :mod:`dmirec.evaluate` use it
+This module knows nothing about training; :mod:`dmirec.serving.export` and :mod:`dmirec.evaluation.evaluate` use it
 to load a trained model.
 """
 
@@ -29,13 +29,13 @@ from typing import Any
 import torch
 import yaml
 
-from .atomic import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
+from ..util.atomic import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
-from .config import Config, from_dict, upgrade_saved
+from ..config import Config, from_dict, upgrade_saved
 
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file beside ``path``, renamed over it (:mod:`dmirec.atomic`)."""
+    """``torch.save`` to a temporary file beside ``path``, renamed over it (:mod:`dmirec.util.atomic`)."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -46,7 +46,7 @@ class RunError(ValueError):
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", assemble: bool = True
                     ) -> dict[str, Any]:
     """A checkpoint file. A sharded run's checkpoint keeps its item table in per-rank files beside it
-    (``table_shards``, :mod:`dmirec.sharded`): ``assemble`` puts the whole table into
+    (``table_shards``, :mod:`dmirec.training.distributed.sharded`): ``assemble`` puts the whole table into
     ``ckpt["model"]`` as an unsharded run has it (``False``: leave the rows in their files)."""
     path = Path(path)
     if not path.exists():
@@ -58,7 +58,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise RunError(f"{path}: cannot read the checkpoint, it is truncated or corrupt ({why})") from None
     manifest = ckpt.get("table_shards") if isinstance(ckpt, dict) else None
     if assemble and manifest is not None:
-        from .sharded import read_rows
+        from ..training.distributed.sharded import read_rows
 
         try:
             ckpt["model"][manifest["key"]] = read_rows(path.parent, manifest, 0, manifest["rows"])
@@ -191,9 +191,9 @@ def load_trained_model(run_dir: str | Path, which: str = "best", device: str | t
     ``overrides`` are evaluation-time config changes (e.g. ``{"neighbour_alpha": 0.5}`` or
     ``{"fusion_weight": 0.0}``); weights must still fit. An interest bank the checkpoint does not
     hold (the neighbour rule asked for after training) is left empty: fill it with
-    :func:`dmirec.neighbours.fill_bank` (``dmirec.evaluate.load_run`` does).
+    :func:`dmirec.collab.neighbours.fill_bank` (``dmirec.evaluation.evaluate.load_run`` does).
     """
-    from .models import build_model
+    from ..models import build_model
 
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)

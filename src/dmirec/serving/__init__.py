@@ -1,6 +1,6 @@
 """Serving: the exported bundle, its faiss index, an HTTP service and batch candidates.
 
-    from dmirec.serve import load_bundle
+    from dmirec.serving import load_bundle
     bundle = load_bundle("bundles/beauty")
     bundle.recommend(["B0001", "B0002"], n=50, exclude_history=False)  # -> {"items", "unknown", "fallback"}
     bundle.interest_vectors(["B0001", "B0002"])                         # -> (K, D) float32
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name):  # lazy: keep `import dmirec.serve` free of FastAPI and faiss index code
+def __getattr__(name):  # lazy: keep `import dmirec.serving` free of FastAPI and faiss index code
     if name == "build_index":
         from .index import build_index
 
@@ -51,4 +51,4 @@ def __getattr__(name):  # lazy: keep `import dmirec.serve` free of FastAPI and f
         from .batch import recommend_batch
 
         return recommend_batch
-    raise AttributeError(f"module 'dmirec.serve' has no attribute {name!r}")
+    raise AttributeError(f"module 'dmirec.serving' has no attribute {name!r}")

@@ -353,7 +353,7 @@ def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
                                    "max_inflight": int(max_inflight), "body_timeout": float(body_timeout),
                                    "device": device})
     sock = _listen(host, port)
-    config = uvicorn.Config("dmirec.serve.app:app_from_env", factory=True, workers=workers, **common)
+    config = uvicorn.Config("dmirec.serving.app:app_from_env", factory=True, workers=workers, **common)
     print(f"serving {manifest.get('model')} over {manifest.get('num_items')} items "
           f"(index: {(manifest.get('index') or {}).get('kind', 'exact')}) on http://{host}:{port} "
           f"with {workers} worker processes", flush=True)
@@ -368,7 +368,7 @@ def _main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    p = argparse.ArgumentParser(prog="python -m dmirec.serve.app", description="Serve a dmirec bundle over HTTP.")
+    p = argparse.ArgumentParser(prog="python -m dmirec.serving.app", description="Serve a dmirec bundle over HTTP.")
     add_serve_arguments(p)
     try:
         args = p.parse_args(argv)

@@ -1,5 +1,5 @@
 """The serving limits' defaults and the ``serve`` command-line options (no FastAPI import, so
-``dmirec --help`` stays fast); used by ``dmirec serve`` and ``python -m dmirec.serve.app``."""
+``dmirec --help`` stays fast); used by ``dmirec serve`` and ``python -m dmirec.serving.app``."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Layout (format version 1)::
     BUNDLE/index.faiss            optional, written by ``dmirec index`` (inner-product faiss index
                                   over items 1..N, faiss id = item id - 1)
 
-:func:`write_bundle` writes a bundle (used by :mod:`dmirec.export` and the synthetic catalogue
+:func:`write_bundle` writes a bundle (used by :mod:`dmirec.serving.export` and the synthetic catalogue
 script); :func:`load_bundle` reads one back, refusing it when a checksum fails or its format
 version is not supported; :class:`Bundle` answers recommendations for raw-id histories, one at a
 time (:meth:`Bundle.recommend`) or in batches (:meth:`Bundle.recommend_ids`).
@@ -38,11 +38,11 @@ import numpy as np
 import torch
 import yaml
 
-from ..atomic import atomic_write_bytes, make_readable
+from ..util.atomic import atomic_write_bytes, make_readable
 from ..data.sampler import left_pad
 from ..config import Config, from_dict, upgrade_saved
 from ..models import build_model
-from ..repeats import RepeatFirst, channel_from_config, model_stage, retrieve
+from ..repeats.channel import RepeatFirst, channel_from_config, model_stage, retrieve
 from ..retrieval import ExactTorchSearch, FaissSearch, SearchResult, resolve_backend
 
 FORMAT = "dmirec-bundle"
@@ -442,7 +442,7 @@ class Bundle:
         Sequences with no item get the ``n`` most popular items (score = training count,
         interest = -1). With ``exclude_history`` the items of each whole sequence are excluded.
         The repeat model's ranking or the repeat channel, when the bundle's config has one, runs
-        over each whole sequence (:func:`dmirec.repeats.retrieve`, as evaluation does).
+        over each whole sequence (:func:`dmirec.repeats.channel.retrieve`, as evaluation does).
         Missing slots (fewer than n items available) hold id -1.
         """
         n = int(n)

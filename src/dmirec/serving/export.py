@@ -1,6 +1,6 @@
 """``dmirec export RUN_DIR BUNDLE_DIR``: turn a training run into a self-contained serving bundle.
 
-The bundle (format in :mod:`dmirec.serve.bundle`) holds the run's best (or last) model weights
+The bundle (format in :mod:`dmirec.serving.bundle`) holds the run's best (or last) model weights
 and resolved config, the prepared dataset's raw item ids, the item embeddings, the training
 popularity of every item, the interest vectors of a sample of validation users (so that an
 approximate index can later be measured against exact search) and a manifest with the dmirec,
@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.dataset import load_dataset
-from .data.sampler import eval_split
-from .evaluate import user_vectors
-from .neighbours import fill_bank
-from .rundir import load_trained_model, read_data_ref
-from .serve.bundle import BundleError, write_bundle
+from ..data.dataset import load_dataset
+from ..data.sampler import eval_split
+from ..evaluation.evaluate import user_vectors
+from ..collab.neighbours import fill_bank
+from ..runs.rundir import load_trained_model, read_data_ref
+from .bundle import BundleError, write_bundle
 
 DEFAULT_QUERY_SAMPLE = 1000
 
@@ -52,7 +52,7 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
     The repeat channel's parameters (``RUN_DIR/repeat.json`` or the file ``repeat_params``, see
     ``dmirec fit-repeat``) go into the bundle's config.
     """
-    from .repeat_fit import with_repeat_params
+    from ..evaluation.repeat_fit import with_repeat_params
 
     run_dir = Path(run_dir)
     model, cfg = load_trained_model(run_dir, which=which, device="cpu", overrides=overrides)

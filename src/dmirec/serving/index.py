@@ -37,7 +37,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..atomic import atomic_write
+from ..util.atomic import atomic_write
 from ..retrieval import merge_candidates
 from ..retrieval.faiss_search import add_items, inner_index, item_index, set_search_params
 from .bundle import (INDEX_FILE, Bundle, BundleError, faiss_version, file_entry, load_faiss_index,

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import Config, ConfigError
+from ..config import Config, ConfigError
 
 
 def use_sparse(cfg: Config, num_items: int) -> bool:

@@ -22,16 +22,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import dist as distrib
-from . import optim, rundir, sharded, tblog
-from .config import Config, ConfigError, make_config, model_defaults  # noqa: F401 (re-exported)
-from .data.dataset import load_dataset
-from .data.sampler import TrainSampler, eval_split, valid_split  # noqa: F401 (eval_split re-exported)
-from .evaluate import evaluate_model, metric_cutoffs
-from .losses import NegativeSampler, sampled_softmax_loss
-from .models import build_model, set_routing_reg
-from .models.base import fill_blocked_table, item_table_on_meta
-from .neighbours import fill_bank
+from ..runs import rundir
+from . import optim, tblog
+from .distributed import ddp as distrib
+from .distributed import sharded
+from ..config import Config, ConfigError, make_config, model_defaults  # noqa: F401 (re-exported)
+from ..data.dataset import load_dataset
+from ..data.sampler import TrainSampler, eval_split, valid_split  # noqa: F401 (eval_split re-exported)
+from ..evaluation.evaluate import evaluate_model, metric_cutoffs
+from ..objectives.losses import NegativeSampler, sampled_softmax_loss
+from ..models import build_model, set_routing_reg
+from ..models.base import fill_blocked_table, item_table_on_meta
+from ..collab.neighbours import fill_bank
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,7 +46,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config):
-    """Fused Adam over every parameter; SparseAdam for the item table when it is sparse (:mod:`dmirec.optim`)."""
+    """Fused Adam over every parameter; SparseAdam for the item table when it is sparse (:mod:`dmirec.training.optim`)."""
     return optim.make_optimizer(model, cfg)
 
 
@@ -67,7 +69,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Co
 
     The one training step of the package: the training loop and the speed benchmarks run it.
     ``use_users`` passes the batch's train-split rows (models reading the interest bank); ``ddp``
-    is the data-parallel wrapper of :mod:`dmirec.dist` when several processes train."""
+    is the data-parallel wrapper of :mod:`dmirec.training.distributed.ddp` when several processes train."""
     history = torch.from_numpy(batch.history[share]).to(device)  # (B / P, L)
     mask = torch.from_numpy(batch.mask[share]).to(device)  # (B / P, L)
     target = torch.from_numpy(batch.target[share]).to(device)  # (B / P,)
@@ -140,9 +142,9 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool =
     """Train ``cfg.model`` on the prepared dataset ``data_dir``; returns the test metrics.
 
     ``callback(step)`` is called after every optimisation step (tests use it to interrupt a run).
-    The run directory is locked while training (:func:`dmirec.rundir.run_lock`, held by rank 0): a
+    The run directory is locked while training (:func:`dmirec.runs.rundir.run_lock`, held by rank 0): a
     second process training or resuming the same run is refused. Started by torchrun, the process
-    joins its process group and trains its share of every batch (:mod:`dmirec.dist`); every rank
+    joins its process group and trains its share of every batch (:mod:`dmirec.training.distributed.ddp`); every rank
     returns rank 0's result.
     """
     device = resolve_device(cfg.device)
@@ -173,7 +175,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     blocked = cfg.table_init == "blocked" or (cfg.table_init == "auto" and cfg.sharded_embeddings)
     with item_table_on_meta() if blocked else contextlib.nullcontext():  # no whole table drawn (or held)
         model = build_model(cfg, data.num_items, popularity)
-    if cfg.sharded_embeddings:  # each rank draws and keeps its rows of the table (dmirec.sharded)
+    if cfg.sharded_embeddings:  # each rank draws and keeps its rows of the table (dmirec.training.distributed.sharded)
         sharded.install(model, cfg.seed, cfg.table_lr if cfg.embedding_optimizer == "rowwise_adagrad" else None)
     elif blocked:
         fill_blocked_table(model, cfg.seed)
@@ -258,7 +260,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
 
     def save(name: str, payload: Callable[[], dict]) -> None:
         """``checkpoints/NAME.pt`` written by rank 0; with a sharded table every rank first writes its
-        rows to its own file, which NAME.pt then lists (:func:`dmirec.sharded.save_table`)."""
+        rows to its own file, which NAME.pt then lists (:func:`dmirec.training.distributed.sharded.save_table`)."""
         manifest = sharded.save_table(model.item_emb, ckpt_dir, name, state["step"], moments=name == "last") \
             if cfg.sharded_embeddings else None
         if not ctx.main:

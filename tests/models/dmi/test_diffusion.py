@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmirec.diffusion import Denoiser, NoiseSchedule, prune_items
+from dmirec.models.dmi.diffusion import Denoiser, NoiseSchedule, prune_items
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is fastest

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from dmirec.data.synthetic import make_planted_dataset
-from dmirec.losses import sampled_softmax_loss
+from dmirec.objectives.losses import sampled_softmax_loss
 from dmirec.models import build_model
-from dmirec.models.dmi import DMI
-from dmirec.train import make_config, train
+from dmirec.models.dmi.model import DMI
+from dmirec.training.train import make_config, train
 
 N_ITEMS, L, D, K = 40, 8, 16, 3
 TINY = {"embedding_dim": D, "num_interests": K, "seq_len": L, "denoiser_heads": 2, "prune_m": 3}
@@ -292,7 +292,7 @@ def test_dmi_end_to_end_beats_random_and_eta_zero_is_remi(planted, tmp_path):
 
 def test_refiner_trained_after_a_finished_backbone(planted, tmp_path):
     """``init_from`` + a frozen backbone: two-stage DMI starts exactly at its backbone and keeps it."""
-    from dmirec import rundir
+    from dmirec.runs import rundir
 
     remi = train(make_config("remi", overrides={**SMALL, "max_steps": 100}), planted, tmp_path / "remi")
     over = {**SMALL, "max_steps": 200, "init_from": str(tmp_path / "remi"), "freeze_backbone_steps": 10**6}

@@ -6,7 +6,7 @@ import torch
 
 from dmirec.data.synthetic import make_planted_dataset
 from dmirec.models import build_model
-from dmirec.train import make_config, train
+from dmirec.training.train import make_config, train
 
 N_ITEMS, L, D, K = 40, 8, 16, 3
 TINY = {"embedding_dim": D, "num_interests": K, "seq_len": L, "denoiser_heads": 2, "prune_m": 3, "neighbours": 2}
@@ -126,7 +126,7 @@ def test_collaborative_dmi_trains_end_to_end(tmp_path):
             "eval_every": 100, "progress": False, "lr": 0.005, "threads": 1, **COLLAB}
     result = train(make_config("dmi", overrides=over), data, tmp_path / "dmi")
     assert result["test"]["recall@20"] > 2 * 20 / 120
-    from dmirec import rundir
+    from dmirec.runs import rundir
 
     best = rundir.load_checkpoint(tmp_path / "dmi" / "checkpoints" / "best.pt")["model"]
     assert best["bank.vectors"].shape[1:] == (4, 16) and best["bank.vectors"].shape[0] > 0

@@ -1,6 +1,6 @@
-"""Worker of tests/test_dist.py, started by torchrun with 2 gloo ranks (not a test module itself).
+"""Worker of tests/training/distributed/test_ddp.py, started by torchrun with 2 gloo ranks (not a test module itself).
 
-    python -m torch.distributed.run --nproc_per_node=2 tests/dist_worker.py DATA OUT OVERRIDES_JSON
+    python -m torch.distributed.run --nproc_per_node=2 tests/training/distributed/dist_worker.py DATA OUT OVERRIDES_JSON
 
 Runs, in one process group: OUT/full (per-rank negatives, to max_steps), OUT/cut (the same run
 interrupted after step ``cut_at``) and OUT/global (every rank draws the same negatives).
@@ -12,7 +12,7 @@ import sys
 
 import torch.distributed as tdist
 
-from dmirec.train import make_config, train
+from dmirec.training.train import make_config, train
 
 
 class Interrupt(Exception):

@@ -1,6 +1,6 @@
-"""Worker of tests/test_sharded.py, started by torchrun with 2 gloo ranks (not a test module itself).
+"""Worker of tests/training/distributed/test_sharded.py, started by torchrun with 2 gloo ranks (not a test module itself).
 
-    python -m torch.distributed.run --nproc_per_node=2 tests/sharded_worker.py DATA OUT OVERRIDES_JSON
+    python -m torch.distributed.run --nproc_per_node=2 tests/training/distributed/sharded_worker.py DATA OUT OVERRIDES_JSON
 
 In one process group: OUT/grads.pt (one step's gradients through the sharded table, gathered on
 rank 0, with the batch and negatives that made them), OUT/full (sharded, per-rank negatives, to
@@ -20,15 +20,15 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from dmirec import sharded
+from dmirec.training.distributed import sharded
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import TrainSampler, eval_split
-from dmirec.dist import Context
-from dmirec.losses import NegativeSampler
-from dmirec import rundir
+from dmirec.training.distributed.ddp import Context
+from dmirec.objectives.losses import NegativeSampler
+from dmirec.runs import rundir
 from dmirec.models import build_model, set_routing_reg
 from dmirec.models.base import item_table_on_meta
-from dmirec.train import loss_with_negatives, make_config, train
+from dmirec.training.train import loss_with_negatives, make_config, train
 
 
 class Interrupt(Exception):

@@ -1,6 +1,6 @@
 """Data-parallel training with torchrun: 2 gloo ranks on planted data against one process.
 
-Two torchrun launches (tests/dist_worker.py, then `dmirec train --resume` through the CLI) give
+Two torchrun launches (tests/training/distributed/dist_worker.py, then `dmirec train --resume` through the CLI) give
 a full 2-rank run, an interrupted one resumed with 2 ranks, and a 2-rank run whose ranks share
 their negatives; one-process runs in this process are the references.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmirec import rundir
+from dmirec.runs import rundir
 from dmirec.data.synthetic import make_planted_dataset
-from dmirec.train import make_config, resume, train
+from dmirec.training.train import make_config, resume, train
 from torchrun_launch import torchrun
 
 HERE = Path(__file__).resolve().parent

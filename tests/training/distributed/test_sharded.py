@@ -1,7 +1,7 @@
 """The TorchRec sharded item table (``--sharded_embeddings=true``): 2 gloo ranks on planted data.
 
 Skipped when TorchRec is not installed (the ``dist`` extra). Two torchrun launches
-(tests/sharded_worker.py, then ``dmirec train --resume`` through the CLI) give one step's
+(tests/training/distributed/sharded_worker.py, then ``dmirec train --resume`` through the CLI) give one step's
 gradients, a full sharded run, an interrupted one resumed, and the same run unsharded (plain DDP).
 """
 
@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from dmirec import rundir
+from dmirec.runs import rundir
 from dmirec.config import ConfigError
 from dmirec.data.synthetic import make_planted_dataset
-from dmirec.train import make_config, train
+from dmirec.training.train import make_config, train
 from torchrun_launch import torchrun
 
 HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
+SRC = HERE.parents[2] / "src"
 OVER = {"embedding_dim": 16, "batch_size": 64, "num_negatives": 40, "seq_len": 10, "max_steps": 60,
         "eval_every": 30, "patience": 50, "progress": False, "device": "cpu", "threads": 1, "lr": 0.01}
 CUT_AT = 45  # after the step-30 checkpoint: the resume retraces steps 31..60
@@ -84,7 +84,7 @@ def test_blocked_table_rows_do_not_depend_on_who_draws_them():
 def test_table_files_are_read_by_any_row_range_and_assembled(tmp_path):
     """A 3-rank checkpoint's table files read by another layout (a resume with another P), and
     assembled whole by load_checkpoint; a missing file is named."""
-    from dmirec.sharded import read_rows
+    from dmirec.training.distributed.sharded import read_rows
 
     table = torch.arange(30, dtype=torch.float32).reshape(10, 3)
     files = []
@@ -105,7 +105,7 @@ def test_table_files_are_read_by_any_row_range_and_assembled(tmp_path):
 
 
 def test_missing_extra_is_a_one_line_error_naming_the_install_command(monkeypatch):
-    from dmirec import sharded
+    from dmirec.training.distributed import sharded
 
     monkeypatch.setitem(sys.modules, "torchrec", None)  # as if not installed
     cfg = make_config("remi", overrides={"sharded_embeddings": True})
@@ -115,7 +115,7 @@ def test_missing_extra_is_a_one_line_error_naming_the_install_command(monkeypatc
 
 
 def test_importing_dmirec_does_not_import_torchrec():
-    code = "import sys, dmirec.cli, dmirec.train, dmirec.sharded; print('torchrec' in sys.modules)"
+    code = "import sys, dmirec.cli.main, dmirec.training.train, dmirec.training.distributed.sharded; print('torchrec' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -145,7 +145,7 @@ def test_sharded_step_has_the_one_process_gradient(runs):
     """Same global batch and negatives: the gradient (table rows gathered from both ranks, and the
     DDP-averaged rest) is the one-process gradient up to float summation order."""
     from dmirec.models import build_model
-    from dmirec.train import loss_with_negatives
+    from dmirec.training.train import loss_with_negatives
 
     base, data = runs
     saved = torch.load(base / "grads.pt", weights_only=False)
@@ -245,8 +245,8 @@ def test_sharded_search_equals_the_whole_table_search(runs):
     with and without history exclusion."""
     from dmirec.data.dataset import load_dataset
     from dmirec.data.sampler import eval_split
-    from dmirec.evaluate import rank_users
-    from dmirec.rundir import load_trained_model
+    from dmirec.evaluation.evaluate import rank_users
+    from dmirec.runs.rundir import load_trained_model
 
     base, data = runs
     found = torch.load(base / "search.pt", weights_only=False)
@@ -279,9 +279,9 @@ def test_sharded_run_resumes_exactly(runs, run):
 
 @needs_torchrec
 def test_sharded_run_exports_and_evaluates_like_any_run(runs, tmp_path):
-    from dmirec.evaluate import evaluate_run
-    from dmirec.export import export_bundle
-    from dmirec.serve.bundle import load_bundle
+    from dmirec.evaluation.evaluate import evaluate_run
+    from dmirec.serving.export import export_bundle
+    from dmirec.serving.bundle import load_bundle
 
     base, _ = runs
     export_bundle(base / "full", tmp_path / "sharded")

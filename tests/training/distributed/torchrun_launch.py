@@ -1,4 +1,4 @@
-"""Launching 2 gloo ranks with torchrun from a test (tests/test_dist.py, tests/test_sharded.py)."""
+"""Launching 2 gloo ranks with torchrun from a test (tests/training/distributed/test_ddp.py, test_sharded.py)."""
 
 import os
 import socket
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+SRC = Path(__file__).resolve().parents[3] / "src"
 
 
 def free_port() -> int:

@@ -4,9 +4,9 @@ Le et al., "Diffusion Model for Interest Refinement in Multi-Interest Recommenda
 (arXiv 2502.05561); docs/design.md says what we follow and what is our own choice.
 
 This module only wires three separate pieces to a backbone: the diffusion process
-(:class:`~dmirec.diffusion.DiffusionProcess`: noising, prediction type, training draws,
-sampling), the denoiser network (:class:`~dmirec.diffusion.Denoiser`) and its conditioning
-sources (:mod:`dmirec.diffusion.conditioning`). What it adds itself:
+(:class:`~dmirec.models.dmi.diffusion.DiffusionProcess`: noising, prediction type, training draws,
+sampling), the denoiser network (:class:`~dmirec.models.dmi.diffusion.Denoiser`) and its conditioning
+sources (:mod:`dmirec.models.dmi.diffusion.conditioning`). What it adds itself:
 
 * **Scale.** The process runs on ``x0 = stopgrad(V_k) / c`` with ``c`` a detached running RMS of
   the interests (``normalize_scale``), and its output is rescaled by ``c``.
@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CHOICES, DMI_KEY_SOURCES
-from ..diffusion import Denoiser, DiffusionProcess, NoiseSchedule, concat_sources, other_interests, pruned_items
-from .base import RetrievalModel, TrainOutput, argmax_readout
+from ...config import CHOICES, DMI_KEY_SOURCES
+from .diffusion import Denoiser, DiffusionProcess, NoiseSchedule, concat_sources, other_interests, pruned_items
+from ..base import RetrievalModel, TrainOutput, argmax_readout
 
 KEY_SOURCES = DMI_KEY_SOURCES
 TARGETS = CHOICES["dmi_target"]

@@ -1,4 +1,4 @@
-"""Data-parallel training on ``torch.distributed``: the small pieces :mod:`dmirec.train` uses.
+"""Data-parallel training on ``torch.distributed``: the small pieces :mod:`dmirec.training.train` uses.
 
 ``torchrun --nproc_per_node=P -m dmirec train ...`` starts P processes with ``RANK`` /
 ``WORLD_SIZE`` / ``LOCAL_RANK`` in the environment; :func:`setup` joins them into a process

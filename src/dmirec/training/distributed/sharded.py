@@ -5,7 +5,7 @@ What is sharded. The item table ``(N + 1, D)`` of the model is replaced by
 ROW-WISE over the P ranks (``torchrec.distributed.shard`` with a ``row_wise`` plan, gloo on
 CPU): rank r holds a contiguous block of about ``(N + 1) / P`` rows and nothing else of the
 table. Everything else in the model is small and stays replicated under
-``DistributedDataParallel`` (:mod:`dmirec.dist`), which averages its gradients as before. The
+``DistributedDataParallel`` (:mod:`dmirec.training.distributed.ddp`), which averages its gradients as before. The
 TorchRec module is kept outside the model's module tree, so DDP, ``model.parameters()`` and
 ``model.state_dict()`` never see TorchRec's own parameter names.
 
@@ -45,7 +45,7 @@ No process ever holds the whole table:
   (``table_shards``); each rank writes its rows (and, in ``last``, its Adam moments) to its own
   file beside them (:func:`save_table`), all written before rank 0 writes the manifest, and the
   previous set removed only after. ``--resume`` with any P >= 2 reads each rank's row range out
-  of the files (memory-mapped: :func:`read_rows`). :func:`dmirec.rundir.load_checkpoint`
+  of the files (memory-mapped: :func:`read_rows`). :func:`dmirec.runs.rundir.load_checkpoint`
   assembles the whole table for ``evaluate``, ``export`` and ``serve`` in one process, which
   therefore do need the whole table in memory (a bundle holds it).
 
@@ -71,8 +71,8 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from .config import SHARDED_MODELS as MODELS  # noqa: F401 (re-exported)
-from .config import Config, ConfigError
+from ...config import SHARDED_MODELS as MODELS  # noqa: F401 (re-exported)
+from ...config import Config, ConfigError
 
 INSTALL = ("pip install --no-deps torchrec==1.8.0 fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 torchmetrics==1.0.3 "
            "lightning-utilities==0.15.3 pyre-extensions==0.0.32 typing-inspect==0.9.0 mypy-extensions==1.2.0 "
@@ -175,7 +175,7 @@ class ShardedItemTable(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self._cache is None:
-            raise RuntimeError("the sharded item table is read after prefetch() (training and dmirec.sharded.rank_users)")
+            raise RuntimeError("the sharded item table is read after prefetch() (training and dmirec.training.distributed.sharded.rank_users)")
         uniq, rows = self._cache
         pos = torch.searchsorted(uniq, ids).clamp_(max=len(uniq) - 1)  # (*ids.shape,)
         if not torch.equal(uniq[pos], ids):
@@ -185,8 +185,8 @@ class ShardedItemTable(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         raise RuntimeError("a sharded item table is never whole in one process: read rows with item_emb(ids) after "
-                           "prefetch(), search with dmirec.sharded.rank_users, load a checkpoint's whole table with "
-                           "dmirec.rundir.load_checkpoint")
+                           "prefetch(), search with dmirec.training.distributed.sharded.rank_users, load a checkpoint's whole table with "
+                           "dmirec.runs.rundir.load_checkpoint")
 
     # --- the whole table, for tests -------------------------------------------------------------
     def gather_rows(self, block: torch.Tensor) -> torch.Tensor | None:
@@ -226,7 +226,7 @@ def install(model: nn.Module, seed: int, fused_adagrad_lr: float | None = None) 
     """Replace ``model.item_emb`` by its sharded version. A table on the meta device (the model was
     built inside :func:`~dmirec.models.base.item_table_on_meta`) starts from the blocked draw of
     ``seed``, a real one from its own rows (this rank's slice)."""
-    from .models.base import blocked_table_rows
+    from ...models.base import blocked_table_rows
 
     table = getattr(model, "item_emb", None)
     if not isinstance(table, nn.Embedding):
@@ -247,7 +247,7 @@ def is_sharded(model: nn.Module) -> bool:
 
 def wrap(model: nn.Module, loss_fn: Callable[..., torch.Tensor], device: torch.device) -> nn.Module:
     """DDP over the replicated parameters, with each step's ids prefetched from the sharded table."""
-    from .dist import wrap as ddp_wrap
+    from .ddp import wrap as ddp_wrap
 
     def loss_with_prefetch(m, history, mask, target, neg_ids, users):
         m.item_emb.prefetch(torch.cat([history.reshape(-1), target, neg_ids]))  # one lookup per step
@@ -260,7 +260,7 @@ class ShardedAdam:
     """Adam over this rank's block of the table; its moments are saved with the block's rows.
 
     ``sparse``: row-sparse updates, as :class:`torch.optim.SparseAdam` makes them in one process
-    (:mod:`dmirec.optim`): only the rows some rank looked up this step (all-gathered ids, O(batch))
+    (:mod:`dmirec.training.optim`): only the rows some rank looked up this step (all-gathered ids, O(batch))
     are updated, from their rows of the block's gradient. Otherwise dense (fused) Adam over the
     whole block, O(N / P) per step."""
 
@@ -352,7 +352,7 @@ class FusedRowwiseAdagrad:
 def make_optimizer(model: nn.Module, cfg: Config):
     """Fused Adam over the replicated parameters, and over this rank's rows :class:`ShardedAdam`
     (dense or row-sparse) or, with ``rowwise_adagrad``, the fused kernel's own update."""
-    from . import optim
+    from .. import optim
 
     dense = optim.make_optimizer(model, cfg)  # the table is not among model.parameters()
     if cfg.embedding_optimizer == "rowwise_adagrad":
@@ -373,7 +373,7 @@ def make_optimizer(model: nn.Module, cfg: Config):
 def save_table(table: ShardedItemTable, ckpt_dir: Path, name: str, step: int, moments: bool) -> dict[str, Any]:
     """Every rank writes its rows (and with ``moments`` its optimiser's per-row state) atomically; returns the
     manifest for ``NAME.pt``. A collective, ending when every rank's file is on disk."""
-    from .rundir import save_checkpoint
+    from ...runs.rundir import save_checkpoint
 
     def file(rank: int) -> str:
         return f"{name}.table.s{step}.r{rank}of{table.world}.pt"
@@ -449,8 +449,8 @@ def rank_users(model: nn.Module, eval_set, n: int, backend: str = "auto", exclud
                batch_size: int = 1024):
     """The exact top-n of every evaluation user with a sharded table; a collective, every rank gets
     the whole :class:`~dmirec.retrieval.SearchResult` (see the module docstring)."""
-    from .retrieval import merge_candidates
-    from .retrieval.exact import as_exclude_csr
+    from ...retrieval import merge_candidates
+    from ...retrieval.exact import as_exclude_csr
 
     table: ShardedItemTable = model.item_emb
     world, rank = table.world, table.rank
@@ -487,9 +487,9 @@ def _search_rows(table: ShardedItemTable, queries: np.ndarray, n: int, backend: 
     faiss (``auto`` on the CPU): an ``IDMap2,Flat`` index holding the rows under their global ids,
     filled from the block without another copy. torch: the exact torch search over the block with
     a padding row in front (one copy of the block)."""
-    from .retrieval import ExcludeCSR, SearchResult, resolve_backend
-    from .retrieval.exact import ExactTorchSearch, _empty_result
-    from .retrieval.faiss_search import _slice_csr, add_rows, item_index, search_index
+    from ...retrieval import ExcludeCSR, SearchResult, resolve_backend
+    from ...retrieval.exact import ExactTorchSearch, _empty_result
+    from ...retrieval.faiss_search import _slice_csr, add_rows, item_index, search_index
 
     block = table.block.detach()  # (rows here, D)
     users = len(queries)

@@ -2,7 +2,7 @@
 the diffusion process (noising, prediction type, training draws, sampling), the denoiser network,
 and the conditioning sources it reads.
 
-Knows nothing about training loops, files or HTTP; :mod:`dmirec.models.dmi` wires them to a
+Knows nothing about training loops, files or HTTP; :mod:`dmirec.models.dmi.model` wires them to a
 multi-interest backbone.
 """
 

@@ -7,7 +7,7 @@ to the denoiser's ``(B*K, M, D)`` / ``(B*K, M)`` rows. Sources:
 * :func:`pruned_items`: the interest's own most relevant history items (the figure's "item
   pruning"): the top-m positions by the item-to-interest weight, a threshold, or all.
 * :func:`neighbour_interests`: the n interests of other (training) users nearest to this interest
-  in the interest bank (:mod:`dmirec.neighbours`): collaborative information.
+  in the interest bank (:mod:`dmirec.collab.neighbours`): collaborative information.
 * :func:`other_interests`: the same user's other K-1 interests.
 
 Padding never becomes a real token: padded history positions and missing neighbours are masked.

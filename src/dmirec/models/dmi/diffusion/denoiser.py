@@ -1,7 +1,7 @@
 """DMI's denoiser network ``f(x_t, t, keys, key_mask) -> raw prediction`` (a network only).
 
 ``attention`` (default): the query is the noised vector ``x_t`` (one token per interest); the
-keys and values are the conditioning tokens (:mod:`dmirec.diffusion.conditioning`: the
+keys and values are the conditioning tokens (:mod:`dmirec.models.dmi.diffusion.conditioning`: the
 interest's pruned history items, and optionally neighbour interests, the user's other
 interests) plus one diffusion-step token ``e_t = MLP(sinusoidal(t))``. ``blocks`` pre-norm
 blocks of multi-head cross-attention and a feed-forward layer, each with a residual connection
@@ -11,7 +11,7 @@ magnitude survives the blocks.
 ``mlp`` (the no-cross-attention ablation): the head reads ``[x_t, e_t]`` alone.
 
 What the output means (``x0`` itself, or a correction to the identity guess of ``x0``) is the
-diffusion process's prediction type (:class:`dmirec.diffusion.process.DiffusionProcess`);
+diffusion process's prediction type (:class:`dmirec.models.dmi.diffusion.process.DiffusionProcess`);
 ``zero_init_head`` starts the head at exactly zero, which makes a residual prediction start as
 the identity.
 

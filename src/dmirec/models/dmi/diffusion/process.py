@@ -1,11 +1,11 @@
 """The diffusion process of DMI's refiner: noising, the prediction type, training draws, sampling.
 
 One object owns everything that is diffusion rather than network or model (in the manner of
-improved-diffusion's ``GaussianDiffusion``): the :class:`~dmirec.diffusion.schedule.NoiseSchedule`
+improved-diffusion's ``GaussianDiffusion``): the :class:`~dmirec.models.dmi.diffusion.schedule.NoiseSchedule`
 arithmetic, ``q_sample``, how the denoiser's output becomes ``x0_hat`` (the prediction type), how
 a training example is noised and denoised, and how evaluation samples (the one reverse loop is
 :meth:`NoiseSchedule.reverse`). The denoiser network and its conditioning tokens come in as
-arguments; the model wrapper (:mod:`dmirec.models.dmi`) wires backbone, process and fusion.
+arguments; the model wrapper (:mod:`dmirec.models.dmi.model`) wires backbone, process and fusion.
 
 Prediction types (``prediction``):
 
@@ -35,7 +35,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..config import CHOICES
+from ....config import CHOICES
 from .schedule import NoiseSchedule
 
 PREDICTIONS = CHOICES["prediction"]
