@@ -35,8 +35,8 @@ from bench import data_fingerprint, git_commit, machine  # noqa: E402
 from bench_collab_cost import recommend_latency  # noqa: E402
 from dmirec.data.sampler import eval_split  # noqa: E402
 from dmirec.evaluation.evaluate import evaluate_model, load_run, user_vectors  # noqa: E402
-from dmirec.serving.export import export_bundle  # noqa: E402
 from dmirec.serving import load_bundle  # noqa: E402
+from dmirec.serving.export import export_bundle  # noqa: E402
 
 OUT = ROOT / "bench_results" / "bank_search"
 

@@ -25,10 +25,10 @@ import torch
 
 from bench import DATA, RESULTS, ROOT, git_commit, machine, prepared
 from bench_speed import timed_steps
+from dmirec.collab.neighbours import fill_bank
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import eval_split
 from dmirec.models import build_model
-from dmirec.collab.neighbours import fill_bank
 from dmirec.training.train import make_config
 
 VARIANTS = {

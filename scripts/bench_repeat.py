@@ -84,7 +84,7 @@ def recall_parts(run_dir: Path, **kwargs) -> dict:
     from dmirec.data.sampler import eval_split
     from dmirec.evaluation.evaluate import load_run, rank_users
     from dmirec.evaluation.metrics import hit_matrix
-    from dmirec.evaluation.repeat_fit import with_repeat_params
+    from dmirec.repeats.params import with_repeat_params
     from dmirec.repeats.channel import channel_from_config
 
     model, cfg, data = load_run(run_dir)

@@ -11,10 +11,10 @@ import torch
 from dmirec.data.dataset import load_dataset
 from dmirec.data.synthetic import make_planted_dataset
 from dmirec.evaluation.evaluate import evaluate_model
-from dmirec.serving.export import export_bundle
 from dmirec.retrieval import search
 from dmirec.runs.rundir import load_trained_model
 from dmirec.serving import load_bundle
+from dmirec.serving.export import export_bundle
 from dmirec.training.train import make_config, train
 
 pytestmark = [pytest.mark.gpu,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from dmirec.collab.neighbours import InterestBank, build_bank, neighbour_rule
 from dmirec.data.dataset import Sequences
 from dmirec.data.synthetic import make_planted_dataset
 from dmirec.models import build_model
-from dmirec.collab.neighbours import InterestBank, build_bank, neighbour_rule
 from dmirec.training.train import make_config, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

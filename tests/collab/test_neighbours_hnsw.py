@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dmirec.config import ConfigError
 from dmirec.collab.neighbours import InterestBank, neighbour_rule
+from dmirec.config import ConfigError
 from dmirec.training.train import make_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from dmirec.config import Config
 from dmirec.data.synthetic import make_planted_dataset
-from dmirec.objectives.losses import sampled_softmax_loss
 from dmirec.models import build_model
 from dmirec.models.comirec_dr import ComiRecDR
 from dmirec.models.mind import MIND
@@ -22,6 +21,7 @@ from dmirec.models.most_popular import MostPopular
 from dmirec.models.remi import routing_regularizer
 from dmirec.models.routing import CapsuleRouting, label_aware_readout, squash
 from dmirec.models.youtube_dnn import YouTubeDNN
+from dmirec.objectives.losses import sampled_softmax_loss
 from dmirec.retrieval import search
 from dmirec.training.train import make_config, train
 

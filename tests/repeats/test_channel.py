@@ -19,15 +19,16 @@ from dmirec.config import ConfigError
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import EvalSet, eval_split
 from dmirec.evaluation.evaluate import evaluate_model, evaluate_run, new_items_view, rank_users
-from dmirec.serving.export import export_bundle
 from dmirec.evaluation.metrics import drop_seen_targets, summarize
+from dmirec.evaluation.repeat_fit import fit_repeat_run
 from dmirec.models import build_model
-from dmirec.evaluation.repeat_fit import fit_repeat_run, with_repeat_params
 from dmirec.repeats.channel import RepeatChannel, history_features, history_item_scores, repeat_score, retrieve
+from dmirec.repeats.params import with_repeat_params
 from dmirec.retrieval import make_searcher
 from dmirec.runs.rundir import load_trained_model
 from dmirec.serving import load_bundle
 from dmirec.serving.batch import recommend_batch
+from dmirec.serving.export import export_bundle
 from dmirec.training.train import make_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

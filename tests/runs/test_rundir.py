@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 import dmirec
-from dmirec.runs import rundir
 from dmirec.cli.main import main
 from dmirec.config import ConfigError, parse_overrides
 from dmirec.data.synthetic import make_planted_dataset
+from dmirec.runs import rundir
 from dmirec.training.train import make_config, resume, train
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")

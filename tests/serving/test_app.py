@@ -27,12 +27,12 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from dmirec.data.dataset import load_dataset
-from dmirec.serving.export import export_bundle
 from dmirec.retrieval import search
 from dmirec.runs.rundir import load_trained_model
 from dmirec.serving import load_bundle
 from dmirec.serving.app import MAX_N, create_app
 from dmirec.serving.batch import BatchInputError, recommend_batch
+from dmirec.serving.export import export_bundle
 
 
 

@@ -20,11 +20,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmirec.serving.export import export_bundle
 from dmirec.runs.rundir import load_trained_model
 from dmirec.serving import BundleError, load_bundle
 from dmirec.serving.app import MAX_ERRORS, create_app
 from dmirec.serving.batch import BatchInputError, recommend_batch
+from dmirec.serving.export import export_bundle
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

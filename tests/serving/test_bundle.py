@@ -11,11 +11,11 @@ import torch
 
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import eval_split
-from dmirec.serving.export import export_bundle
 from dmirec.retrieval import search
 from dmirec.runs.rundir import load_trained_model
 from dmirec.serving import BundleError, load_bundle, read_manifest, verify_bundle
 from dmirec.serving.bundle import FORMAT_VERSION, REQUIRED_FILES, sha256_file
+from dmirec.serving.export import export_bundle
 from dmirec.serving.index import build_index
 
 

@@ -10,8 +10,8 @@ from dmirec.config import ConfigError
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import TrainSampler
 from dmirec.data.synthetic import make_planted_dataset
-from dmirec.objectives.losses import NegativeSampler
 from dmirec.models import build_model
+from dmirec.objectives.losses import NegativeSampler
 from dmirec.training.optim import Optimizers, make_optimizer, set_sparse, use_sparse
 from dmirec.training.train import batch_loss, make_config, train
 

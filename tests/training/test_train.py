@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from dmirec.runs import rundir
 from dmirec.data.synthetic import make_planted_dataset
 from dmirec.evaluation.evaluate import evaluate_run
 from dmirec.objectives.losses import NegativeSampler, sampled_softmax_loss
+from dmirec.runs import rundir
 from dmirec.training.train import make_config, resume, train
 
 SMALL = {"embedding_dim": 24, "batch_size": 64, "num_negatives": 64, "eval_every": 100, "max_steps": 400,

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from dmirec.runs import rundir
 from dmirec.config import ConfigError
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import eval_split, valid_split
 from dmirec.data.synthetic import make_planted_dataset
+from dmirec.runs import rundir
 from dmirec.training.train import make_config, train
 
 

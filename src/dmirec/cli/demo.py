@@ -18,16 +18,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..data.prepare import prepare_shipped_beauty
+from ..evaluation.compare import compare, to_markdown
+from ..evaluation.report import build_report
+from ..training.train import make_config, train
+from .tables import _metrics_table
+
 MODELS = ("remi", "dmi")  # the backbone first: it is the baseline of the paired test
 
 
 def run_demo(workdir: str | Path = "demo_run", steps: int = 4000, seed: int = 2021, threads: int = 1,
              progress: bool = True, report: bool = True, report_users: int = 1000) -> int:
-    from .main import _metrics_table
-    from ..evaluation.compare import compare, to_markdown
-    from ..data.prepare import prepare_shipped_beauty
-    from ..training.train import make_config, train
-
     start = time.perf_counter()
     work = Path(workdir)
     data_dir = work / "beauty"
@@ -55,8 +58,6 @@ def run_demo(workdir: str | Path = "demo_run", steps: int = 4000, seed: int = 20
     (work / "compare.md").write_text(to_markdown(c, chart.name if c["chart"] else None), encoding="utf-8")
     if report:
         try:
-            from ..evaluation.report import build_report
-
             out = build_report(runs[-1], work / "report" / "report.html", users=report_users)
             print(f"report of the DMI run (refined vs its coarse REMI interests): {out}")
         except ImportError as exc:
@@ -91,8 +92,6 @@ def _cpu_name() -> str:
 def write_record(path: Path, options: dict[str, Any], results: dict, configs: dict, tests: list[dict],
                  wall: float) -> None:
     """What the demo measured, with the resolved configs, the commit, the machine and the times."""
-    import torch
-
     record = {"command": "dmirec demo", "options": options, "git_commit": _git_commit(), "wall_s": round(wall, 1),
               "cpu_s": round(time.process_time(), 1),
               "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -24,32 +24,27 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import ConfigError, parse_overrides
-
-
-def _metrics_table(metrics: dict, title: str = "") -> str:
-    ns = sorted({int(k.split("@")[1]) for k in metrics if k.startswith("recall@")}) or [20, 50]
-    rows = [("Recall", "recall"), ("HitRate", "hitrate"), ("NDCG", "ndcg"), ("NDCG (ComiRec)", "ndcg_comirec"),
-            ("MRR", "mrr"), ("Coverage", "coverage")]
-    rows = [(label, key) for label, key in rows if all(f"{key}@{n}" in metrics for n in ns)]
-    lines = []
-    if title:
-        lines.append(title)
-    lines.append(f"{'metric':<16}" + "".join(f"{'@' + str(n):>10}" for n in ns))
-    for label, key in rows:
-        lines.append(f"{label:<16}" + "".join(f"{metrics[f'{key}@{n}']:>10.4f}" for n in ns))
-    skipped = f" (skipped, no new target: {metrics['skipped_users']})" if "skipped_users" in metrics else ""
-    lines.append(f"users: {metrics['users']}{skipped}")
-    return "\n".join(lines)
+from ..config import ConfigError, from_dict, parse_overrides
+from ..data.prepare import prepare
+from ..data.stream_prepare import prepare_streaming
+from ..data.synth_log import spec_from, write_log
+from ..evaluation.compare import compare, to_markdown, write_outputs
+from ..evaluation.evaluate import evaluate_run
+from ..evaluation.repeat_fit import fit_repeat_run
+from ..evaluation.report import _plt, build_report
+from ..runs.rundir import unfinished_note
+from ..serving.app_options import add_serve_arguments
+from ..serving.batch import recommend_batch
+from ..serving.export import export_bundle
+from ..serving.index import DEFAULTS, build_index
+from ..training.train import make_config, resolve_device, resume, train
+from .demo import run_demo
+from .tables import _metrics_table
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from ..data.prepare import prepare
-
     cols = {k: v for k, v in (("user_col", args.user_col), ("item_col", args.item_col), ("time_col", args.time_col)) if v}
     if args.stream:  # bounded memory: csv/parquet read in record batches (dmirec.data.stream_prepare)
-        from ..data.stream_prepare import prepare_streaming
-
         report = prepare_streaming(args.input, args.outdir, format=args.format, core=args.core, seed=args.seed,
                                    name=args.name, comirec_files=args.comirec_files, **cols)
         print(report.summary())
@@ -61,8 +56,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..training.train import make_config, resume, train
-
     if args.resume:
         if args.data or args.model or args.config or args.backbone or args.seed is not None:
             raise ConfigError("--resume takes the run directory (and --max_steps=N to extend it): its saved "
@@ -98,11 +91,6 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..config import from_dict
-    from ..evaluation.evaluate import evaluate_run
-    from ..runs.rundir import unfinished_note
-    from ..training.train import resolve_device
-
     note = unfinished_note(args.run_dir)
     if note:
         print(f"dmirec evaluate: note: {note}", file=sys.stderr)
@@ -131,8 +119,6 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_fit_repeat(args: argparse.Namespace) -> int:
-    from ..evaluation.repeat_fit import fit_repeat_run
-
     rec = fit_repeat_run(args.run_dir, args.output, args.checkpoint, args.backend, args.max_users or 0)
     c, m, key = rec["chosen"], rec["model"], rec["metric"]
     print(f"repeat channel for {rec['model_name']} on {rec['dataset']}, chosen on {rec['users']} validation "
@@ -144,15 +130,11 @@ def cmd_fit_repeat(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     return run_demo(args.workdir, args.steps, args.seed, args.threads, args.progress, args.report, args.report_users)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Write a synthetic log with planted interests (streamed, bounded memory)."""
-    from ..data.synth_log import spec_from, write_log
-
     spec = spec_from(args.preset, users=args.users, items=args.items, clusters=args.clusters, seed=args.seed,
                      chunk_users=args.chunk_users)
     start = time.perf_counter()
@@ -163,8 +145,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..evaluation.report import _plt, build_report
-
     try:
         _plt()
     except ImportError as exc:
@@ -176,8 +156,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..evaluation.compare import compare, to_markdown, write_outputs
-
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
     c = compare(args.run_dirs, by, args.metric, not args.no_paired, args.baseline, args.bootstrap, args.seed)
     print(to_markdown(c))
@@ -187,9 +165,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..serving.export import export_bundle
-    from ..runs.rundir import unfinished_note
-
     note = unfinished_note(args.run_dir)
     if note:
         print(f"dmirec export: note: {note}", file=sys.stderr)
@@ -203,16 +178,13 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from ..serving.index import DEFAULTS, build_index
-
     opts = {k: getattr(args, k) for k in (*DEFAULTS, "train_size", "seed")}
     build_index(args.bundle_dir, args.kind, recall_n=args.recall_n or 50, threads=args.threads, **opts)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..serving.app import SERVE_OPTIONS, run_server
-    from ..training.train import resolve_device
+    from ..serving.app import SERVE_OPTIONS, run_server  # local: FastAPI is the optional `serve` extra
 
     resolve_device(args.device)  # --device cuda without a GPU: the same error as train's
     run_server(args.bundle_dir, port=args.port, **{k: getattr(args, k) for k in SERVE_OPTIONS})
@@ -220,8 +192,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from ..serving.batch import recommend_batch
-
     cols = {k: getattr(args, k) for k in ("user_col", "item_col", "time_col") if getattr(args, k)}
     stats = recommend_batch(args.bundle_dir, args.input, args.output, args.n, args.format, args.chunk_users or 4096,
                             exclude_history=args.exclude_history, progress=args.progress, **cols)
@@ -352,7 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
 
     p = sub.add_parser("serve", help="answer recommendation requests over HTTP")
-    from ..serving.app_options import add_serve_arguments
 
     add_serve_arguments(p)
 

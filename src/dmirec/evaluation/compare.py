@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+
+from ..config import MODEL_DEFAULTS
+from ..runs.rundir import read_data_ref
+from .evaluate import evaluate_run
 
 IGNORED_KEYS = ("seed", "progress", "threads", "device", "eval_batch_size", "tensorboard", "metric_ns")
 TABLE_KEYS = ("recall@20", "recall@50", "hitrate@20", "hitrate@50", "ndcg@20", "ndcg@50", "mrr@50")
@@ -97,11 +102,7 @@ class Group:
 
 def load_run(run_dir: str | Path) -> Run:
     """A finished run: its resolved config, dataset and the test metrics in ``result.json``."""
-    from ..runs.rundir import read_data_ref
-
     run_dir = Path(run_dir)
-    import yaml
-
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
@@ -116,8 +117,6 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def _wrappers() -> set[str]:
-    from ..config import MODEL_DEFAULTS
-
     return {m for m, d in MODEL_DEFAULTS.items() if "backbone" in d}
 
 
@@ -178,8 +177,6 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def per_user_values(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """(user ids, per-user ``metric``) of a run's best checkpoint on its test users."""
-    from .evaluate import evaluate_run
-
     n = int(metric.split("@")[1]) if "@" in metric else 50
     res = evaluate_run(run.path, split="test", ns=(n,), per_user=True)
     if metric not in res["per_user"]:

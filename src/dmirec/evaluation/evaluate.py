@@ -27,11 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..collab.neighbours import fill_bank
 from ..data.dataset import PreparedData, load_dataset
 from ..data.sampler import EvalSet, eval_split
-from .metrics import catalogue_coverage, drop_seen_targets, per_user as per_user_metrics, summarize
-from ..repeats.channel import RepeatChannel, model_stage, retrieve
+from ..repeats.channel import RepeatChannel, channel_from_config, model_stage, retrieve
+from ..repeats.params import with_repeat_params
 from ..retrieval import SearchResult, make_searcher, resolve_backend
+from ..retrieval.distributed import rank_users as sharded_rank_users
+from ..runs.rundir import load_trained_model, read_data_ref
+from .metrics import catalogue_coverage, drop_seen_targets, per_user as per_user_metrics, summarize
 
 METRIC_NS = (20, 50)
 
@@ -76,7 +80,6 @@ def rank_users(model, eval_set: EvalSet, n: int, backend: str = "auto", exclude_
     if getattr(getattr(model, "item_emb", None), "sharded", False):
         if repeat is not None or model_stage(model) is not None:
             raise ValueError("a sharded item table cannot be searched with a repeat stage")
-        from ..training.distributed.sharded import rank_users as sharded_rank_users
 
         return sharded_rank_users(model, eval_set, n, backend, exclude_history, batch_size)
     queries = user_vectors(model, eval_set, batch_size, device)  # (U, K, D)
@@ -130,9 +133,6 @@ def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu", over
 
     A model that reads an interest bank its checkpoint does not hold gets one built from the
     run's training users (deterministic: same weights, same bank)."""
-    from ..collab.neighbours import fill_bank
-    from ..runs.rundir import load_trained_model, read_data_ref
-
     model, cfg = load_trained_model(run_dir, which=which, device=device, overrides=overrides)
     data = load_dataset(read_data_ref(Path(run_dir))["path"], mmap=True)
     bank = getattr(model, "bank", None)
@@ -153,9 +153,6 @@ def evaluate_run(run_dir: str | Path, split: str = "test", exclude_history: bool
     (written by ``dmirec fit-repeat``) or the file ``repeat_params``; ``repeat_channel`` turns the
     channel on or off whatever they say. ``new_items_only`` None: the config's ``new_items_only``.
     """
-    from .repeat_fit import with_repeat_params
-    from ..repeats.channel import channel_from_config
-
     model, cfg, data = load_run(run_dir, which, device, overrides)
     cfg = with_repeat_params(cfg, run_dir, repeat_params)
     if repeat_channel is not None:

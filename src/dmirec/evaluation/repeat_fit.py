@@ -8,7 +8,7 @@ wins (ties: better Recall@20, then the smaller weight). Weight 0 (the model's li
 the grid, so the chosen channel never lowers validation Recall@50. Test users are never seen.
 
 The choice and the whole grid go to ``RUN_DIR/repeat.json`` (or ``--output``); evaluation and
-export read it back with :func:`with_repeat_params`. Only the ``params`` table is applied.
+export read it back with :func:`dmirec.repeats.params.with_repeat_params`. Only the ``params`` table is applied.
 """
 
 from __future__ import annotations
@@ -22,10 +22,15 @@ from typing import Any
 import torch
 
 from ..config import Config, ConfigError
+from ..data.dataset import load_dataset
+from ..data.sampler import eval_split
+from ..repeats.channel import RepeatChannel, history_features, history_item_scores, merge_channel
+from ..repeats.params import REPEAT_FILE
+from ..retrieval import make_searcher
+from ..runs.rundir import atomic_write_text, load_trained_model, read_data_ref
+from .evaluate import user_vectors
+from .metrics import summarize
 
-REPEAT_FILE = "repeat.json"
-PARAM_KEYS = ("repeat_channel", "repeat_weight", "repeat_recency", "repeat_bias", "repeat_decay",
-              "repeat_ref_rank")
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "weight": (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
     "recency": (0.0, 0.5, 1.0, 2.0),
@@ -33,46 +38,10 @@ DEFAULT_GRID: dict[str, tuple[float, ...]] = {
 }
 
 
-def read_repeat_file(path: str | Path) -> dict[str, Any]:
-    """The ``params`` table of a repeat.json file, checked against the config's repeat keys."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such repeat parameter file (write one with `dmirec fit-repeat`)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
-    params = data.get("params") if isinstance(data, dict) else None
-    if not isinstance(params, dict):
-        raise ConfigError(f"{path}: no \"params\" table of repeat_* config keys")
-    unknown = sorted(set(params) - set(PARAM_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown repeat parameter(s) {unknown}; expected some of {list(PARAM_KEYS)}")
-    return params
-
-
-def with_repeat_params(cfg: Config, run_dir: str | Path | None = None, path: str | Path | None = None) -> Config:
-    """``cfg`` with the repeat parameters of ``path``, else of ``RUN_DIR/repeat.json`` when it exists."""
-    if path is None and run_dir is not None and (Path(run_dir) / REPEAT_FILE).exists():
-        path = Path(run_dir) / REPEAT_FILE
-    if path is None:
-        return cfg
-    params = read_repeat_file(path)
-    try:
-        return cfg.replace(**params)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
 @torch.no_grad()
 def fit_channel(model, eval_set, cfg: Config, grid: dict[str, tuple[float, ...]] | None = None,
                 backend: str = "auto", device: str | torch.device = "cpu", n: int = 50) -> dict[str, Any]:
     """Score every grid point on ``eval_set`` (validation users); returns the chosen params and the grid."""
-    from .evaluate import user_vectors
-    from .metrics import summarize
-    from ..repeats.channel import RepeatChannel, history_features, history_item_scores, merge_channel
-    from ..retrieval import make_searcher
-
     grid = grid or DEFAULT_GRID
     queries = user_vectors(model, eval_set, cfg.eval_batch_size, device)  # (U, K, D)
     items = model.item_embeddings().detach().float().cpu().numpy()  # (N + 1, D)
@@ -103,10 +72,6 @@ def fit_repeat_run(run_dir: str | Path, output: str | Path | None = None, which:
                    backend: str | None = None, max_users: int = 0,
                    grid: dict[str, tuple[float, ...]] | None = None) -> dict[str, Any]:
     """Fit the channel of a finished run on its validation users and write ``repeat.json``."""
-    from ..data.dataset import load_dataset
-    from ..data.sampler import eval_split
-    from ..runs.rundir import atomic_write_text, load_trained_model, read_data_ref
-
     start = time.perf_counter()
     run_dir = Path(run_dir)
     model, cfg = load_trained_model(run_dir, which=which)

@@ -14,58 +14,51 @@ from typing import Callable
 
 import numpy as np
 
+from ..collab.neighbours import InterestBank
 from ..config import Config
 from .base import RetrievalModel, TrainOutput, argmax_readout
+from .coin import COIN
+from .comirec_dr import ComiRecDR
+from .comirec_sa import ComiRecSA
+from .dmi.model import DMI
+from .mind import MIND
+from .most_popular import MostPopular
+from .repeat import RepeatBaseline
+from .youtube_dnn import YouTubeDNN
 
 Builder = Callable[[Config, int, np.ndarray], RetrievalModel]
 
 
 def _comirec_sa(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .comirec_sa import ComiRecSA
-
     return ComiRecSA(num_items, cfg.embedding_dim, cfg.num_interests, cfg.seq_len, cfg.sa_hidden_factor,
                      cfg.add_positions)
 
 
 def _comirec_dr(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .comirec_dr import ComiRecDR
-
     return ComiRecDR.from_config(cfg, num_items)
 
 
 def _mind(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .mind import MIND
-
     return MIND.from_config(cfg, num_items)
 
 
 def _youtube_dnn(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .youtube_dnn import YouTubeDNN
-
     return YouTubeDNN.from_config(cfg, num_items)
 
 
 def _most_popular(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .most_popular import MostPopular
-
     return MostPopular(num_items, popularity)
 
 
 def _coin(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .coin import COIN
-
     return COIN.from_config(cfg, num_items)
 
 
 def _repeat(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .repeat import RepeatBaseline
-
     return RepeatBaseline(num_items, popularity, cfg.repeat_decay)
 
 
 def _dmi(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .dmi.model import DMI
-
     backbone = build_model(cfg.replace(model=cfg.backbone, neighbour_alpha=0.0), num_items, popularity)
     return DMI.from_config(cfg, backbone)
 
@@ -90,8 +83,6 @@ def needs_bank(cfg: Config) -> bool:
 
 def attach_bank(model: RetrievalModel, cfg: Config) -> RetrievalModel:
     """Give ``model`` an (empty) interest bank and the neighbour rule's settings."""
-    from ..collab.neighbours import InterestBank
-
     k = getattr(model, "num_interests", None) or cfg.num_interests
     model.bank = InterestBank(model.embedding_dim, k, search=cfg.bank_search, hnsw_ef=cfg.bank_hnsw_ef)
     model.neighbour_alpha = cfg.neighbour_alpha

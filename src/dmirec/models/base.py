@@ -30,6 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..collab.neighbours import neighbour_rule
+from .remi import routing_regularizer
+
 #: Rows per block of the blocked table initialisation (:func:`blocked_table_rows`).
 TABLE_INIT_BLOCK = 65_536
 _table_device: torch.device | None = None  # where RetrievalModel puts its item table (None: the default)
@@ -159,7 +162,6 @@ class RetrievalModel(nn.Module):
         bank = getattr(self, "bank", None)
         if bank is None:
             return vecs
-        from ..collab.neighbours import neighbour_rule
 
         return neighbour_rule(vecs, bank, self.neighbour_alpha, self.neighbours)
 
@@ -175,7 +177,6 @@ class RetrievalModel(nn.Module):
         users; part of every model's ``aux_loss`` (a zero scalar when off)."""
         if self.routing_reg <= 0:
             return weights.new_zeros(())
-        from .remi import routing_regularizer
 
         return self.routing_reg * routing_regularizer(weights, self.embedding_dim)
 

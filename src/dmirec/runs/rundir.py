@@ -32,6 +32,8 @@ import yaml
 from ..util.atomic import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
 from ..config import Config, from_dict, upgrade_saved
+from ..models import build_model
+from .table_files import read_rows
 
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
@@ -58,8 +60,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         raise RunError(f"{path}: cannot read the checkpoint, it is truncated or corrupt ({why})") from None
     manifest = ckpt.get("table_shards") if isinstance(ckpt, dict) else None
     if assemble and manifest is not None:
-        from ..training.distributed.sharded import read_rows
-
         try:
             ckpt["model"][manifest["key"]] = read_rows(path.parent, manifest, 0, manifest["rows"])
         except (FileNotFoundError, KeyError, RuntimeError, OSError) as exc:
@@ -193,8 +193,6 @@ def load_trained_model(run_dir: str | Path, which: str = "best", device: str | t
     hold (the neighbour rule asked for after training) is left empty: fill it with
     :func:`dmirec.collab.neighbours.fill_bank` (``dmirec.evaluation.evaluate.load_run`` does).
     """
-    from ..models import build_model
-
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     if overrides:  # the model is loaded whole in this process: no longer a sharded one

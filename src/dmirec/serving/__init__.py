@@ -8,7 +8,7 @@
 Modules: :mod:`.bundle` (bundle format, loading, recommending), :mod:`.index` (faiss index build
 and recall measurement), :mod:`.app` (FastAPI app and ``run_server``), :mod:`.batch` (candidates
 for every user of a log). ``serve`` uses models, retrieval and the bundle, never training code;
-FastAPI is imported only by :mod:`.app`.
+FastAPI (the ``serve`` extra) is imported only by :mod:`.app`, on first use.
 """
 
 from .bundle import (
@@ -21,6 +21,8 @@ from .bundle import (
     verify_bundle,
     write_bundle,
 )
+from .batch import recommend_batch
+from .index import build_index
 
 __all__ = [
     "FORMAT_VERSION",
@@ -38,17 +40,9 @@ __all__ = [
 ]
 
 
-def __getattr__(name):  # lazy: keep `import dmirec.serving` free of FastAPI and faiss index code
-    if name == "build_index":
-        from .index import build_index
-
-        return build_index
+def __getattr__(name):  # lazy: FastAPI is the optional `serve` extra; `import dmirec.serving` works without it
     if name in ("create_app", "run_server"):
-        from . import app
+        from . import app  # local: FastAPI is the optional `serve` extra
 
         return getattr(app, name)
-    if name == "recommend_batch":
-        from .batch import recommend_batch
-
-        return recommend_batch
     raise AttributeError(f"module 'dmirec.serving' has no attribute {name!r}")

@@ -45,6 +45,7 @@ import threading
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -54,7 +55,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from .app_options import (DEFAULT_BODY_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT,
                           MAX_BODY_BYTES, add_serve_arguments)
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, load_bundle, verify_bundle
 
 MAX_N = 1000
 MAX_HISTORY = 10_000
@@ -285,7 +286,6 @@ def configure_threads(threads: int = 1) -> None:
     """Set torch's intra-op threads (process-wide) and faiss' OpenMP threads for the calling
     thread (OpenMP keeps that setting per thread, hence the per-worker setting in :func:`create_app`)."""
     import faiss
-    import torch
 
     threads = max(1, int(threads))
     torch.set_num_threads(threads)
@@ -345,8 +345,6 @@ def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
         uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])
         return
     from uvicorn.supervisors import Multiprocess
-
-    from .bundle import verify_bundle
 
     manifest = verify_bundle(bundle_dir)
     os.environ[_ENV] = json.dumps({"bundle_dir": str(Path(bundle_dir).resolve()), "threads": threads,

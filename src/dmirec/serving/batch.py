@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from ..data.logstream import LogBatch, LogInputError, iter_log
 from .bundle import Bundle, load_bundle
@@ -162,8 +163,6 @@ def recommend_batch(bundle_dir: str | Path | Bundle, input: str | Path, output: 
     Returns statistics: users, rows, unknown_rows, fallback_users, candidates, row_groups,
     seconds, users_per_second, output.
     """
-    from tqdm.auto import tqdm
-
     n, chunk_users = int(n), int(chunk_users)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

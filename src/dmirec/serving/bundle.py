@@ -38,12 +38,13 @@ import numpy as np
 import torch
 import yaml
 
-from ..util.atomic import atomic_write_bytes, make_readable
-from ..data.sampler import left_pad
 from ..config import Config, from_dict, upgrade_saved
+from ..data.sampler import left_pad
 from ..models import build_model
 from ..repeats.channel import RepeatFirst, channel_from_config, model_stage, retrieve
 from ..retrieval import ExactTorchSearch, FaissSearch, SearchResult, resolve_backend
+from ..retrieval.faiss_search import set_search_params
+from ..util.atomic import atomic_write_bytes, make_readable
 
 FORMAT = "dmirec-bundle"
 FORMAT_VERSION = 1
@@ -524,8 +525,6 @@ def load_faiss_index(path: Path, info: dict[str, Any]):
     Indexes built now carry the item ids (an ``IDMap2``); one from before the id map holds items
     1..N in order and is still read (:class:`dmirec.retrieval.FaissSearch` maps its labels)."""
     import faiss
-
-    from ..retrieval.faiss_search import set_search_params
 
     try:
         index = faiss.read_index(str(path))

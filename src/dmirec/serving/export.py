@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..collab.neighbours import fill_bank
 from ..data.dataset import load_dataset
 from ..data.sampler import eval_split
 from ..evaluation.evaluate import user_vectors
-from ..collab.neighbours import fill_bank
+from ..repeats.params import with_repeat_params
 from ..runs.rundir import load_trained_model, read_data_ref
 from .bundle import BundleError, write_bundle
 
@@ -52,8 +53,6 @@ def export_bundle(run_dir: str | Path, bundle_dir: str | Path, *, which: str = "
     The repeat channel's parameters (``RUN_DIR/repeat.json`` or the file ``repeat_params``, see
     ``dmirec fit-repeat``) go into the bundle's config.
     """
-    from ..evaluation.repeat_fit import with_repeat_params
-
     run_dir = Path(run_dir)
     model, cfg = load_trained_model(run_dir, which=which, device="cpu", overrides=overrides)
     cfg = with_repeat_params(cfg, run_dir, repeat_params)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..runs import rundir
 from . import optim, tblog
 from .distributed import ddp as distrib
-from .distributed import sharded
+from .distributed import sharded, sharded_checkpoint, sharded_optim
 from ..config import Config, ConfigError, make_config, model_defaults  # noqa: F401 (re-exported)
 from ..data.dataset import load_dataset
 from ..data.sampler import TrainSampler, eval_split, valid_split  # noqa: F401 (eval_split re-exported)
@@ -129,7 +129,7 @@ def warm_start(model: torch.nn.Module, cfg: Config, device: torch.device) -> Pat
     try:
         target.load_state_dict(ckpt["model"])
         if is_sharded and ckpt.get("table_shards"):
-            sharded.load_table(model.item_emb, ckpt_path.parent, ckpt["table_shards"])
+            sharded_checkpoint.load_table(model.item_emb, ckpt_path.parent, ckpt["table_shards"])
     except RuntimeError as err:
         what = f"the {cfg.backbone} backbone of {cfg.model}" if target is not model else cfg.model
         raise ConfigError(f"config key 'init_from': the model in {ckpt_path} does not fit {what} "
@@ -198,7 +198,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     neg_seed = cfg.seed + 1 + (7919 * ctx.rank if cfg.dist_negatives == "rank" else 0)
     neg_gen = torch.Generator(device=device).manual_seed(neg_seed)
     trainable = getattr(model, "trainable", True) and cfg.max_steps > 0
-    make_opt = sharded.make_optimizer if cfg.sharded_embeddings else make_optimizer
+    make_opt = sharded_optim.make_optimizer if cfg.sharded_embeddings else make_optimizer
     optimizer = make_opt(model, cfg) if trainable else None
     # who validates: rank 0, or every rank when the table is sharded (each searches its own rows)
     valid_set = valid_split(data.splits["valid"], cfg) if ctx.main or cfg.sharded_embeddings else None
@@ -231,7 +231,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
             if not ckpt.get("table_shards"):
                 raise rundir.RunError(f"{ckpt_dir / 'last.pt'}: has no item-table files (written by a version "
                                       f"that gathered the sharded table; resume it with that version)")
-            sharded.load_table(model.item_emb, ckpt_dir, ckpt["table_shards"], moments=True)
+            sharded_checkpoint.load_table(model.item_emb, ckpt_dir, ckpt["table_shards"], moments=True)
         sampler.set_state(ckpt["sampler"])
         ranks = ckpt.get("rank_rng")
         if ranks is not None and len(ranks) == ctx.world:  # same number of ranks: each its own streams
@@ -260,8 +260,8 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
 
     def save(name: str, payload: Callable[[], dict]) -> None:
         """``checkpoints/NAME.pt`` written by rank 0; with a sharded table every rank first writes its
-        rows to its own file, which NAME.pt then lists (:func:`dmirec.training.distributed.sharded.save_table`)."""
-        manifest = sharded.save_table(model.item_emb, ckpt_dir, name, state["step"], moments=name == "last") \
+        rows to its own file, which NAME.pt then lists (:func:`dmirec.training.distributed.sharded_checkpoint.save_table`)."""
+        manifest = sharded_checkpoint.save_table(model.item_emb, ckpt_dir, name, state["step"], moments=name == "last") \
             if cfg.sharded_embeddings else None
         if not ctx.main:
             return
@@ -270,7 +270,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
             obj["table_shards"] = manifest
         rundir.save_checkpoint(ckpt_dir / f"{name}.pt", obj)
         if manifest is not None:
-            sharded.remove_stale(ckpt_dir, name, manifest)
+            sharded_checkpoint.remove_stale(ckpt_dir, name, manifest)
 
     def save_last() -> None:
         ranks = ctx.gather((neg_gen.get_state(), torch.get_rng_state())) if ctx.active else None
@@ -368,7 +368,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     best = rundir.load_checkpoint(ckpt_dir / "best.pt", map_location="cpu", assemble=not cfg.sharded_embeddings)
     model.load_state_dict(best["model"])
     if cfg.sharded_embeddings:
-        sharded.load_table(model.item_emb, ckpt_dir, best["table_shards"])
+        sharded_checkpoint.load_table(model.item_emb, ckpt_dir, best["table_shards"])
     test = evaluate_model(model, data, "test", cfg.seq_len, metric_cutoffs(cfg), cfg.retrieval_backend,
                           cfg.exclude_history, cfg.eval_batch_size, device=device, new_items_only=cfg.new_items_only)
     if not ctx.main:

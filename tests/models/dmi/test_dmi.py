@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from dmirec.data.synthetic import make_planted_dataset
-from dmirec.objectives.losses import sampled_softmax_loss
 from dmirec.models import build_model
 from dmirec.models.dmi.model import DMI
+from dmirec.objectives.losses import sampled_softmax_loss
 from dmirec.training.train import make_config, train
 
 N_ITEMS, L, D, K = 40, 8, 16, 3

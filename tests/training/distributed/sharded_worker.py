@@ -20,14 +20,15 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
-from dmirec.training.distributed import sharded
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import TrainSampler, eval_split
-from dmirec.training.distributed.ddp import Context
-from dmirec.objectives.losses import NegativeSampler
-from dmirec.runs import rundir
 from dmirec.models import build_model, set_routing_reg
 from dmirec.models.base import item_table_on_meta
+from dmirec.objectives.losses import NegativeSampler
+from dmirec.retrieval.distributed import rank_users
+from dmirec.runs import rundir
+from dmirec.training.distributed import sharded, sharded_checkpoint
+from dmirec.training.distributed.ddp import Context
 from dmirec.training.train import loss_with_negatives, make_config, train
 
 
@@ -68,9 +69,9 @@ def sharded_search(cfg, data_dir: str, run: str, out: str) -> None:
     best = rundir.load_checkpoint(f"{run}/checkpoints/best.pt", assemble=False)
     assert "item_emb.weight" not in best["model"]
     model.load_state_dict(best["model"])
-    sharded.load_table(table, Path(run) / "checkpoints", best["table_shards"])
+    sharded_checkpoint.load_table(table, Path(run) / "checkpoints", best["table_shards"])
     eval_set = eval_split(data.splits["test"], cfg.seq_len)
-    found = {(backend, ex): sharded.rank_users(model, eval_set, 50, backend, exclude_history=ex)
+    found = {(backend, ex): rank_users(model, eval_set, 50, backend, exclude_history=ex)
              for backend in ("torch", "faiss") for ex in (False, True)}
     if tdist.get_rank() == 0:
         torch.save({key: (r.ids, r.scores, r.interest) for key, r in found.items()}, f"{out}/search.pt")

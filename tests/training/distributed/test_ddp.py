@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmirec.runs import rundir
 from dmirec.data.synthetic import make_planted_dataset
+from dmirec.runs import rundir
 from dmirec.training.train import make_config, resume, train
 from torchrun_launch import torchrun
 
@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 OVER = {"embedding_dim": 16, "batch_size": 64, "num_negatives": 40, "seq_len": 10, "max_steps": 60,
         "eval_every": 30, "patience": 50, "progress": False, "device": "cpu", "threads": 1, "lr": 0.01}
 CUT_AT = 45  # after the step-30 checkpoint: the resume retraces steps 31..60
+pytestmark = pytest.mark.dist
 
 
 @pytest.fixture(scope="module", autouse=True)

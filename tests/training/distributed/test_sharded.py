@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from dmirec.runs import rundir
 from dmirec.config import ConfigError
 from dmirec.data.synthetic import make_planted_dataset
+from dmirec.runs import rundir
 from dmirec.training.train import make_config, train
 from torchrun_launch import torchrun
 
@@ -27,6 +27,7 @@ SRC = HERE.parents[2] / "src"
 OVER = {"embedding_dim": 16, "batch_size": 64, "num_negatives": 40, "seq_len": 10, "max_steps": 60,
         "eval_every": 30, "patience": 50, "progress": False, "device": "cpu", "threads": 1, "lr": 0.01}
 CUT_AT = 45  # after the step-30 checkpoint: the resume retraces steps 31..60
+pytestmark = pytest.mark.dist
 
 
 
@@ -84,7 +85,7 @@ def test_blocked_table_rows_do_not_depend_on_who_draws_them():
 def test_table_files_are_read_by_any_row_range_and_assembled(tmp_path):
     """A 3-rank checkpoint's table files read by another layout (a resume with another P), and
     assembled whole by load_checkpoint; a missing file is named."""
-    from dmirec.training.distributed.sharded import read_rows
+    from dmirec.runs.table_files import read_rows
 
     table = torch.arange(30, dtype=torch.float32).reshape(10, 3)
     files = []

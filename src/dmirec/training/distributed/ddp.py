@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as tdist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,5 @@ class LossModule(nn.Module):
 def wrap(model: nn.Module, loss_fn: Callable[..., torch.Tensor], device: torch.device,
          find_unused: bool) -> nn.Module:
     """DDP around :class:`LossModule` (call it with the batch share and its negatives)."""
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(LossModule(model, loss_fn), device_ids=ids, find_unused_parameters=find_unused)
