@@ -34,13 +34,15 @@ ORDER = [
     "retrieval",    # exact and faiss search, the distributed search
     "collab",       # the interest bank and the neighbour rule
     "repeats",      # the repeat stage and channel, repeat.json parameters
+    "channels",     # classical item-to-item channels (the item-item models are built on them)
     "models",       # the model contract, the registry, the models (DMI and its diffusion in models/dmi)
     "objectives",   # the sampled-softmax losses
-    "channels",     # candidate channels
     "runs",         # run directories and checkpoints (evaluation loads runs, training writes them)
     "evaluation",   # metrics, evaluation, the repeat channel's fit, diagnostics, report, compare
     "training",     # the loop, optimisers, TensorBoard, distributed training
+    "recipes",      # recipes of channels, fitted on validation users (they evaluate runs)
     "serving",      # bundle, export, index, HTTP app, batch
+    "pipeline",     # dmirec fit: prepare, train, fit the rule and channels, evaluate, export
     "cli",          # the command line and the demo
     "dmirec",       # the package root
 ]
