@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench import data_fingerprint, git_commit, machine  # noqa: E402
 from bench_collab_cost import recommend_latency  # noqa: E402
 from dmirec.data.sampler import eval_split  # noqa: E402
-from dmirec.evaluate import evaluate_model, load_run, user_vectors  # noqa: E402
-from dmirec.export import export_bundle  # noqa: E402
-from dmirec.serve import load_bundle  # noqa: E402
+from dmirec.evaluation.evaluate import evaluate_model, load_run, user_vectors  # noqa: E402
+from dmirec.serving import load_bundle  # noqa: E402
+from dmirec.serving.export import export_bundle  # noqa: E402
 
 OUT = ROOT / "bench_results" / "bank_search"
 
@@ -108,7 +108,7 @@ def main() -> None:
 def synthetic(args) -> None:
     import faiss
 
-    from dmirec.neighbours import InterestBank
+    from dmirec.collab.neighbours import InterestBank
 
     faiss.omp_set_num_threads(1)  # one core per request, as a serving worker with --threads 1
     start_all = time.perf_counter()

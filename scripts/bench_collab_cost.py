@@ -25,11 +25,11 @@ import torch
 
 from bench import DATA, RESULTS, ROOT, git_commit, machine, prepared
 from bench_speed import timed_steps
+from dmirec.collab.neighbours import fill_bank
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import eval_split
 from dmirec.models import build_model
-from dmirec.neighbours import fill_bank
-from dmirec.train import make_config
+from dmirec.training.train import make_config
 
 VARIANTS = {
     "remi": ("remi", []),
@@ -76,7 +76,7 @@ def recommend_latency(bundle, data, seq_len: int, requests: int) -> dict:
 
 
 def serving_latency(net, cfg, data, requests: int) -> dict:
-    from dmirec.serve.bundle import load_bundle, write_bundle
+    from dmirec.serving.bundle import load_bundle, write_bundle
 
     net.eval()
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@
 
 ``step``: training sequences/s on beauty (or ``--dataset``) at the reference settings
 (configs/DATASET/MODEL.yaml: on beauty batch 128, 1,280 shared negatives, seq_len 20), one thread,
-the package's full step (``dmirec.train.train_step``: batch sampling, forward, loss, backward, Adam)
+the package's full step (``dmirec.training.train.train_step``: batch sampling, forward, loss, backward, Adam)
 after a warm-up; a model that reads an interest bank (COIN, collaborative DMI) gets the bank of its
 initial weights first, as a training run does. With
 ``--base SRC`` (the ``src`` folder of another checkout, e.g. a ``git worktree`` of an older
@@ -17,10 +17,10 @@ commit) the same measurement runs on that code too, the two alternating round by
 so the ratio is measured under the same machine load. Each measurement is a fresh process.
 
 ``bank``: one exact search of a random interest bank (36,000 users x 4 interests, 4,096 queries,
-n = 16, one thread; ``dmirec.neighbours.InterestBank.search``), with a digest of its output so
+n = 16, one thread; ``dmirec.collab.neighbours.InterestBank.search``), with a digest of its output so
 that two trees can be checked to return the same neighbours bit for bit.
 
-``validate``: one validation pass (``dmirec.evaluate.evaluate_model`` on the valid split: user
+``validate``: one validation pass (``dmirec.evaluation.evaluate.evaluate_model`` on the valid split: user
 vectors, exact top-50 over the whole catalogue, metrics) of a freshly initialised REMI, per
 retrieval backend, one thread; synth-books (``bench_scale.py books`` makes it) uses the fixed
 sample of 2,000 validation users that its training run validates on. Also with ``--base``.
@@ -50,12 +50,12 @@ OUT = RESULTS / "hotpath.json"
 
 STEP_CHILD = r"""
 import json, sys, time, torch
-from dmirec import optim
+from dmirec.training import optim
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import TrainSampler
-from dmirec.losses import NegativeSampler
+from dmirec.objectives.losses import NegativeSampler
 from dmirec.models import build_model
-from dmirec.train import make_config, make_optimizer, train_step
+from dmirec.training.train import make_config, make_optimizer, train_step
 data_dir, config, model_name, steps, warmup = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(1)
 data = load_dataset(data_dir)
@@ -72,7 +72,7 @@ gen = torch.Generator().manual_seed(1)
 opt = make_optimizer(model, cfg)
 has_bank = getattr(model, "bank", None) is not None
 if has_bank:  # what train() does before its first step
-    from dmirec.neighbours import fill_bank
+    from dmirec.collab.neighbours import fill_bank
     fill_bank(model, cfg, data.splits["train"])
 model.train()
 for i in range(warmup + steps):
@@ -86,9 +86,9 @@ VALID_CHILD = r"""
 import json, sys, time, torch
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import valid_split
-from dmirec.evaluate import evaluate_model, metric_cutoffs
+from dmirec.evaluation.evaluate import evaluate_model, metric_cutoffs
 from dmirec.models import build_model
-from dmirec.train import make_config
+from dmirec.training.train import make_config
 data_dir, backend, valid_users = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(1)
 data = load_dataset(data_dir, mmap=True)
@@ -107,7 +107,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "users": len(eval_set.
 
 BANK_CHILD = r"""
 import hashlib, json, sys, time, torch
-from dmirec.neighbours import InterestBank
+from dmirec.collab.neighbours import InterestBank
 users, queries, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(1)
 gen = torch.Generator().manual_seed(0)

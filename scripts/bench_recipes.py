@@ -1,15 +1,14 @@
 #!/usr/bin/env python
 """Recipes of channels on the benchmark splits: fitted on validation users, measured on test users.
 
-    python scripts/bench_recipes.py run DATASET SEED [--runs bench_runs] [--channels model,itemknn,ease]
+    python scripts/bench_recipes.py run DATASET SEED [--runs bench_runs] [--channels model,itemknn,rp3beta,ease]
                                     [--view published|new_items] [--extra RUN_TAG ...]
     python scripts/bench_recipes.py table          # the markdown section BENCHMARKS.md includes
 
 For one dataset and seed: the REMI run ``RUNS/DATASET-remi-sSEED`` (trained by ``scripts/bench.py``;
-``bench.py reproduce DATASET-remi-sSEED`` retrains it bit for bit from its record), with the
-neighbour rule chosen for that run on its validation users (``bench_results/neighbour_rule/
-DATASET-remi-sSEED.json``, written by ``scripts/neighbour_rule.py select``), is the channel
-``model``; ``dmirec fit-channels`` (:func:`dmirec.recipes.fit.fit_recipe`, whose docstring states the
+``bench.py reproduce DATASET-remi-sSEED`` retrains it from its record), with the neighbour rule
+chosen for that run on its validation users (:func:`dmirec.pipeline.rule.select_rule` over the grid
+and tie rule of ``configs/bench/neighbour_grid.yaml``), is the channel ``model``; ``dmirec fit-channels`` (:func:`dmirec.recipes.fit.fit_recipe`, whose docstring states the
 selection rule) adds ItemKNN and EASE fitted on the training users and, with ``repeat`` in
 ``--channels``, the repeat ranking; ``--extra RUN_TAG`` adds another finished run on the same data as
 a channel (e.g. ``beauty-dmi-collab-target-s2021``). Everything is chosen on validation users; the
@@ -34,32 +33,39 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench import data_fingerprint, git_commit, machine  # noqa: E402
 
 OUT = ROOT / "bench_results" / "recipes"
-RULES = ROOT / "bench_results" / "neighbour_rule"
+RULE_GRID = ROOT / "configs" / "bench" / "neighbour_grid.yaml"
 METRICS = ("recall@20", "recall@50", "ndcg@50", "hitrate@50")
 
 
 def run(dataset: str, seed: int, runs: Path, channels: list[str], view: str, extra: list[str], tag: str) -> dict:
     import torch
 
-    from dmirec.evaluate import evaluate_run
+    from dmirec.evaluation.evaluate import evaluate_run
     from dmirec.recipes.fit import evaluate_recipe, fit_recipe
-    from dmirec.rundir import read_config, read_data_ref
+    from dmirec.runs.rundir import read_config, read_data_ref
 
     torch.set_num_threads(1)
     start = time.perf_counter()
     run_dir = runs / f"{dataset}-remi-s{seed}"
     if not (run_dir / "result.json").exists():
         sys.exit(f"{run_dir}: no finished REMI run (python scripts/bench.py reproduce {dataset}-remi-s{seed})")
-    rule_file = RULES / f"{dataset}-remi-s{seed}.json"
-    chosen_rule = json.loads(rule_file.read_text())["chosen"]
-    overrides = {"neighbour_alpha": chosen_rule["alpha"], "neighbours": chosen_rule["neighbours"] or 4}
+    import yaml
+
+    from dmirec.pipeline.rule import select_rule
+
+    grid = yaml.safe_load(RULE_GRID.read_text())
+    chosen_rule = select_rule(run_dir, {"neighbours": grid["neighbours"], "alpha": grid["alpha"]}, grid["tie"])
+    overrides = {"neighbour_alpha": chosen_rule["neighbour_alpha"], "neighbours": chosen_rule["neighbours"]}
+    print(f"[{dataset} s{seed}] neighbour rule chosen on validation users: {overrides}", flush=True)
     new_items = view == "new_items"
     names = channels + [str(runs / t) for t in extra]
     suffix = ("" if view == "published" else f"-{view}") + (f"-{tag}" if tag else "")
     folder = run_dir / f"recipe{suffix}"
-    record = fit_recipe(run_dir, names, overrides=overrides, new_items_only=new_items, out=folder,
+    prefit = _load_prefit(runs, dataset, view)
+    record = fit_recipe(run_dir, names, overrides=overrides, new_items_only=new_items, out=folder, prefit=prefit,
                         log=lambda s: print(f"[{dataset} s{seed}{suffix}] {s}", flush=True))
     recipe = record.pop("recipe")
+    _save_prefit(runs, dataset, view, record.pop("built"))
     data_path = Path(read_data_ref(run_dir)["path"])
     from dmirec.data.dataset import load_dataset
 
@@ -69,7 +75,7 @@ def run(dataset: str, seed: int, runs: Path, channels: list[str], view: str, ext
     plain = evaluate_run(run_dir, split="test", new_items_only=new_items)  # REMI without the rule
     out = {
         "dataset": dataset, "seed": seed, "view": view, "run": run_dir.name, "rule": overrides,
-        "rule_source": str(rule_file.relative_to(ROOT)), "channels": record["channels"],
+        "rule_grid": chosen_rule["grid"], "rule_source": str(RULE_GRID.relative_to(ROOT)), "channels": record["channels"],
         "chosen": record["chosen"], "channels_alone_valid": record["channels_alone"],
         "channel_grids": record["channel_grids"], "notes": record["notes"], "merger_grid": record["merger_grid"],
         "rule_text": record["rule"], "valid_users": record["users"],
@@ -91,13 +97,62 @@ def run(dataset: str, seed: int, runs: Path, channels: list[str], view: str, ext
     return out
 
 
+def _cache(runs: Path, dataset: str, view: str) -> Path:
+    return runs / ".recipe-channels" / f"{dataset}-{view}"
+
+
+def _load_prefit(runs: Path, dataset: str, view: str) -> dict:
+    """The item-to-item channels an earlier seed chose on this dataset's validation users (they do
+    not depend on the REMI run), so that each dataset fits ItemKNN and EASE once."""
+    import torch
+
+    from dmirec.config import from_dict
+    from dmirec.data.dataset import load_dataset
+    from dmirec.models import build_model
+    from dmirec.recipes.recipe import make_channel
+
+    folder = _cache(runs, dataset, view)
+    out = {}
+    for meta_path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        meta = json.loads(meta_path.read_text())
+        cfg = from_dict(meta["config"])
+        data = load_dataset(meta["data"], mmap=True)
+        if data_fingerprint(Path(meta["data"])) != meta["fingerprint"]:
+            continue
+        model = build_model(cfg, data.num_items, data.item_popularity("train"))
+        model.load_state_dict(torch.load(meta_path.with_suffix(".pt"), weights_only=True))
+        out[meta["name"]] = (make_channel(meta["name"], model, cfg), meta["grid"])
+        print(f"[{dataset}] channel {meta['name']}: reused from {meta_path} (chosen on the same validation users)")
+    return out
+
+
+def _save_prefit(runs: Path, dataset: str, view: str, built: dict) -> None:
+    import torch
+
+    from dmirec.runs.rundir import read_data_ref
+
+    folder = _cache(runs, dataset, view)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (ch, grid) in built.items():
+        if name not in ("itemknn", "rp3beta", "ease") or (folder / f"{name}.json").exists():
+            continue
+        data = Path(read_data_ref(runs / f"{dataset}-remi-s2021")["path"]) if (runs / f"{dataset}-remi-s2021").exists() \
+            else None
+        if data is None:
+            continue
+        torch.save(ch.model.state_dict(), folder / f"{name}.pt")
+        (folder / f"{name}.json").write_text(json.dumps({"name": name, "config": ch.config.to_dict(), "grid": grid,
+                                                         "data": str(data), "fingerprint": data_fingerprint(data)}))
+
+
 def _fmt(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-LABELS = {"model": "REMI + neighbour rule", "itemknn": "ItemKNN", "ease": "EASE", "repeat": "repeat ranking"}
+LABELS = {"model": "REMI + neighbour rule", "itemknn": "ItemKNN", "rp3beta": "RP3beta", "ease": "EASE",
+          "repeat": "repeat ranking"}
 
 
 def table() -> list[str]:
@@ -148,7 +203,7 @@ if __name__ == "__main__":
     r.add_argument("dataset")
     r.add_argument("seed", type=int)
     r.add_argument("--runs", default=str(ROOT / "bench_runs"))
-    r.add_argument("--channels", default="model,itemknn,ease")
+    r.add_argument("--channels", default="model,itemknn,rp3beta,ease")
     r.add_argument("--view", choices=["published", "new_items"], default="published")
     r.add_argument("--extra", nargs="*", default=[], help="other run tags in --runs used as channels")
     r.add_argument("--tag", default="", help="suffix of the record name (for --extra variants)")

@@ -10,7 +10,7 @@
 Both views on valid and test users: the protocol as published (targets that repeat history
 items count) and the new-items view (those targets removed, history items excluded from the
 candidates, users left without a target skipped). ``baseline`` trains ``--model repeat`` (nothing
-to train) through ``dmirec.train`` into bench_runs/repeat/ and evaluates it. ``channel`` fits the
+to train) through ``dmirec.training.train`` into bench_runs/repeat/ and evaluates it. ``channel`` fits the
 repeat channel of a finished run on its validation users (``dmirec fit-repeat``; the parameters
 are written beside the records, never into the run directory, which is only read) and evaluates
 the run without and with it (a run whose config predates a key rename is read through a copy
@@ -51,7 +51,7 @@ def with_settings(run_dir: Path, settings: list[str]) -> Path:
         return run_dir
     import tempfile
 
-    from dmirec import rundir
+    from dmirec.runs import rundir
     from dmirec.config import from_dict, parse_overrides
 
     copy = Path(tempfile.mkdtemp(prefix=f"{run_dir.name}-")) / run_dir.name
@@ -66,7 +66,7 @@ def with_settings(run_dir: Path, settings: list[str]) -> Path:
 
 def both_views(run_dir: Path, **kwargs) -> dict:
     """{split: {view: metrics}} for the run, evaluated as ``evaluate_run(**kwargs)``."""
-    from dmirec.evaluate import evaluate_run
+    from dmirec.evaluation.evaluate import evaluate_run
 
     out: dict = {}
     for split in SPLITS:
@@ -82,10 +82,10 @@ def recall_parts(run_dir: Path, **kwargs) -> dict:
     import numpy as np
 
     from dmirec.data.sampler import eval_split
-    from dmirec.evaluate import load_run, rank_users
-    from dmirec.metrics import hit_matrix
-    from dmirec.repeat_fit import with_repeat_params
-    from dmirec.repeats import channel_from_config
+    from dmirec.evaluation.evaluate import load_run, rank_users
+    from dmirec.evaluation.metrics import hit_matrix
+    from dmirec.repeats.params import with_repeat_params
+    from dmirec.repeats.channel import channel_from_config
 
     model, cfg, data = load_run(run_dir)
     cfg = with_repeat_params(cfg, run_dir, kwargs.get("repeat_params"))
@@ -117,8 +117,8 @@ def write_record(name: str, record: dict) -> Path:
 def cmd_baseline(args) -> None:
     import torch
 
-    from dmirec.rundir import read_config
-    from dmirec.train import make_config, train
+    from dmirec.runs.rundir import read_config
+    from dmirec.training.train import make_config, train
 
     torch.set_num_threads(1)
     for data_dir in map(Path, args.data):
@@ -141,8 +141,8 @@ def cmd_baseline(args) -> None:
 def cmd_channel(args) -> None:
     import torch
 
-    from dmirec.repeat_fit import fit_repeat_run
-    from dmirec.rundir import read_config, read_data_ref
+    from dmirec.evaluation.repeat_fit import fit_repeat_run
+    from dmirec.runs.rundir import read_config, read_data_ref
 
     torch.set_num_threads(1)
     for source in map(Path, args.runs):
@@ -173,7 +173,7 @@ def cmd_stats(args) -> None:
     """How many evaluation targets repeat a history item, per dataset and split."""
     from dmirec.data.dataset import load_dataset
     from dmirec.data.sampler import eval_split
-    from dmirec.metrics import drop_seen_targets
+    from dmirec.evaluation.metrics import drop_seen_targets
 
     for data_dir in map(Path, args.data):
         start = time.perf_counter()

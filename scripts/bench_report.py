@@ -11,7 +11,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from dmirec.compare import format_mean_sd, mean_sd
+from dmirec.evaluation.compare import format_mean_sd, mean_sd
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCH = ROOT / "configs" / "bench" / "reference_remi_code.md"
@@ -97,6 +97,7 @@ def write_report(results_dir: Path, out: Path) -> None:
                      f"torch {md['torch']}, {md['torch_threads']} torch thread(s) per training run (two runs shared the "
                      f"machine at a time, so per-run seq/s are not clean speed numbers), {md['os']}")
     lines.append("")
+    lines += _recipes_section()
     for dataset in sorted({d for d, _ in groups}):
         lines += [f"## {dataset}", "",
                   "| model | seeds | steps (best) | stop | R@20 | R@50 | HR@20 | HR@50 | NDCG@20 std | NDCG@50 std "
@@ -156,6 +157,24 @@ def write_report(results_dir: Path, out: Path) -> None:
         lines += [notes.read_text().rstrip(), ""]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out} from {len(records)} runs")
+
+
+def _recipes_section() -> list[str]:
+    """Recipes of channels merged on validation users, and the classical channels alone
+    (scripts/bench_recipes.py and scripts/bench_classical.py write their records)."""
+    import importlib
+
+    lines: list[str] = []
+    for name in ("bench_recipes", "bench_classical"):
+        if not (ROOT / "scripts" / f"{name}.py").exists():
+            continue
+        module = importlib.import_module(name)
+        table = module.table()
+        if isinstance(table, str):
+            table = table.splitlines()
+        if len(table) > 8:  # a section with at least one record
+            lines += table + [""]
+    return lines
 
 
 def _other_groups(records: list[dict]) -> list[str]:

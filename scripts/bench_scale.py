@@ -82,12 +82,12 @@ def speed_one(args: argparse.Namespace) -> None:
     """Child process: time the training step on one catalogue with one path; print a JSON line."""
     import torch
 
-    from dmirec import optim
+    from dmirec.training import optim
     from dmirec.data.dataset import load_dataset
     from dmirec.data.sampler import TrainSampler
-    from dmirec.losses import NegativeSampler
+    from dmirec.objectives.losses import NegativeSampler
     from dmirec.models import build_model
-    from dmirec.train import make_config, make_optimizer, train_step
+    from dmirec.training.train import make_config, make_optimizer, train_step
 
     torch.set_num_threads(args.threads)
     data = load_dataset(synth_data(args.items, args.users), mmap=True)
@@ -209,7 +209,7 @@ def train_ranks(args: argparse.Namespace, data: Path, work: Path, name: str, ran
 def rank_train(args: argparse.Namespace, train_args: list[str]) -> None:
     """Child (a torchrun rank or the single process): ``dmirec train``, then this process's peak RSS
     written to ``RSS_DIR/rank-R.json``."""
-    from dmirec.cli import main as dmirec_main
+    from dmirec.cli.main import main as dmirec_main
 
     rc = dmirec_main(["train", *train_args])
     rank = int(os.environ.get("RANK", "0") or 0)
@@ -272,7 +272,7 @@ def cmd_prepare(args: argparse.Namespace) -> list[dict]:
 def _dmirec_child(argv: list[str]) -> tuple[float, float]:
     """Run ``dmirec ARGV`` in a child process: (wall seconds, the child's peak RSS in MiB)."""
     code = ("import resource, sys, time\n"
-            "from dmirec.cli import main\n"
+            "from dmirec.cli.main import main\n"
             "t = time.perf_counter()\n"
             f"rc = main({argv!r})\n"
             "print('RESULT', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"

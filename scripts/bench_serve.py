@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Latency of the HTTP service at fixed request rates: real server, real HTTP, open loop.
 
-Starts ``python -m dmirec.serve.app BUNDLE`` (uvicorn) on a free loopback port, waits for
+Starts ``python -m dmirec.serving.app BUNDLE`` (uvicorn) on a free loopback port, waits for
 ``/health``, warms up, then for each rate sends requests on a fixed schedule (request i at
 t0 + i / rate, whether or not earlier ones have answered: an open-loop generator, so a slow
 server shows up as latency instead of being hidden by a client that waits) with asyncio + httpx.
@@ -95,7 +95,7 @@ def load_histories(bundle: Path, path: Path | None, count: int, seq_len: int, se
 
 def start_server(bundle: Path, port: int, threads: int, pin: bool, workers: int = 1,
                  max_inflight: int | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dmirec.serve.app", str(bundle), "--port", str(port), "--threads", str(threads),
+    cmd = [sys.executable, "-m", "dmirec.serving.app", str(bundle), "--port", str(port), "--threads", str(threads),
            "--log-level", "warning", "--workers", str(workers)]
     if max_inflight is not None:
         cmd += ["--max-inflight", str(max_inflight)]
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     wall0 = time.perf_counter()
 
-    from dmirec.serve.bundle import read_manifest
+    from dmirec.serving.bundle import read_manifest
 
     manifest = read_manifest(args.bundle)
     histories = load_histories(args.bundle, args.histories, 2000, int(manifest.get("seq_len", 20)), args.seed)

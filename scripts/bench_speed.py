@@ -21,13 +21,13 @@ import time
 import torch
 
 from bench import DATA, RESULTS, ROOT, machine, prepared
-from dmirec import optim
 from dmirec.data.dataset import load_dataset
 from dmirec.data.sampler import TrainSampler, eval_split
-from dmirec.losses import NegativeSampler
 from dmirec.models import build_model
+from dmirec.objectives.losses import NegativeSampler
 from dmirec.retrieval import search
-from dmirec.train import make_config, make_optimizer, train_step
+from dmirec.training import optim
+from dmirec.training.train import make_config, make_optimizer, train_step
 
 MODELS = ["comirec-sa", "remi", "comirec-dr", "mind", "youtube-dnn", "dmi"]
 

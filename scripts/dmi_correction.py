@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmirec import rundir
 from dmirec.data.sampler import eval_split
-from dmirec.evaluate import load_run, user_vectors
+from dmirec.evaluation.evaluate import load_run, user_vectors
 from dmirec.retrieval import search
+from dmirec.runs import rundir
 
 N = 50
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from dmirec import rundir
-from dmirec.evaluate import evaluate_model, load_run
+from dmirec.evaluation.evaluate import evaluate_model, load_run
+from dmirec.runs import rundir
 
 VARIANTS = [
     ("as trained", {}),

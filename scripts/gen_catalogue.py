@@ -29,7 +29,7 @@ import torch
 
 from dmirec.config import from_dict
 from dmirec.models import build_model
-from dmirec.serve.bundle import write_bundle
+from dmirec.serving.bundle import write_bundle
 
 
 def make_users(rng: np.random.Generator, members: list[np.ndarray], count: int, min_len: int = 5,

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench import data_fingerprint, git_commit, machine  # noqa: E402
 
-from dmirec.evaluate import METRIC_NS, evaluate_model, load_run  # noqa: E402
+from dmirec.evaluation.evaluate import METRIC_NS, evaluate_model, load_run  # noqa: E402
 
 OUT = ROOT / "bench_results" / "neighbour_rule"
 
@@ -55,7 +55,7 @@ def metrics_of(run: Path, split: str, overrides: dict) -> dict:
 
 def record(run: Path, rows: list[dict], chosen: dict, test: dict, base_test: dict, wall: float, rule: str,
            tag: str = "") -> None:
-    from dmirec import rundir
+    from dmirec.runs import rundir
 
     cfg = rundir.read_config(run)
     data = Path(rundir.read_data_ref(run)["path"])

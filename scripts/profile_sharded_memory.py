@@ -44,15 +44,15 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/profile_sharded_memory", help="where the table files are written (then removed)")
     args = p.parse_args()
 
-    from dmirec import sharded
+    from dmirec.training.distributed import sharded, sharded_checkpoint, sharded_optim
     from dmirec.data.dataset import load_dataset
     from dmirec.data.sampler import TrainSampler, valid_split
-    from dmirec.dist import Context
-    from dmirec.evaluate import evaluate_model
-    from dmirec.losses import NegativeSampler
+    from dmirec.training.distributed.ddp import Context
+    from dmirec.evaluation.evaluate import evaluate_model
+    from dmirec.objectives.losses import NegativeSampler
     from dmirec.models import build_model, set_routing_reg
     from dmirec.models.base import item_table_on_meta
-    from dmirec.train import loss_with_negatives, make_config, train_step
+    from dmirec.training.train import loss_with_negatives, make_config, train_step
 
     tdist.init_process_group("gloo")
     torch.set_num_threads(1)
@@ -77,7 +77,7 @@ def main() -> None:
     table = sharded.install(model, cfg.seed)
     ctx_rows[0] = table.rows_here
     report("table installed")
-    optimizer = sharded.make_optimizer(model, cfg)
+    optimizer = sharded_optim.make_optimizer(model, cfg)
     set_routing_reg(model, cfg.routing_reg * world)
     ddp = sharded.wrap(model, lambda m, h, mk, t, n, u: loss_with_negatives(m, cfg, h, mk, t, n, None, u),
                        torch.device("cpu"))
@@ -105,7 +105,7 @@ def main() -> None:
     report("validated (sharded search)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sharded.save_table(table, out, "last", args.steps, moments=True)
+    sharded_checkpoint.save_table(table, out, "last", args.steps, moments=True)
     report("table file written")
     (out / f"last.table.s{args.steps}.r{rank}of{world}.pt").unlink()
     every = [None] * world

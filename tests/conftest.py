@@ -24,7 +24,7 @@ def shared_datasets() -> Path:
 def tiny_serving_run(tmp_path_factory) -> tuple[Path, Path]:
     """(dataset dir, run dir) of a 50-step ComiRec-SA run on planted data, shared by the serving tests."""
     from dmirec.data.synthetic import make_planted_dataset
-    from dmirec.train import make_config, train
+    from dmirec.training.train import make_config, train
 
     base = tmp_path_factory.getbasetemp() / "serve_tiny_run"
     data, run = base / "data", base / "run"

@@ -10,12 +10,12 @@ import torch
 
 from dmirec.data.dataset import load_dataset
 from dmirec.data.synthetic import make_planted_dataset
-from dmirec.evaluate import evaluate_model
-from dmirec.export import export_bundle
+from dmirec.evaluation.evaluate import evaluate_model
 from dmirec.retrieval import search
-from dmirec.rundir import load_trained_model
-from dmirec.serve import load_bundle
-from dmirec.train import make_config, train
+from dmirec.runs.rundir import load_trained_model
+from dmirec.serving import load_bundle
+from dmirec.serving.export import export_bundle
+from dmirec.training.train import make_config, train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")]
@@ -106,7 +106,7 @@ def test_dmi_variants_and_coin_train_on_gpu_and_match_cpu_evaluation(planted, tm
 def test_http_app_on_gpu_answers_what_cpu_answers(cuda_run, tmp_path):
     import warnings
 
-    from dmirec.serve.app import create_app
+    from dmirec.serving.app import create_app
 
     run, _ = cuda_run
     export_bundle(run, tmp_path / "bundle")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ..retrieval.exact import as_exclude_csr
 from .itemknn import rows_topk
 
 __all__ = ["top_items", "fill_popular", "exclusion_csr"]
@@ -34,8 +35,6 @@ def exclusion_csr(exclude: Any, batch: int, num_items: int):
     """The exclusion spec as an ExcludeCSR (see :func:`dmirec.retrieval.exact.as_exclude_csr`)."""
     if exclude is None:
         return None
-    from dmirec.retrieval.exact import as_exclude_csr  # shared convention (imports torch)
-
     return as_exclude_csr(exclude, batch, num_items)
 
 

@@ -12,7 +12,7 @@ a number, a corrupt gzip stream or a malformed line is an :class:`LogInputError`
 and the line (text, header counted) or the row (Parquet). A pipe or ``/dev/stdin`` is spooled
 to a temporary file first. ComiRec split folders are read whole (the small published splits).
 
-Used by batch recommendation (:mod:`dmirec.serve.batch`) and the streaming prepare
+Used by batch recommendation (:mod:`dmirec.serving.batch`) and the streaming prepare
 (:mod:`dmirec.data.stream_prepare`). ``dmirec prepare`` without ``--stream`` keeps its in-memory
 reader, :func:`dmirec.data.readers.read_log` (pandas): it decides over the whole column what a
 batch cannot (a Parquet float id column is written as integers only when every value is whole;

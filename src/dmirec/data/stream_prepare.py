@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .logstream import iter_log
+from .logstream import iter_log, parquet_columns
+from .prepare import _comirec_split_codes, _default_name, _write_dataset, check_prepare_args
 from .readers import InputError, infer_format
 
 __all__ = ["prepare_streaming"]
@@ -52,8 +53,6 @@ def _check_id_types(path: Path, cols: dict[str, str]) -> None:
     a stream of batches cannot."""
     import pyarrow as pa
 
-    from .logstream import parquet_columns
-
     pf, cols = parquet_columns(path, cols)
     for role in ("user", "item"):
         kind = pf.schema_arrow.field(cols[role]).type
@@ -67,8 +66,6 @@ def prepare_streaming(input, outdir, format: str | None = None, core: int = 5, s
                       item_col: str = "item_id", time_col: str = "timestamp", seq_len: int | None = None,
                       batch_rows: int = 1 << 20):
     """:func:`dmirec.data.prepare.prepare` for CSV/Parquet logs, read ``batch_rows`` rows at a time."""
-    from .prepare import _comirec_split_codes, _default_name, _write_dataset, check_prepare_args
-
     core, seed = check_prepare_args(core, seed, seq_len)
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, not {batch_rows!r}")

@@ -29,6 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .synthetic import write_prepared
+
 PRESETS = {
     # Amazon Books in the ComiRec protocol is ~460k users, ~310k items, ~9M interactions
     "books": {"users": 460_000, "items": 310_000, "clusters": 2000},
@@ -181,8 +183,6 @@ def write_log(spec: LogSpec, path: str | Path, format: str | None = None) -> dic
 def write_prepared_direct(spec: LogSpec, outdir: str | Path, name: str = "synth") -> Path:
     """The log as a prepared dataset without ``prepare`` (no k-core filter, item ids as generated,
     80/10/10 users in generation order): fast set-up for speed benchmarks at millions of items."""
-    from .synthetic import write_prepared
-
     seqs = []
     for _, offsets, items, _ in chunks(spec):
         seqs.extend(np.split(items.astype(np.int32), offsets[1:-1]))

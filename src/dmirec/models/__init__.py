@@ -14,72 +14,67 @@ from typing import Callable
 
 import numpy as np
 
+from ..collab.neighbours import InterestBank
 from ..config import Config
 from .base import RetrievalModel, TrainOutput, argmax_readout
+from .coin import COIN
+from .comirec_dr import ComiRecDR
+from .comirec_sa import ComiRecSA
+from .dmi.model import DMI
+from .item_item import EASE, ItemKNN, RP3beta
+from .mind import MIND
+from .most_popular import MostPopular
+from .repeat import RepeatBaseline
+from .youtube_dnn import YouTubeDNN
 
 Builder = Callable[[Config, int, np.ndarray], RetrievalModel]
 
 
 def _comirec_sa(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .comirec_sa import ComiRecSA
-
     return ComiRecSA(num_items, cfg.embedding_dim, cfg.num_interests, cfg.seq_len, cfg.sa_hidden_factor,
                      cfg.add_positions)
 
 
 def _comirec_dr(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .comirec_dr import ComiRecDR
-
     return ComiRecDR.from_config(cfg, num_items)
 
 
 def _mind(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .mind import MIND
-
     return MIND.from_config(cfg, num_items)
 
 
 def _youtube_dnn(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .youtube_dnn import YouTubeDNN
-
     return YouTubeDNN.from_config(cfg, num_items)
 
 
 def _most_popular(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .most_popular import MostPopular
-
     return MostPopular(num_items, popularity)
 
 
 def _coin(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .coin import COIN
-
     return COIN.from_config(cfg, num_items)
 
 
 def _repeat(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .repeat import RepeatBaseline
-
     return RepeatBaseline(num_items, popularity, cfg.repeat_decay)
 
 
 def _itemknn(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .item_item import ItemKNN
-
     return ItemKNN(num_items, popularity, shrink=cfg.itemknn_shrink, neighbours=cfg.itemknn_neighbours,
                    history_decay=cfg.history_decay)
 
 
-def _ease(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .item_item import EASE
+def _rp3beta(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
+    return RP3beta(num_items, popularity, alpha=cfg.rp3beta_alpha, beta=cfg.rp3beta_beta,
+                   neighbours=cfg.rp3beta_neighbours, history_decay=cfg.history_decay)
 
+
+def _ease(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
     return EASE(num_items, popularity, lam=cfg.ease_lambda, neighbours=cfg.ease_neighbours,
                 max_items=cfg.ease_max_items, history_decay=cfg.history_decay)
 
 
 def _dmi(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
-    from .dmi import DMI
-
     backbone = build_model(cfg.replace(model=cfg.backbone, neighbour_alpha=0.0), num_items, popularity)
     return DMI.from_config(cfg, backbone)
 
@@ -96,6 +91,7 @@ REGISTRY: dict[str, Builder] = {
     "dmi": _dmi,
     "itemknn": _itemknn,
     "ease": _ease,
+    "rp3beta": _rp3beta,
 }
 
 def needs_bank(cfg: Config) -> bool:
@@ -106,8 +102,6 @@ def needs_bank(cfg: Config) -> bool:
 
 def attach_bank(model: RetrievalModel, cfg: Config) -> RetrievalModel:
     """Give ``model`` an (empty) interest bank and the neighbour rule's settings."""
-    from ..neighbours import InterestBank
-
     k = getattr(model, "num_interests", None) or cfg.num_interests
     model.bank = InterestBank(model.embedding_dim, k, search=cfg.bank_search, hnsw_ef=cfg.bank_hnsw_ef)
     model.neighbour_alpha = cfg.neighbour_alpha

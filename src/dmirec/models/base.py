@@ -10,7 +10,7 @@ vectors and the item-to-interest weights:
     train_forward(history, mask, target, users=None) -> TrainOutput
     bank_interests(history, mask) -> (B, K, D), what the interest bank stores for a training user
 
-Any model may carry an interest bank (``model.bank``, :mod:`dmirec.neighbours`, attached by
+Any model may carry an interest bank (``model.bank``, :mod:`dmirec.collab.neighbours`, attached by
 :func:`dmirec.models.build_model` when the config asks for one); its query vectors then get the
 neighbour rule with ``model.neighbour_alpha`` and ``model.neighbours``. ``users`` in
 ``train_forward`` are the batch's train-split row ids, so that a model reading the bank can
@@ -29,6 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from ..collab.neighbours import neighbour_rule
+from .remi import routing_regularizer
 
 #: Rows per block of the blocked table initialisation (:func:`blocked_table_rows`).
 TABLE_INIT_BLOCK = 65_536
@@ -159,7 +162,6 @@ class RetrievalModel(nn.Module):
         bank = getattr(self, "bank", None)
         if bank is None:
             return vecs
-        from ..neighbours import neighbour_rule
 
         return neighbour_rule(vecs, bank, self.neighbour_alpha, self.neighbours)
 
@@ -175,7 +177,6 @@ class RetrievalModel(nn.Module):
         users; part of every model's ``aux_loss`` (a zero scalar when off)."""
         if self.routing_reg <= 0:
             return weights.new_zeros(())
-        from .remi import routing_regularizer
 
         return self.routing_reg * routing_regularizer(weights, self.embedding_dim)
 

@@ -16,7 +16,7 @@ protocol. Three parts, as its public code does them:
   interest) are negatives; per positive an InfoNCE term over all candidates. As in COIN's code
   the terms are averaged over all ``B * (n + negatives)`` candidate slots, which scales the loss
   by ``n / (n + negatives)``; a random ``coin_bank_sample`` users are scored per step.
-* **Inference rule**: the neighbour rule of :mod:`dmirec.neighbours` with ``neighbour_alpha`` and
+* **Inference rule**: the neighbour rule of :mod:`dmirec.collab.neighbours` with ``neighbour_alpha`` and
   ``neighbours`` (``v_k + alpha * cosine-weighted mean of the n nearest bank interests``).
 
 Where we differ from COIN's code (see README, COIN): the bank holds one entry per training user

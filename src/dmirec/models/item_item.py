@@ -1,14 +1,16 @@
-"""Item-to-item models of the zoo: ItemKNN and EASE (``--model itemknn`` / ``--model ease``).
+"""Item-to-item models of the zoo: ItemKNN, RP3beta and EASE (``--model itemknn / rp3beta / ease``).
 
 Both hold one sparse item-item matrix S of shape (N + 1, N + 1), fitted in closed form on the
 training users' item sets (:meth:`ItemItemModel.fit`): ItemKNN the shrunk cosine between items
-(Sarwar et al., WWW 2001; :func:`dmirec.channels.itemknn.fit_itemknn`), EASE the ridge regression of
+(Sarwar et al., WWW 2001; :func:`dmirec.channels.itemknn.fit_itemknn`), RP3beta the three-step
+random walk over the user-item graph with a popularity penalty (Paudel et al., TiiS 2017;
+:func:`dmirec.channels.rp3beta.fit_rp3beta`), EASE the ridge regression of
 every item on all others with a zero diagonal (Steck, WWW 2019; :func:`dmirec.channels.ease.fit_ease`).
 A user's whole history, each distinct item weighted 1 (or ``exp(-history_decay * age)`` summed over
 its visits), scores items as ``x_u S``; the top n are the list, filled with the most popular items
 when fewer than n items score (:meth:`ItemItemModel.rank_histories`). Evaluation, serving and
-batch candidates call that method instead of the vector search (:func:`dmirec.evaluate.rank_users`,
-:meth:`dmirec.serve.bundle.Bundle.recommend_ids`).
+batch candidates call that method instead of the vector search (:func:`dmirec.evaluation.evaluate.rank_users`,
+:meth:`dmirec.serving.bundle.Bundle.recommend_ids`).
 
 The model contract is honoured as most-popular honours it (D = 1: item "embeddings" are
 ``log(1 + training count)`` and every user's single query vector is 1), so code that only knows
@@ -26,6 +28,7 @@ from torch import nn
 from ..channels.ease import fit_ease
 from ..channels.interactions import sequences_matrix, user_item_matrix
 from ..channels.itemknn import fit_itemknn
+from ..channels.rp3beta import fit_rp3beta
 from ..channels.scoring import top_items
 from ..retrieval import SearchResult
 from ..retrieval.fill import fill_popular
@@ -149,3 +152,16 @@ class EASE(ItemItemModel):
     def fit_matrix(self, train: sp.csr_matrix) -> sp.csr_matrix:
         b = fit_ease(train, lam=self.lam, max_items=self.max_items, topk=self.neighbours or None)
         return sp.csr_matrix(b)
+
+
+class RP3beta(ItemItemModel):
+    """RP3beta: the 3-step walk item -> user -> item, probabilities to the power alpha, the target
+    divided by its popularity to the power beta; top ``neighbours`` per item kept."""
+
+    def __init__(self, num_items: int, popularity=None, *, alpha: float = 1.0, beta: float = 0.5,
+                 neighbours: int = 200, history_decay: float = 0.0):
+        super().__init__(num_items, popularity, history_decay)
+        self.alpha, self.beta, self.neighbours = float(alpha), float(beta), int(neighbours)
+
+    def fit_matrix(self, train: sp.csr_matrix) -> sp.csr_matrix:
+        return fit_rp3beta(train, alpha=self.alpha, beta=self.beta, topk=self.neighbours)

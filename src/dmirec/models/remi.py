@@ -1,4 +1,4 @@
-"""REMI's training scheme: routing regularisation (and, in :mod:`dmirec.losses`, hard negatives).
+"""REMI's training scheme: routing regularisation (and, in :mod:`dmirec.objectives.losses`, hard negatives).
 
 Xie et al., "Rethinking Multi-Interest Learning for Candidate Matching", RecSys 2023.
 REMI is ComiRec-SA (or DR) trained with two additions: interest-aware hard-negative weighting of

@@ -9,7 +9,7 @@ resumes where it stopped (a killed training run resumes from its last checkpoint
 3. ``train``: the backbone, REMI, trained to early stopping within the budget's step cap
    (``DIR/backbone``, an ordinary run directory);
 4. ``rule``: the neighbour rule's (n, alpha) on validation users (:mod:`dmirec.pipeline.rule`);
-5. ``channels``: ItemKNN, EASE (where the catalogue allows it), the repeat ranking (where the data
+5. ``channels``: ItemKNN, RP3beta, EASE (where the catalogue and the budget allow it), the repeat ranking (where the data
    has repeats) and the backbone with its rule, and the merger, all chosen on validation users
    (:func:`dmirec.recipes.fit.fit_recipe`; the recipe lands in ``DIR/backbone/recipe``);
 6. ``evaluate``: the recipe, each channel alone, REMI without the rule and most-popular on test
@@ -31,17 +31,18 @@ from typing import Any, Callable
 
 import yaml
 
-from ..atomic import atomic_write_text
 from ..config import ConfigError
 from ..data.dataset import load_dataset
 from ..data.prepare import prepare
 from ..data.sampler import eval_split
-from ..evaluate import evaluate_run, load_run, metric_cutoffs, rank_users
-from ..metrics import summarize
+from ..evaluation.evaluate import evaluate_run, metric_cutoffs, rank_users
+from ..evaluation.metrics import summarize
 from ..models import build_model
 from ..recipes.fit import evaluate_recipe, fit_recipe, load_run_recipe
 from ..recipes.recipe import RECIPE_DIR
-from ..train import make_config, resume, train
+from ..serving.export import export_bundle
+from ..training.train import make_config, resume, train
+from ..util.atomic import atomic_write_text
 from .rule import select_rule
 from .settings import BUDGETS, RULE_TIE, derive_settings
 
@@ -49,8 +50,11 @@ STATE_FILE = "fit_state.json"
 RECIPE_YAML = "recipe.yaml"
 BACKBONE = "backbone"
 FORMAT = "dmirec-fit"
+ITEM_ITEM = ("itemknn", "rp3beta", "ease")
+SCORING_KEYS = ("history_decay", "exclude_history")
 STAGES = ("prepare", "settings", "train", "rule", "channels", "evaluate", "export")
-LABELS = {"model": "backbone + neighbour rule", "itemknn": "ItemKNN", "ease": "EASE", "repeat": "repeat ranking"}
+LABELS = {"model": "backbone + neighbour rule", "itemknn": "ItemKNN", "rp3beta": "RP3beta", "ease": "EASE",
+          "repeat": "repeat ranking"}
 
 
 def is_fit_dir(path: str | Path) -> bool:
@@ -183,29 +187,22 @@ def fit(source: str | Path, out: str | Path, budget: str = "standard", *, recipe
 
     # 5 channels and the merger
     if stage(5, "channels"):
-        names = ["model", "itemknn"] + (["ease"] if settings["ease"] else []) + \
+        names = ["model", "itemknn", "rp3beta"] + (["ease"] if settings["ease"] and plan.get("ease", True) else []) + \
             (["repeat"] if settings["repeat_channel"] else [])
         over = {"neighbour_alpha": rule["neighbour_alpha"], "neighbours": rule["neighbours"]}
-        kwargs: dict[str, Any] = {k: plan[k] for k in ("itemknn_grid", "ease_grid", "scoring_grid", "weights")
-                                  if plan[k] is not None}
+        kwargs: dict[str, Any] = {k: plan[k] for k in ("itemknn_grid", "rp3beta_grid", "ease_grid", "scoring_grid",
+                                                       "weights") if plan.get(k) is not None}
         if fixed:
             ch = fixed["channels"]
             names = list(ch)
             over["exclude_history"] = bool(ch["model"].get("exclude_history", False))
-            kwargs = {"model_exclusion": False, "fixed_merger": fixed["merger"]}
-            for name in ("itemknn", "ease"):
+            kwargs = {"model_exclusion": False, "fixed_merger": fixed["merger"], "channel_scoring": {}}
+            for name in ITEM_ITEM:
                 if name in ch:
                     c = ch[name]
-                    fit_keys = {k: v for k, v in c.items() if k not in ("history_decay", "exclude_history")}
-                    kwargs[f"{name}_grid"] = [fit_keys]
-            knn_or_ease = ch.get("itemknn") or ch.get("ease") or {}
-            kwargs["scoring_grid"] = [{"history_decay": knn_or_ease.get("history_decay", 0.0),
-                                       "exclude_history": knn_or_ease.get("exclude_history", False)}]
-            if "itemknn" in ch and "ease" in ch and any(ch["itemknn"].get(k) != ch["ease"].get(k)
-                                                          for k in ("history_decay", "exclude_history")):
-                kwargs["scoring_grid"] = None  # differing scoring variants: replayed per channel below
-        record = fit_recipe(run, names, overrides=over, log=lambda s: log(f"  {s}"),
-                            **_per_channel_scoring(kwargs, fixed))
+                    kwargs[f"{name}_grid"] = [{k: v for k, v in c.items() if k not in SCORING_KEYS}]
+                    kwargs["channel_scoring"][name] = [{k: c[k] for k in SCORING_KEYS}]
+        record = fit_recipe(run, names, overrides=over, log=lambda s: log(f"  {s}"), **kwargs)
         rec = record.pop("recipe")
         chosen = {c.name: _channel_choice(c) for c in rec.channels}
         finish("channels", {"channels": names, "chosen": chosen,
@@ -225,8 +222,6 @@ def fit(source: str | Path, out: str | Path, budget: str = "standard", *, recipe
 
     # 7 export
     if stage(7, "export", f" ({out / 'bundle'})"):
-        from ..export import export_bundle
-
         manifest = export_bundle(run, out / "bundle", overwrite=True, query_sample=1000)
         finish("export", {"bundle": str((out / "bundle").resolve()), "served": manifest.get("served")})
     _write_recipe_yaml(out, done, budget)
@@ -235,22 +230,11 @@ def fit(source: str | Path, out: str | Path, budget: str = "standard", *, recipe
     return report
 
 
-def _per_channel_scoring(kwargs: dict[str, Any], fixed: dict[str, Any] | None) -> dict[str, Any]:
-    """Replay: when ItemKNN and EASE were chosen with different scoring variants, each channel's
-    grid holds its own variant (the fit scores every variant of every grid point, so a grid of the
-    two variants still picks each channel's own best on validation users, deterministically)."""
-    if kwargs.get("scoring_grid", "") is None and fixed:
-        ch = fixed["channels"]
-        kwargs["scoring_grid"] = [{"history_decay": ch[n]["history_decay"], "exclude_history": ch[n]["exclude_history"]}
-                                  for n in ("itemknn", "ease")]
-    return kwargs
-
-
 def _channel_choice(ch) -> dict[str, Any]:
     cfg = ch.config
-    keys = {"model": ("exclude_history",), "itemknn": ("itemknn_shrink", "itemknn_neighbours", "history_decay",
-                                                       "exclude_history"),
-            "ease": ("ease_lambda", "ease_neighbours", "history_decay", "exclude_history"), "repeat": ("repeat_decay",)}
+    keys = {"model": ("exclude_history",), "itemknn": ("itemknn_shrink", "itemknn_neighbours", *SCORING_KEYS),
+            "rp3beta": ("rp3beta_alpha", "rp3beta_beta", "rp3beta_neighbours", *SCORING_KEYS),
+            "ease": ("ease_lambda", "ease_neighbours", *SCORING_KEYS), "repeat": ("repeat_decay",)}
     return {k: getattr(cfg, k) for k in keys.get(ch.name, ())}
 
 

@@ -1,6 +1,6 @@
 """The neighbour rule's setting (n, alpha) chosen on a finished run's validation users.
 
-The rule (COIN's training-free neighbour rule, :mod:`dmirec.neighbours`) moves every query vector
+The rule (COIN's training-free neighbour rule, :mod:`dmirec.collab.neighbours`) moves every query vector
 towards the mean interests of its n most similar training users, with weight alpha. For every
 (n, alpha) of the grid, and alpha 0 (no rule), the run's model ranks the validation users; the
 highest validation Recall@50 wins, settings within ``tie`` of it count as tied and the smallest
@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ..evaluate import METRIC_NS, evaluate_model, load_run
+from ..evaluation.evaluate import METRIC_NS, evaluate_model, load_run
 
 
 def select_rule(run_dir: str | Path, grid: dict[str, list[float]], tie: float = 0.0005,

@@ -4,7 +4,7 @@ The rule, fixed before any test number is seen:
 
 1. Every requested channel is built: ``model`` (the run itself, with the neighbour rule and
    repeat channel of its config and the given overrides; history exclusion on or off, whichever
-   scores better alone), ``itemknn`` and ``ease`` (fitted on the run's training users; each
+   scores better alone), ``itemknn``, ``rp3beta`` and ``ease`` (fitted on the run's training users; each
    setting of their small grid, times the scoring variants of :data:`SCORING_GRID` (history
    decay, history exclusion), scored alone on the validation users, the best validation
    Recall@50 kept, ties to the earlier grid point), ``repeat`` (the user's own history by count,
@@ -34,14 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config
+from ..config import Config, from_dict, upgrade_saved
 from ..data.sampler import EvalSet, eval_split
-from ..evaluate import load_run, new_items_view
-from ..metrics import catalogue_coverage, summarize
+from ..evaluation.evaluate import load_run, new_items_view
+from ..evaluation.metrics import catalogue_coverage, summarize
 from ..models import build_model
-from ..rundir import read_data_ref
+from ..retrieval import SearchResult
+from ..retrieval.fill import fill_popular
+from ..runs.rundir import read_config, read_data_ref
 from .merge import candidate_table, contributions, merge_table
-from .recipe import OWN_MODEL, RECIPE_DIR, Channel, Recipe, channel_list, make_channel, write_recipe
+from .recipe import (OWN_MODEL, RECIPE_DIR, RECIPE_FILE, Channel, Recipe, RecipeError, channel_list, load_recipe,
+                     make_channel, read_spec, write_recipe)
 
 RRF_KS = (10.0, 60.0)
 WEIGHTS = (0.0, 0.5, 1.0, 2.0)
@@ -49,10 +52,12 @@ DEPTH = 200
 ITEMKNN_GRID: tuple[dict[str, Any], ...] = tuple(
     {"itemknn_shrink": s, "itemknn_neighbours": k} for k in (50, 200) for s in (10.0, 50.0, 200.0))
 EASE_GRID: tuple[dict[str, Any], ...] = tuple({"ease_lambda": lam} for lam in (100.0, 500.0, 2000.0))
+RP3BETA_GRID: tuple[dict[str, Any], ...] = tuple(
+    {"rp3beta_alpha": a, "rp3beta_beta": b, "rp3beta_neighbours": 200} for a in (0.5, 1.0) for b in (0.0, 0.25, 0.5))
 # how an item-to-item channel scores a history: each fitted matrix is tried with every variant
 SCORING_GRID: tuple[dict[str, Any], ...] = tuple(
     {"history_decay": d, "exclude_history": e} for e in (False, True) for d in (0.0, 0.1))
-KNOWN = ("model", "itemknn", "ease", "repeat")
+KNOWN = ("model", "itemknn", "rp3beta", "ease", "repeat")
 
 
 def _score(res, targets, n: int = 50) -> dict[str, float]:
@@ -61,8 +66,6 @@ def _score(res, targets, n: int = 50) -> dict[str, float]:
 
 
 def _fill(res, popular_order: np.ndarray, histories, exclude: bool):
-    from ..retrieval.fill import fill_popular
-
     return fill_popular(res, popular_order, histories if exclude else None)
 
 
@@ -113,15 +116,22 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
                overrides: dict[str, Any] | None = None, depth: int = DEPTH, max_users: int = 0,
                new_items_only: bool = False, weights: Sequence[float] = WEIGHTS, rrf_ks: Sequence[float] = RRF_KS,
                itemknn_grid: Sequence[dict[str, Any]] = ITEMKNN_GRID, ease_grid: Sequence[dict[str, Any]] = EASE_GRID,
+               rp3beta_grid: Sequence[dict[str, Any]] = RP3BETA_GRID,
                scoring_grid: Sequence[dict[str, Any]] = SCORING_GRID, model_exclusion: bool = True,
                fixed_merger: dict[str, Any] | None = None,
+               prefit: dict[str, tuple[Channel, list[dict[str, Any]]]] | None = None,
+               channel_scoring: dict[str, Sequence[dict[str, Any]]] | None = None,
                write: bool = True, out: str | Path | None = None,
                log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Choose the recipe of ``run_dir`` on its validation users; write it to ``out`` (default
     ``RUN_DIR/recipe/``) unless ``write`` is False. Returns the record (chosen point, grid,
     channels alone, the :class:`Recipe` itself under ``"recipe"``). ``fixed_merger``
     (``{"merger", "k", "weights"}``) replaces the merger grid by that one point (a recipe replayed
-    from ``recipe.yaml``); ``model_exclusion`` False keeps the run's own ``exclude_history``."""
+    from ``recipe.yaml``); ``model_exclusion`` False keeps the run's own ``exclude_history``.
+    ``prefit``: item-to-item channels already chosen on the same data (name -> (channel, grid
+    rows)), reused instead of fitted again: their choice depends on the training and validation
+    users only, not on the run, so the seeds of one dataset share it. ``channel_scoring``: a
+    channel's own scoring variants instead of ``scoring_grid`` (a replay fixes each channel's)."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
     model, cfg, data = load_run(run_dir, overrides=overrides)
@@ -153,8 +163,15 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
                 pick = max(rows, key=lambda r: (r["recall@50"], not r["exclude_history"]))
                 own = make_channel(OWN_MODEL, model, cfg.replace(exclude_history=pick["exclude_history"]))
             built.append(own)
+        elif prefit and name in prefit:
+            ch, grids[name] = prefit[name]
+            built.append(ch)
         elif name == "itemknn":
-            ch, grids["itemknn"] = _select("itemknn", cfg, itemknn_grid, scoring_grid, data, valid, exclude,
+            ch, grids["itemknn"] = _select("itemknn", cfg, itemknn_grid, (channel_scoring or {}).get("itemknn", scoring_grid), data, valid, exclude,
+                                           popular_order, log)
+            built.append(ch)
+        elif name == "rp3beta":
+            ch, grids["rp3beta"] = _select("rp3beta", cfg, rp3beta_grid, (channel_scoring or {}).get("rp3beta", scoring_grid), data, valid, exclude,
                                            popular_order, log)
             built.append(ch)
         elif name == "ease":
@@ -162,7 +179,7 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
                 notes.append(f"ease skipped: {data.num_items:,} items > ease_max_items {cfg.ease_max_items:,}")
                 log(notes[-1])
                 continue
-            ch, grids["ease"] = _select("ease", cfg, ease_grid, scoring_grid, data, valid, exclude, popular_order, log)
+            ch, grids["ease"] = _select("ease", cfg, ease_grid, (channel_scoring or {}).get("ease", scoring_grid), data, valid, exclude, popular_order, log)
             built.append(ch)
         elif name == "repeat":
             rcfg = cfg.replace(model="repeat", num_interests=1, max_steps=0, neighbour_alpha=0.0, repeat_channel=False,
@@ -217,6 +234,7 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
     recipe = Recipe(built, chosen["weights"], chosen["merger"], chosen["k"] or 60.0, depth, exclude,
                     popular_order, info)
     record = {"run_dir": str(run_dir.resolve()), "dataset": data.name, "channels": names, **info,
+              "built": {c.name: (c, grids.get(c.name, [])) for c in built},
               "seconds": round(time.perf_counter() - start, 2)}
     if write:
         out = Path(out) if out is not None else run_dir / RECIPE_DIR
@@ -227,8 +245,6 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
 
 
 def _cut(res, n: int):
-    from ..retrieval import SearchResult
-
     return SearchResult(ids=res.ids[:, :n], scores=res.scores[:, :n], interest=res.interest[:, :n])
 
 
@@ -262,8 +278,6 @@ def evaluate_recipe(recipe: Recipe, data, split: str, seq_len: int, ns=(20, 50),
 def run_recipe_folder(run_dir: str | Path, recipe: str | None = "auto") -> Path | None:
     """The recipe folder ``recipe`` names for a run: ``auto`` is ``RUN_DIR/recipe`` when it holds a
     recipe (else None), ``none`` is None, anything else a folder that must hold one."""
-    from .recipe import RECIPE_FILE, RecipeError
-
     if recipe in (None, "none"):
         return None
     if recipe == "auto":
@@ -279,10 +293,6 @@ def load_run_recipe(run_dir: str | Path, folder: str | Path, overrides: dict[str
     """(recipe, model, cfg, data) of a run and its recipe folder. The run's own channel is loaded
     with the settings the recipe recorded for it (e.g. the neighbour rule chosen with it);
     ``overrides`` are refused, since the recipe fixes its channels' settings."""
-    from ..config import from_dict, upgrade_saved
-    from ..rundir import read_config
-    from .recipe import load_recipe, read_spec
-
     if overrides:
         raise ValueError(f"{folder}: the recipe fixes its channels' settings; evaluate the run alone with "
                          f"--recipe none to change {sorted(overrides)}")

@@ -38,9 +38,10 @@ import torch
 from ..config import Config, ConfigError, from_dict, upgrade_saved
 from ..data.sampler import left_pad
 from ..models import build_model
-from ..repeats import channel_from_config, model_stage, retrieve
+from ..repeats.channel import channel_from_config, model_stage, retrieve
 from ..retrieval import SearchResult, make_searcher
 from ..retrieval.fill import fill_popular
+from ..util.atomic import make_readable
 from .merge import MERGERS, merge
 
 RECIPE_DIR = "recipe"
@@ -152,6 +153,7 @@ class Recipe:
 _SUMMARY_KEYS = {
     "itemknn": ("itemknn_shrink", "itemknn_neighbours", "history_decay", "exclude_history"),
     "ease": ("ease_lambda", "ease_neighbours", "history_decay", "exclude_history"),
+    "rp3beta": ("rp3beta_alpha", "rp3beta_beta", "rp3beta_neighbours", "history_decay", "exclude_history"),
     "repeat": ("repeat_decay",),
 }
 
@@ -212,8 +214,6 @@ def write_recipe(folder: str | Path, recipe: Recipe) -> None:
     import os
     import shutil
     import tempfile
-
-    from ..atomic import make_readable
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

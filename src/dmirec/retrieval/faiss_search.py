@@ -37,6 +37,7 @@ from dmirec.retrieval.exact import (
     ExcludeCSR,
     SearchResult,
     _empty_result,
+    as_exclude_csr,
     as_items,
     check_search_args,
 )
@@ -236,8 +237,6 @@ class FaissSearch:
             return
         if self._exact is None:
             self._exact = self._flat_index(self._items)
-        from dmirec.retrieval.exact import as_exclude_csr
-
         sub = as_exclude_csr(_rows_csr(excl, short), len(short), self.num_items)
         fix = self._search_index(self._exact, q[short], n, sub)
         res.ids[short], res.scores[short], res.interest[short] = fix.ids, fix.scores, fix.interest

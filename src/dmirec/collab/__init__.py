@@ -1,0 +1,1 @@
+"""Collaborative signal: the interest bank of training users and the neighbour rule (:mod:`.neighbours`)."""

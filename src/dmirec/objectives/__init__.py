@@ -1,0 +1,1 @@
+"""Training objectives: the sampled-softmax losses and their negative sampler (:mod:`.losses`)."""

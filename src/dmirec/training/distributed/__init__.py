@@ -1,0 +1,3 @@
+"""Training over several processes: data parallel (:mod:`.ddp`) and the TorchRec row-wise sharded
+item table (:mod:`.sharded`, its optimisers :mod:`.sharded_optim`, its checkpoint files
+:mod:`.checkpoint`)."""

@@ -1,0 +1,1 @@
+"""Leaf helpers that import nothing of dmirec: atomic file writes (:mod:`.atomic`)."""
