@@ -312,18 +312,19 @@ SHARDED_MODELS = ("comirec-sa", "remi", "comirec-dr", "mind")  # read the item t
 def _check_ranges(cfg: Config, source: str) -> None:
     positive = ("embedding_dim", "num_interests", "seq_len", "batch_size", "eval_every",
                 "eval_batch_size", "diffusion_steps", "routing_iters", "prune_m", "coin_temperature",
-                "coin_bank_sample", "coin_negatives", "coin_gru_layers", "coin_ff_dim", "repeat_ref_rank")
+                "coin_bank_sample", "coin_negatives", "coin_gru_layers", "coin_ff_dim", "repeat_ref_rank",
+                "num_negatives", "lr")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{source}: config key {key!r} must be positive, got {getattr(cfg, key)}")
-    for key in ("num_negatives", "max_steps", "patience", "eval_max_users", "start_step", "reverse_steps",
+    for key in ("max_steps", "patience", "eval_max_users", "start_step", "reverse_steps",
                 "valid_users", "sparse_min_items"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     for key in ("fusion_weight", "cond_dropout"):
         if not 0.0 <= getattr(cfg, key) <= 1.0:
             raise ConfigError(f"{source}: config key {key!r} must be in [0, 1], got {getattr(cfg, key)}")
-    for key in ("neighbour_alpha", "bank_max_users", "bank_train_sample", "guidance", "coin_contrast_weight"):
+    for key in ("threads", "neighbour_alpha", "bank_max_users", "bank_train_sample", "guidance", "coin_contrast_weight"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if cfg.neighbours <= 0:
