@@ -179,7 +179,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare, to_markdown, write_outputs
 
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
-    c = compare(args.run_dirs, by, args.metric, not args.no_paired, args.baseline, args.bootstrap, args.seed)
+    c = compare(args.run_dirs, by, args.metric, not args.no_paired, args.baseline, args.bootstrap, args.seed,
+                unpaired=args.unpaired)
     print(to_markdown(c))
     if args.out:
         print(f"wrote {write_outputs(c, args.out)}")
@@ -314,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="recall@50", help="metric of the chart and the paired test")
     p.add_argument("--baseline", default=None, help="group label the others are paired against (default: first)")
     p.add_argument("--no-paired", action="store_true", help="skip the per-user paired test (it re-evaluates runs)")
+    p.add_argument("--unpaired", action="store_true",
+                   help="accept runs on different splits of a dataset (separate groups, never paired)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="FILE.md (chart as FILE.png beside it) or FILE.html")
