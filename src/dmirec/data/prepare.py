@@ -397,11 +397,11 @@ def _write_dataset(outdir, data: _Split, stats: dict, *, name: str, source: str,
     if meta_path.exists():
         meta_path.unlink()  # the folder is not a dataset until the new meta.json is written
     for s in SPLITS:
-        with _naming_write_errors(outdir / f"{s}_*.npy"):
-            save_split(outdir, s, data.splits[s])
+        save_split(outdir, s, data.splits[s])  # a failed write names its file
     try:
-        with _naming_write_errors(outdir / "item_ids.txt, user_ids.txt"):
+        with _naming_write_errors(outdir / "item_ids.txt"):
             write_ids(outdir / "item_ids.txt", data.item_raw)
+        with _naming_write_errors(outdir / "user_ids.txt"):
             write_ids(outdir / "user_ids.txt", data.user_raw)
     except DatasetError as e:
         raise InputError(f"{source}: {e}") from None
@@ -441,13 +441,11 @@ def _write_dataset(outdir, data: _Split, stats: dict, *, name: str, source: str,
 
 @contextlib.contextmanager
 def _naming_write_errors(what):
-    """An OSError while writing (a full disk says only "N requested and M written") names the file."""
-    try:
+    """An OSError while writing names the file and the cause in one line (:mod:`dmirec.atomic`)."""
+    from ..atomic import naming_write_errors
+
+    with naming_write_errors(what):
         yield
-    except OSError as exc:
-        if exc.filename:
-            raise
-        raise OSError(exc.errno, f"{what}: cannot write ({exc.strerror or exc})") from None
 
 
 def shipped_beauty_path():

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..atomic import atomic_write_bytes, make_readable
+from ..atomic import PyWriter, atomic_write_bytes, make_readable, naming_write_errors
 from ..data.sampler import left_pad
 from ..config import Config, from_dict, upgrade_saved
 from ..models import build_model
@@ -242,12 +242,16 @@ def write_bundle(bundle_dir: str | Path, *, model_state: dict[str, torch.Tensor]
         make_readable(tmp, directory=True)
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in model_state.items()}, buf)
-        _fsync_write(tmp / MODEL_FILE, buf.getvalue())
-        _fsync_write(tmp / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))
-        _fsync_write(tmp / ITEM_IDS_FILE, "".join(f"{raw}\n" for raw in item_ids).encode("utf-8"))
+        # a failed write (a full disk) names the bundle's file and the cause; the old bundle stays
+        with naming_write_errors(bundle_dir / MODEL_FILE):
+            _fsync_write(tmp / MODEL_FILE, buf.getvalue())
+        with naming_write_errors(bundle_dir / CONFIG_FILE):
+            _fsync_write(tmp / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))
+        with naming_write_errors(bundle_dir / ITEM_IDS_FILE):
+            _fsync_write(tmp / ITEM_IDS_FILE, "".join(f"{raw}\n" for raw in item_ids).encode("utf-8"))
         for name, arr in ((EMBEDDINGS_FILE, emb), (POPULARITY_FILE, pop), (QUERY_SAMPLE_FILE, queries)):
-            with open(tmp / name, "wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
+            with naming_write_errors(bundle_dir / name), open(tmp / name, "wb") as fh:
+                np.save(PyWriter(fh), arr, allow_pickle=False)
                 fh.flush()
                 os.fsync(fh.fileno())
         manifest = {
@@ -267,7 +271,8 @@ def write_bundle(bundle_dir: str | Path, *, model_state: dict[str, torch.Tensor]
             "index": None,
             "files": {name: file_entry(tmp / name) for name in REQUIRED_FILES},
         }
-        write_manifest(tmp, manifest)
+        with naming_write_errors(bundle_dir / "manifest.json"):
+            write_manifest(tmp, manifest)
         if bundle_dir.exists():
             old = bundle_dir.parent / f".{bundle_dir.name}.old-{os.getpid()}"
             os.replace(bundle_dir, old)

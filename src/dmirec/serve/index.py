@@ -194,6 +194,14 @@ def measure_recall(index: Any, items: np.ndarray, queries: np.ndarray, n: int = 
     }
 
 
+def _write_index(index, path: str) -> None:
+    """The index through Python's file layer: a failed write (a full disk) is an ``OSError`` with
+    its cause, which :func:`dmirec.atomic.atomic_write` names, not a faiss traceback."""
+    data = faiss.serialize_index(index)  # (bytes,) uint8
+    with open(path, "wb") as fh:
+        fh.write(memoryview(data))
+
+
 def build_index(bundle_dir: str | Path, kind: str = "hnsw", *, recall_n: int = 50, threads: int | None = None,
                 verbose: bool = True, **options: Any) -> dict[str, Any]:
     """Build a ``kind`` index for the bundle, measure its recall, store both; returns the index info.
@@ -222,7 +230,7 @@ def build_index(bundle_dir: str | Path, kind: str = "hnsw", *, recall_n: int = 5
             "recall": recall, "build_seconds": round(build_seconds, 3), "faiss_version": faiss_version(),
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
-    atomic_write(bundle_dir / INDEX_FILE, lambda tmp: faiss.write_index(index, tmp))
+    atomic_write(bundle_dir / INDEX_FILE, lambda tmp: _write_index(index, tmp))
     manifest = dict(bundle.manifest)
     manifest["files"] = {**manifest["files"], INDEX_FILE: file_entry(bundle_dir / INDEX_FILE)}
     manifest["index"] = info
