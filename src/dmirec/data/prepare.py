@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .dataset import FORMAT_VERSION, SPLITS, DatasetError, Sequences, save_split, write_ids
-from .readers import ComirecSplit, InputError, infer_format, read_log
+from .readers import ComirecSplit, InputError, infer_format, read_log, spooled_input
 
 __all__ = ["PrepareReport", "prepare", "prepare_shipped_beauty", "shipped_beauty_path"]
 
@@ -349,16 +349,16 @@ def prepare(input, outdir, format: str | None = None, core: int = 5, seed: int =
         source = str(path)
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
-        fmt = format or infer_format(path)
-        if fmt == "comirec":
-            sp = read_log(path, format="comirec", **({"name": name} if name and path.is_dir() else {}))
-        else:
-            opts = dict(user_col=user_col, item_col=item_col, time_col=time_col)
-            if fmt == "csv":
-                opts["header"] = header
-                if sep is not None:
-                    opts["sep"] = sep
-            frame = read_log(path, format=fmt, **opts)
+        with spooled_input(path, format) as (readable, fmt):  # a pipe: a temporary copy, its format sniffed
+            if fmt == "comirec":
+                sp = read_log(path, format="comirec", **({"name": name} if name and path.is_dir() else {}))
+            else:
+                opts = dict(user_col=user_col, item_col=item_col, time_col=time_col)
+                if fmt == "csv":
+                    opts["header"] = header
+                    if sep is not None:
+                        opts["sep"] = sep
+                frame = read_log(readable, format=fmt, **opts)
 
     if sp is not None:
         data, stats = _convert_comirec(sp)
