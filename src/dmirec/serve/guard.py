@@ -15,9 +15,9 @@ server process) replace that with three rules:
   is idle or still sending its headers, else one still sending its body. A connection whose
   request the app is computing is never closed; when every connection is such, the new one is.
   So idle or half-sent connections, however many, never keep ``/health`` or ``/recommend`` out.
-* **A closed transport is not an error.** Flow control skips pausing or resuming reads on a
-  transport that is already closing (the client went away), which uvloop reports as an
-  exception inside the application.
+* **A closed transport is not an error.** Writes and flow control (pausing or resuming reads) on a
+  transport that is already closing (the client went away, uvicorn has not yet been told) are
+  skipped; uvloop would raise them as an exception inside the application.
 
 The request-level limits (in-flight requests, body deadline and size) are
 :class:`dmirec.serve.app.ServingLimits`.
@@ -34,6 +34,25 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .app_options import DEFAULT_HEADER_TIMEOUT
 from .app_options import DEFAULT_MAX_CLIENT_CONNECTIONS as DEFAULT_MAX_PER_CLIENT
+
+
+class _SafeTransport:
+    """The connection's transport, minus writes once it is closing: a response sent after the client
+    reset the connection (before uvicorn has seen the loss) is dropped, not an exception."""
+
+    def __init__(self, transport):
+        self._transport = transport
+
+    def write(self, data) -> None:
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def writelines(self, lines) -> None:
+        if not self._transport.is_closing():
+            self._transport.writelines(lines)
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
 
 
 class _SafeFlowControl(FlowControl):
@@ -121,6 +140,7 @@ class _GuardMixin:
     """The guard's hooks, for uvicorn's h11 and httptools protocols alike."""
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
+        transport = _SafeTransport(transport)
         super().connection_made(transport)
         self.flow = _SafeFlowControl(transport)
         self.guard = _guard or configure(2**31)
