@@ -56,7 +56,7 @@ def test_resume_and_evaluate_refuse_data_prepared_again(log, tmp_path, capsys):
     assert "fingerprint" in rundir.read_data_ref(run)
     prepare(log, data, seed=99)  # the same log, another split: old training users are now test users
     for argv in (["train", "--resume", str(run)], ["evaluate", str(run), "--json"],
-                 ["export", str(run), str(tmp_path / "bundle")]):
+                 ["export", str(run), str(tmp_path / "bundle")], ["report", str(run), "--users", "20"]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "not what" in err and "train_items.npy" in err and "seed 7 -> 99" in err, err

@@ -83,6 +83,11 @@ def test_export_index_and_recommend_on_a_full_disk(tiny_serving_run, tmp_path, c
     err = run_limited(["index", str(bundle), "--kind", "hnsw"], 2000, capsys)
     assert "bundle/index.faiss: cannot write (File too large)" in err, err
     assert load_bundle(bundle).index_kind == "exact"
+    assert main(["index", str(bundle), "--kind", "flat"]) == 0  # a flat index...
+    size = (bundle / "index.faiss").stat().st_size
+    err = run_limited(["index", str(bundle), "--kind", "hnsw"], size + 10, capsys)  # ...then a larger one fails
+    assert "bundle/index.faiss: cannot write (File too large)" in err, err
+    assert load_bundle(bundle).index_kind == "flat"  # the old index and manifest still load
     # batch candidates: the output is named, no partial file is left
     ids = load_bundle(bundle, verify=False).item_ids
     log_path = tmp_path / "log.csv"
