@@ -83,6 +83,9 @@ def _hash_into(h, obj: Any) -> None:
     import numpy as np
 
     if isinstance(obj, torch.Tensor):
+        if obj.is_meta:  # no data to hash
+            h.update(f"M{obj.dtype}{tuple(obj.shape)}".encode())
+            return
         t = obj.detach().cpu()
         if t.layout != torch.strided:
             t = t.to_dense()
