@@ -63,10 +63,20 @@ def test_train_on_a_full_disk_names_the_checkpoint_and_stays_resumable(log, tmp_
     assert main(["train", "--resume", str(run)]) == 0  # the run resumes from its last good checkpoint
 
 
-def test_prepare_on_a_full_disk_names_each_file(log, tmp_path, capsys):  # noqa: F811
+def test_prepare_on_a_full_disk_names_each_file_and_keeps_the_old_dataset(log, tmp_path, capsys):  # noqa: F811
+    from dmirec.data.dataset import load_dataset
+    from dmirec.rundir import data_fingerprint
+
     err = run_limited(["prepare", str(log), str(tmp_path / "full")], 1000, capsys)
     assert re.search(r"full/train_offsets\.npy: cannot write \(File too large\)", err), err
-    assert "*" not in err and "Errno" not in err
+    assert "*" not in err and "Errno" not in err and ".tmp" not in err
+    # a dataset already in the folder stays usable when preparing it again fails
+    assert main(["prepare", str(log), str(tmp_path / "full"), "--seed", "7"]) == 0
+    before = data_fingerprint(tmp_path / "full")
+    err = run_limited(["prepare", str(log), str(tmp_path / "full"), "--seed", "99"], 1000, capsys)
+    assert "full/train_offsets.npy: cannot write" in err, err
+    assert data_fingerprint(tmp_path / "full") == before and load_dataset(tmp_path / "full").num_items > 0
+    assert sorted(p.name for p in (tmp_path / "full").iterdir() if p.name.startswith(".")) == []
 
 
 def test_export_index_and_recommend_on_a_full_disk(tiny_serving_run, tmp_path, capsys):
