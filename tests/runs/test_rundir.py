@@ -128,7 +128,7 @@ def test_resume_truncated_checkpoint_and_edited_config_are_messages(data, tmp_pa
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
-    assert "does not fit" in err and "config.yaml" in err
+    assert "key 'embedding_dim' is 16" in err and "config.yaml" in err
 
 
 def test_cuda_without_gpu_is_one_line(data, tmp_path):

@@ -203,7 +203,7 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_compare(args: argparse.Namespace, extra: list[str]) -> int:
     by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
     c = compare(args.run_dirs, by, args.metric, not args.no_paired, args.baseline, args.bootstrap, args.seed,
-                overrides=parse_overrides(extra) or None)
+                overrides=parse_overrides(extra) or None, unpaired=args.unpaired)
     print(to_markdown(c))
     if args.out:
         print(f"wrote {write_outputs(c, args.out)}")
@@ -367,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="recall@50", help="metric of the chart and the paired test")
     p.add_argument("--baseline", default=None, help="group label the others are paired against (default: first)")
     p.add_argument("--no-paired", action="store_true", help="skip the per-user paired test (it re-evaluates runs)")
+    p.add_argument("--unpaired", action="store_true",
+                   help="accept runs on different splits of a dataset (separate groups, never paired)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="FILE.md (chart as FILE.png beside it) or FILE.html")

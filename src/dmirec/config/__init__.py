@@ -61,7 +61,7 @@ class Config:
     remove_accidental_hits: bool = False  # mask negatives equal to the target
     min_cut: int = 4  # a training cut point k >= min_cut (ComiRec protocol)
     # item-table updates: dense Adam over the whole table, or row-sparse (sparse gradients of the
-    # rows a step touched + SparseAdam); auto = sparse from sparse_min_items items up (README, Large data);
+    # rows a step touched + SparseAdam); auto = sparse from sparse_min_items items up (docs/scale/large-data.md);
     # the same rule for a sharded table's rows
     # rowwise_adagrad: a sharded table only, updated inside the backward by TorchRec's fused kernel
     # (row-wise Adagrad at table_lr), O(batch) per step
@@ -121,7 +121,7 @@ class Config:
     noise_kind: str = "gaussian"  # gaussian | dim_mask
     normalize_scale: bool = True  # diffuse v0 / running RMS, rescale after
     start_step: int = 0  # T' (0 = T)
-    reverse_steps: int = 1  # S (0 = T'); one step by default: the step training runs (see README, DMI)
+    reverse_steps: int = 1  # S (0 = T'); one step by default: the step training runs (see docs/models/dmi.md)
     sampler: str = "posterior_mean"  # posterior_mean (deterministic) | ancestral (seeded DDPM steps)
     prediction: str = "x0_residual"  # x0_residual (a correction to v_t / sqrt(abar_t), starts as the identity) | x0
     fusion_weight: float = 0.2  # u = w * refined + (1 - w) * coarse; 0 = no diffusion (the backbone)
@@ -146,7 +146,7 @@ class Config:
     # into the whole model otherwise; the start is validated as step 0
     init_from: str = ""
 
-    # --- repeats (README, "Repeats") -----------------------------------------------------------
+    # --- repeats (docs/models/repeats.md) -----------------------------------------------------
     # the user's own history items as a channel merged into any model's list; off by default.
     # `dmirec fit-repeat RUN_DIR` chooses weight/recency/bias on validation users (repeat.json)
     repeat_channel: bool = False
@@ -361,18 +361,19 @@ def _check_ranges(cfg: Config, source: str) -> None:
     positive = ("embedding_dim", "num_interests", "seq_len", "batch_size", "eval_every",
                 "eval_batch_size", "diffusion_steps", "routing_iters", "prune_m", "coin_temperature",
                 "coin_bank_sample", "coin_negatives", "coin_gru_layers", "coin_ff_dim", "repeat_ref_rank",
-                "itemknn_neighbours", "ease_lambda", "ease_max_items", "rp3beta_alpha", "rp3beta_neighbours")
+                "itemknn_neighbours", "ease_lambda", "ease_max_items", "rp3beta_alpha", "rp3beta_neighbours",
+                "num_negatives", "lr")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{source}: config key {key!r} must be positive, got {getattr(cfg, key)}")
-    for key in ("num_negatives", "max_steps", "patience", "eval_max_users", "start_step", "reverse_steps",
+    for key in ("max_steps", "patience", "eval_max_users", "start_step", "reverse_steps",
                 "valid_users", "sparse_min_items"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     for key in ("fusion_weight", "cond_dropout"):
         if not 0.0 <= getattr(cfg, key) <= 1.0:
             raise ConfigError(f"{source}: config key {key!r} must be in [0, 1], got {getattr(cfg, key)}")
-    for key in ("neighbour_alpha", "bank_max_users", "bank_train_sample", "guidance", "coin_contrast_weight"):
+    for key in ("threads", "neighbour_alpha", "bank_max_users", "bank_train_sample", "guidance", "coin_contrast_weight"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if cfg.neighbours <= 0:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..util.atomic import PyWriter, naming_write_errors
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
 
@@ -85,10 +87,15 @@ class PreparedData:
 
 
 def save_split(outdir: Path, split: str, seqs: Sequences) -> None:
-    np.save(outdir / f"{split}_offsets.npy", seqs.offsets.astype(np.int64))
-    np.save(outdir / f"{split}_items.npy", seqs.items.astype(np.int32))
-    np.save(outdir / f"{split}_users.npy", seqs.users.astype(np.int64))
-    np.save(outdir / f"{split}_timestamps.npy", seqs.timestamps.astype(np.int64))
+    """The split's four arrays; a failed write (a full disk) names its file and the cause."""
+    for field, arr in (("offsets", seqs.offsets.astype(np.int64)), ("items", seqs.items.astype(np.int32)),
+                       ("users", seqs.users.astype(np.int64)), ("timestamps", seqs.timestamps.astype(np.int64))):
+        _save_array(outdir / f"{split}_{field}.npy", arr)
+
+
+def _save_array(path: Path, arr: np.ndarray) -> None:
+    with naming_write_errors(path), open(path, "wb") as fh:
+        np.save(PyWriter(fh), arr, allow_pickle=False)
 
 
 def write_ids(path: Path, ids: list[str]) -> None:

@@ -24,6 +24,7 @@ streaming prepare takes only the logs on which both readers agree (tested: ident
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -76,6 +77,24 @@ def _stream_error(path: Path, at: str, exc: Exception) -> LogInputError:
     return LogInputError(f"{path}: cannot read near {at} ({exc})")
 
 
+def _parse_error(path: Path, sep: str, quoting: int, fields: int, near: str, exc: Exception) -> LogInputError:
+    """A parse error of a text log at its true line: pyarrow reports a block's error with the
+    block's start, so the file is scanned for the first line with the wrong number of fields
+    (the in-memory reader's message); else the row pyarrow names, else the block's start."""
+    if _readers._is_gzip(path) and _readers.gzip_problem(path) is not None:
+        return _stream_error(path, near, exc)
+    try:
+        bad = _readers._first_bad_field_count(path, sep, quoting, fields)
+    except (OSError, UnicodeDecodeError, EOFError):
+        bad = None
+    if bad is not None:
+        return LogInputError(str(_readers._bad_row_error(path, bad[0], sep, quoting, fields, "cannot parse")))
+    row = re.search(r"Row #(\d+)", str(exc))
+    if row is not None:
+        return LogInputError(f"{path}, line {row.group(1)}: cannot parse ({str(exc).splitlines()[0][:200]})")
+    return _stream_error(path, near, exc)
+
+
 def _parse_timestamps(values: np.ndarray, path: Path, batch: LogBatch) -> np.ndarray:
     """Timestamps from strings exactly as :func:`dmirec.data.readers.read_csv` parses them."""
     def bad(i: int, value) -> LogInputError:
@@ -103,6 +122,8 @@ def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: b
     quoting = csv.QUOTE_NONE if recbole else csv.QUOTE_MINIMAL
     field_names = _readers._recbole_name if recbole else None
     try:  # the header guess and column positions of read_csv
+        if recbole:
+            _readers.check_recbole_header(path, first, [c for c in cols.values() if isinstance(c, str)])
         fields, has_header, pos = _readers.locate_columns(path, first, sep, quoting, cols,
                                                           True if recbole else header, field_names)
     except _readers.InputError as exc:
@@ -121,7 +142,7 @@ def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: b
         reader = pacsv.open_csv(stream, read_options=read_opts, parse_options=parse_opts,
                                 convert_options=conv_opts)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise _stream_error(path, where(1, offset), exc) from None
+        raise _parse_error(path, sep, quoting, len(fields), where(1, offset), exc) from None
     row = 1
     while True:
         try:
@@ -129,7 +150,7 @@ def _iter_delimited(path: Path, sep: str, cols: dict[str, str | int], recbole: b
         except StopIteration:
             break
         except (pa.ArrowInvalid, OSError) as exc:
-            raise _stream_error(path, where(row, offset), exc) from None
+            raise _parse_error(path, sep, quoting, len(fields), where(row, offset), exc) from None
         for start in range(0, rb.num_rows, batch_rows):
             part = rb.slice(start, batch_rows)
             batch = LogBatch(np.zeros(0), np.zeros(0), np.zeros(0), row, offset)
@@ -198,6 +219,10 @@ def parquet_columns(path: Path, cols: dict[str, str]):
     if missing:
         raise LogInputError(f"{path}: missing column(s) {', '.join(map(repr, missing))} "
                             f"(the file has: {', '.join(pf.schema_arrow.names)}); {_readers.COLUMN_HINT}")
+    try:
+        _readers.check_parquet_types(path, pf.schema_arrow, cols)
+    except _readers.InputError as exc:
+        raise LogInputError(str(exc)) from None
     return pf, cols
 
 

@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..util.atomic import naming_write_errors
 from .dataset import FORMAT_VERSION, SPLITS, DatasetError, Sequences, save_split, write_ids
-from .readers import ComirecSplit, InputError, infer_format, read_log
+from .readers import ComirecSplit, InputError, infer_format, read_log, spooled_input
 
 __all__ = ["PrepareReport", "prepare", "prepare_shipped_beauty", "shipped_beauty_path"]
 
@@ -349,16 +352,16 @@ def prepare(input, outdir, format: str | None = None, core: int = 5, seed: int =
         source = str(path)
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
-        fmt = format or infer_format(path)
-        if fmt == "comirec":
-            sp = read_log(path, format="comirec", **({"name": name} if name and path.is_dir() else {}))
-        else:
-            opts = dict(user_col=user_col, item_col=item_col, time_col=time_col)
-            if fmt == "csv":
-                opts["header"] = header
-                if sep is not None:
-                    opts["sep"] = sep
-            frame = read_log(path, format=fmt, **opts)
+        with spooled_input(path, format) as (readable, fmt):  # a pipe: a temporary copy, its format sniffed
+            if fmt == "comirec":
+                sp = read_log(path, format="comirec", **({"name": name} if name and path.is_dir() else {}))
+            else:
+                opts = dict(user_col=user_col, item_col=item_col, time_col=time_col)
+                if fmt == "csv":
+                    opts["header"] = header
+                    if sep is not None:
+                        opts["sep"] = sep
+                frame = read_log(readable, format=fmt, **opts)
 
     if sp is not None:
         data, stats = _convert_comirec(sp)
@@ -387,27 +390,29 @@ def check_prepare_args(core, seed, seq_len) -> tuple[int, int]:
 def _write_dataset(outdir, data: _Split, stats: dict, *, name: str, source: str, fmt: str, core: int, seed: int,
                    comirec_files: bool, seq_len: int | None, converted: bool, core_used: int | None = None,
                    seed_used: int | None = None) -> PrepareReport:
-    """Write the prepared folder (arrays, id maps, optional ComiRec files, meta.json last)."""
+    """Write the prepared folder (arrays, id maps, optional ComiRec files, meta.json last).
+
+    Every file is first written into a temporary folder inside ``outdir``; only when all are
+    written are they renamed into place (meta.json last). A failed write (a full disk) names the
+    file and leaves a dataset already in ``outdir`` as it was."""
     if not converted:
         core_used, seed_used = core, seed
     sp = True if converted else None
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    meta_path = outdir / "meta.json"
-    if meta_path.exists():
-        meta_path.unlink()  # the folder is not a dataset until the new meta.json is written
-    for s in SPLITS:
-        with _naming_write_errors(outdir / f"{s}_*.npy"):
-            save_split(outdir, s, data.splits[s])
+    for leftover in outdir.glob(".prepare.*.tmp"):  # of a killed prepare into this folder
+        shutil.rmtree(leftover, ignore_errors=True)
+    stage = outdir / f".prepare.{os.getpid()}.tmp"
+    stage.mkdir()
     try:
-        with _naming_write_errors(outdir / "item_ids.txt, user_ids.txt"):
-            write_ids(outdir / "item_ids.txt", data.item_raw)
-            write_ids(outdir / "user_ids.txt", data.user_raw)
-    except DatasetError as e:
-        raise InputError(f"{source}: {e}") from None
-    if comirec_files:
-        with _naming_write_errors(outdir / f"{name}_*.txt"):
-            _write_comirec_files(outdir, name, data)
+        _write_files(stage, data, source, name, comirec_files)
+    except BaseException as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(exc, OSError) and str(stage) in str(exc):  # name the file as it will be called
+            err = OSError(str(exc).replace(str(stage), str(outdir)))
+            err.errno, err.named = exc.errno, True
+            raise err from None
+        raise
 
     report = PrepareReport(
         name=name, source=source, format=fmt, core=core_used, seed=seed_used, **stats,
@@ -432,22 +437,42 @@ def _write_dataset(outdir, data: _Split, stats: dict, *, name: str, source: str,
         meta["seq_len"] = int(seq_len)
     if comirec_files:
         meta["comirec_files"] = [f"{name}_{s}.txt" for s in (*SPLITS, "user_map", "item_map")]
-    tmp = outdir / "meta.json.tmp"
-    with _naming_write_errors(tmp):
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(meta_path)
+    try:
+        with _naming_write_errors(outdir / "meta.json"):
+            (stage / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    meta_path = outdir / "meta.json"
+    if meta_path.exists():
+        meta_path.unlink()  # the folder is not a dataset until the new meta.json is in place
+    for staged in sorted(stage.iterdir(), key=lambda p: p.name == "meta.json"):  # meta.json last
+        os.replace(staged, outdir / staged.name)
+    stage.rmdir()
     return report
+
+
+def _write_files(outdir: Path, data: _Split, source: str, name: str, comirec_files: bool) -> None:
+    """The arrays, id maps and optional ComiRec files of a prepared folder; errors name each file."""
+    for s in SPLITS:
+        save_split(outdir, s, data.splits[s])  # a failed write names its file
+    try:
+        with _naming_write_errors(outdir / "item_ids.txt"):
+            write_ids(outdir / "item_ids.txt", data.item_raw)
+        with _naming_write_errors(outdir / "user_ids.txt"):
+            write_ids(outdir / "user_ids.txt", data.user_raw)
+    except DatasetError as e:
+        raise InputError(f"{source}: {e}") from None
+    if comirec_files:
+        with _naming_write_errors(outdir / f"{name}_*.txt"):
+            _write_comirec_files(outdir, name, data)
 
 
 @contextlib.contextmanager
 def _naming_write_errors(what):
-    """An OSError while writing (a full disk says only "N requested and M written") names the file."""
-    try:
+    """An OSError while writing names the file and the cause in one line (:mod:`dmirec.util.atomic`)."""
+    with naming_write_errors(what):
         yield
-    except OSError as exc:
-        if exc.filename:
-            raise
-        raise OSError(exc.errno, f"{what}: cannot write ({exc.strerror or exc})") from None
 
 
 def shipped_beauty_path():

@@ -131,6 +131,89 @@ def _rename_errors(exc: Exception, tmp: Path, path: Path) -> Exception:
     return type(exc)(str(exc).replace(str(tmp), str(path)))
 
 
+def sniff_format(path: Path, name: Path | None = None) -> str:
+    """The format of a file from its first bytes (for a pipe, whose name says nothing): Parquet's
+    ``PAR1`` magic, a tab-separated typed header (``user_id:token``) for RecBole, else text (csv);
+    binary content that is neither is an error naming ``name`` (default ``path``)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if head[:4] == b"PAR1":
+        return "parquet"
+    text = head
+    if head[:2] == b"\x1f\x8b":
+        try:
+            with gzip.open(path, "rb") as g:
+                text = g.read(1 << 16)
+        except _GZIP_ERRORS + (OSError,):
+            return "csv"  # the reader names the gzip problem
+    if b"\x00" in text:
+        raise InputError(f"{name or path}: cannot tell the format from the content; give --format "
+                         f"({', '.join(FORMATS)})")
+    first = text.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")
+    fields = first.split("\t")
+    if len(fields) > 1 and all(":" in f for f in fields):
+        return "recbole"
+    return "csv"
+
+
+@contextlib.contextmanager
+def spooled_input(path: Path, format: str | None = None, spool_dir: str | Path | None = None):
+    """Yield (a path the readers can open several times, the format) for ``path``, which may be a pipe
+    or ``/dev/stdin``: a pipe is copied to a temporary file first, and its format, when neither given
+    nor told by the name, is sniffed from its content (:func:`sniff_format`). An InputError raised
+    in the block names ``path``, not the copy."""
+    path = Path(path)
+    if not path.exists() or path.is_dir() or is_regular_file(path):
+        yield path, format or infer_format(path)
+        return
+    with seekable_path(path, spool_dir) as tmp:
+        fmt = format
+        if fmt is None:
+            try:
+                fmt = infer_format(path)
+            except InputError:
+                fmt = sniff_format(tmp, path)
+        try:
+            yield tmp, fmt
+        except InputError as exc:
+            raise _rename_errors(exc, tmp, path) from None
+
+
+RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def check_recbole_header(path: Path, first: str, used: list[str]) -> None:
+    """Every field of a RecBole header is ``name:type`` with a RecBole type; the ``used`` fields
+    (user, item, timestamp) hold one value each (not ``token_seq``/``float_seq``)."""
+    for j, field in enumerate(first.split("\t"), start=1):
+        name, _, kind = field.partition(":")
+        if kind not in RECBOLE_TYPES:
+            raise InputError(f"{path}, line 1: field {j} {field!r} has type {kind!r}, not a RecBole type "
+                             f"({', '.join(RECBOLE_TYPES)})")
+        if name in used and kind.endswith("_seq"):
+            raise InputError(f"{path}, line 1: field {field!r} is a sequence type; the {name} column must "
+                             f"hold one value per row (token or float)")
+
+
+def check_parquet_types(path: Path, schema, cols: dict[str, str]) -> None:
+    """Parquet columns hold one scalar per row: ids strings or numbers, timestamps numbers, text or
+    datetimes; a list, struct or map column (``list<int64>``) is refused, named."""
+    import pyarrow as pa
+
+    for role, col in cols.items():
+        kind = schema.field(col).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        scalar = (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_string(kind)
+                  or pa.types.is_large_string(kind))
+        if role == "timestamp":
+            scalar = scalar or pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_decimal(kind)
+        if not scalar:
+            what = "ids must be strings or integers" if role != "timestamp" else \
+                "timestamps must be numbers, text or datetimes"
+            raise InputError(f"{path}: column {col!r} has type {kind}; {what}, one per row")
+
+
 def _first_line(path: Path) -> str | None:
     """The first line without its line break, or None for an empty file."""
     try:
@@ -453,6 +536,8 @@ def read_recbole(path, user_col: str = "user_id", item_col: str = "item_id",
     if first is not None and first.strip() and ":" not in first:
         raise InputError(f"{path}, line 1: not a RecBole header (expected typed fields such as "
                          f"'user_id:token', found {first[:80]!r})")
+    if first is not None and first.strip():
+        check_recbole_header(path, first, [c for c in cols.values() if isinstance(c, str)])
     return _read_delimited(path, "\t", cols, True, csv.QUOTE_NONE, field_names=_recbole_name)
 
 
@@ -478,6 +563,7 @@ def read_parquet(path, user_col: str = "user_id", item_col: str = "item_id",
         names = ", ".join(repr(m) for m in missing)
         raise InputError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {names} "
                          f"(the file has: {', '.join(schema.names)}); {COLUMN_HINT}")
+    check_parquet_types(path, schema, cols)
     df = pd.read_parquet(path, columns=list(dict.fromkeys(cols.values())))
     if len(df) == 0:
         raise InputError(f"{path}: no interactions (0 rows)")
@@ -681,13 +767,11 @@ def read_log(path, format: str | None = None, **cols):
     Returns a DataFrame (user, item, timestamp), or a :class:`ComirecSplit` for ``comirec``.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir() and not is_regular_file(path):
+        # a pipe or /dev/stdin: read from a temporary copy (its format sniffed when not given)
+        with spooled_input(path, format) as (tmp, fmt):
+            return read_log(tmp, fmt, **cols)
     fmt = format or infer_format(path)
-    if fmt != "comirec" and path.exists() and not path.is_dir() and not is_regular_file(path):
-        with seekable_path(path) as tmp:  # a pipe or /dev/stdin: read from a temporary copy
-            try:
-                return read_log(tmp, fmt, **cols)
-            except InputError as exc:
-                raise _rename_errors(exc, tmp, path) from None
     if fmt == "csv":
         if "sep" not in cols and path.name.lower().endswith((".tsv", ".tsv.gz")):
             cols["sep"] = "\t"

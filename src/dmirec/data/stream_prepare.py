@@ -11,7 +11,10 @@ runs on the codes with the very same function as the in-memory path (``_comirec_
 and the folder is written by the same writer, so the output is identical byte for byte (tested).
 
 What it reads: CSV/TSV (plain or gzip) with a header line naming the columns, and Parquet with
-string or integer id columns and numeric, string or datetime timestamps. Anything else
+string or integer id columns and numeric, string or datetime timestamps. A pipe or ``/dev/stdin``
+is first copied to a temporary file beside the output folder (the reader opens the file twice),
+its format sniffed from the content when ``format`` is not given; errors name the pipe and the
+true line. Anything else
 (headerless CSV, float id columns, RecBole, ComiRec splits) is an error that points to
 ``dmirec prepare`` without ``--stream``, which handles every format.
 """
@@ -25,7 +28,7 @@ import pandas as pd
 
 from .logstream import iter_log, parquet_columns
 from .prepare import _comirec_split_codes, _default_name, _write_dataset, check_prepare_args
-from .readers import InputError, infer_format
+from .readers import InputError, infer_format, spooled_input
 
 __all__ = ["prepare_streaming"]
 
@@ -70,20 +73,35 @@ def prepare_streaming(input, outdir, format: str | None = None, core: int = 5, s
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, not {batch_rows!r}")
     path = Path(input)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: no such file")
-    fmt = format or infer_format(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; the streaming reader takes a csv or parquet file")
+    # a pipe or /dev/stdin is copied to a temporary file beside the output (the reader opens it
+    # twice), its format sniffed when not given; errors name the pipe
+    spool = Path(outdir).resolve().parent
+    spool.mkdir(parents=True, exist_ok=True)
+    with spooled_input(path, format, spool) as (readable, fmt):
+        return _prepare_stream_file(readable, path, outdir, fmt, core, seed, name, comirec_files, user_col,
+                                    item_col, time_col, seq_len, batch_rows)
+
+
+def _prepare_stream_file(readable: Path, path: Path, outdir, fmt: str, core: int, seed: int, name: str | None,
+                         comirec_files: bool, user_col: str, item_col: str, time_col: str, seq_len: int | None,
+                         batch_rows: int):
+    """The streaming prepare of the regular file ``readable`` (``path`` itself, or a pipe's copy);
+    ``path`` names the source in the folder's metadata."""
     if fmt not in ("csv", "parquet"):
         raise InputError(f"{path}: the streaming reader takes csv or parquet logs, not {fmt}; "
                          f"use `dmirec prepare` without --stream")
     if fmt == "parquet":
-        _check_id_types(path, {"user": user_col, "item": item_col, "timestamp": time_col})
+        _check_id_types(readable, {"user": user_col, "item": item_col, "timestamp": time_col})
     users, items = _Codes(), _Codes()
     u_parts, i_parts, t_parts = [], [], []
     rows = 0
     # csv: a header line naming the columns (a headerless log is refused: say which columns are which
     # with `dmirec prepare` without --stream)
-    for batch in iter_log(path, fmt, user_col=user_col, item_col=item_col, time_col=time_col, header=True,
+    for batch in iter_log(readable, fmt, user_col=user_col, item_col=item_col, time_col=time_col, header=True,
                           batch_rows=batch_rows):
         u_parts.append(users.add(batch.users).astype(np.int32))
         i_parts.append(items.add(batch.items).astype(np.int32))

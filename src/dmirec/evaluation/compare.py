@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from ..config import MODEL_DEFAULTS
-from ..runs.rundir import read_data_ref
+from ..runs.rundir import check_data, read_data_ref
 from .evaluate import evaluate_run
 
 IGNORED_KEYS = ("seed", "progress", "threads", "device", "eval_batch_size", "tensorboard", "metric_ns")
@@ -91,6 +91,7 @@ class Run:
     data_path: str
     seed: int
     test: dict[str, Any]
+    split: str = ""  # the prepared data's fingerprint (its folder for runs recorded without one)
     overrides: dict[str, Any] | None = None  # evaluation-time config changes the test metrics were measured with
 
 
@@ -113,8 +114,26 @@ def load_run(run_dir: str | Path) -> Run:
     config = yaml.safe_load(cfg_path.read_text())
     result = json.loads(result_path.read_text())
     ref = read_data_ref(run_dir)
+    check_data(run_dir)  # the folder prepared again since the run: its metrics are not of this data
+    split = (ref.get("fingerprint") or {}).get("sha256") or f"folder {ref['path']}"
     return Run(run_dir, config, result.get("dataset", ref.get("name", "?")), ref["path"], int(config.get("seed", 0)),
-               result["test"])
+               result["test"], split)
+
+
+def check_splits(runs: list[Run], unpaired: bool) -> None:
+    """Runs of one dataset name must share one split (the same prepared arrays): runs on different
+    splits of a log are not seeds of one model. Refused unless ``unpaired`` (then the split is
+    part of each group's identity and such groups are never paired)."""
+    by_name: dict[str, dict[str, list[Run]]] = {}
+    for r in runs:
+        by_name.setdefault(r.dataset, {}).setdefault(r.split, []).append(r)
+    for name, splits in by_name.items():
+        if len(splits) > 1 and not unpaired:
+            first, other = (group[0] for group in list(splits.values())[:2])
+            raise ValueError(f"{first.path} and {other.path} were trained on different splits of {name!r} "
+                             f"({first.data_path} and {other.data_path} hold different prepared arrays: another "
+                             f"seed, core or log); their metrics are not comparable as seeds of one model. "
+                             f"Pass --unpaired to show them as separate groups, never paired")
 
 
 def _wrappers() -> set[str]:
@@ -140,10 +159,14 @@ def _identity(config: dict[str, Any], by: list[str] | None) -> dict[str, Any]:
 
 def group_runs(runs: list[Run], by: list[str] | None = None) -> list[Group]:
     """Groups in first-seen order, each labelled by its model and the config values that tell it from
-    the other groups of the same model."""
+    the other groups of the same model. Runs on different splits of a dataset (``--unpaired``) are
+    in different groups, labelled ``split=`` and the fingerprint's start."""
     groups: dict[tuple, Group] = {}
+    several = {r.dataset for r in runs if len({q.split for q in runs if q.dataset == r.dataset}) > 1}
     for r in runs:
         ident = {"dataset": r.dataset, **_identity(r.config, by)}
+        if r.dataset in several:
+            ident["split"] = r.split[:12]
         key = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in ident.items()))
         groups.setdefault(key, Group(key)).runs.append(r)
     for g in groups.values():
@@ -213,8 +236,8 @@ def paired_comparisons(groups: list[Group], metric: str, baseline: str | None = 
     for g in groups:
         if g is base:
             continue
-        if g.runs[0].data_path != base.runs[0].data_path:
-            out.append({"group": g.label, "baseline": base.label, "skipped": "another dataset"})
+        if g.runs[0].data_path != base.runs[0].data_path or g.runs[0].split != base.runs[0].split:
+            out.append({"group": g.label, "baseline": base.label, "skipped": "another dataset or split"})
             continue
         gu, gv = group_values(g)
         if not np.array_equal(gu, bu):
@@ -265,11 +288,12 @@ def paired_lines(tests: list[dict[str, Any]]) -> list[str]:
 
 def compare(run_dirs: list[str | Path], by: list[str] | None = None, metric: str = "recall@50",
             paired: bool = True, baseline: str | None = None, resamples: int = 2000, seed: int = 0,
-            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+            overrides: dict[str, Any] | None = None, unpaired: bool = False) -> dict[str, Any]:
     """Everything ``dmirec compare`` prints: groups, the table, the paired tests and the chart.
 
     ``overrides``: evaluation-time config changes applied to every run (e.g. the neighbour rule);
-    the runs' test metrics are then measured with them instead of read from ``result.json``."""
+    the runs' test metrics are then measured with them instead of read from ``result.json``.
+    ``unpaired``: accept runs on different splits of one dataset (see :func:`check_splits`)."""
     runs = [load_run(d) for d in run_dirs]
     if overrides:
         for run in runs:
@@ -278,6 +302,7 @@ def compare(run_dirs: list[str | Path], by: list[str] | None = None, metric: str
             run.overrides = dict(overrides)
     if not runs:
         raise ValueError("compare needs at least one run directory")
+    check_splits(runs, unpaired)
     groups = group_runs(runs, by)
     header, rows = table_rows(groups)
     tests = paired_comparisons(groups, metric, baseline, resamples, seed) if paired else []

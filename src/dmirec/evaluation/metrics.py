@@ -1,7 +1,7 @@
 """Top-N retrieval metrics as pure numpy functions of ``(recommended ids, targets)``.
 
 The conventions are the ComiRec/REMI evaluation protocol (docs/design.md, section 1) and the dataset
-README, which matter on data with repeat consumption (gowalla):
+docs/evaluation/metrics.md, which matter on data with repeat consumption (gowalla):
 
 * ``recs`` is a ``(B, N)`` integer matrix of recommended item ids per user, best first; ``-1``
   (any negative id) means "no item" and never hits.

@@ -19,7 +19,7 @@ protocol. Three parts, as its public code does them:
 * **Inference rule**: the neighbour rule of :mod:`dmirec.collab.neighbours` with ``neighbour_alpha`` and
   ``neighbours`` (``v_k + alpha * cosine-weighted mean of the n nearest bank interests``).
 
-Where we differ from COIN's code (see README, COIN): the bank holds one entry per training user
+Where we differ from COIN's code (see docs/models/collaborative.md, COIN): the bank holds one entry per training user
 (its last ``seq_len`` items), rebuilt from the current model at every validation, instead of up
 to ten prefix snapshots per user written after every step; the user's own entry is left out of
 the contrastive candidates; the contrastive loss is on from the first bank (step 0) rather than

@@ -22,8 +22,13 @@ Limits (:class:`ServingLimits`, an ASGI middleware): at most ``max_inflight`` re
 progress (running or queued for a worker thread); one more gets **503** with ``Retry-After`` at
 once instead of an unbounded queue. A request body must arrive within ``body_timeout`` seconds
 (else **408**) and hold at most ``MAX_BODY_BYTES`` (else **413**); both close the connection.
-``GET /health`` is never limited. Idle keep-alive connections close after ``keep_alive`` seconds
-(uvicorn's ``timeout_keep_alive``), and uvicorn refuses connections beyond ``max_connections``.
+``GET /health`` is never limited. A request counts as in progress once its body has arrived.
+
+Connections (:mod:`dmirec.serving.guard`): request headers must arrive within ``header_timeout``
+seconds of opening a connection or of its last response; idle keep-alive connections close after
+``keep_alive`` seconds (uvicorn's ``timeout_keep_alive``); beyond ``max_client_connections`` per
+client address or ``max_connections`` in all, the oldest connection doing no work is closed, so
+idle or half-sent connections never keep ``/health`` (or any request) out.
 
 Several processes: :func:`run_server` with ``workers > 1`` binds the port once and starts that
 many uvicorn worker processes on it; each loads the same read-only bundle folder (its own copy
@@ -56,6 +61,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from .app_options import (DEFAULT_BODY_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_INFLIGHT,
                           MAX_BODY_BYTES, add_serve_arguments)
+from . import guard
 from .bundle import Bundle, load_bundle, verify_bundle
 
 MAX_N = 1000
@@ -116,7 +122,9 @@ class ServingLimits:
     """ASGI middleware: bounded requests in progress (503 + Retry-After beyond), a deadline and a
     size cap on request bodies (408 / 413, connection closed). ``/health`` is not limited.
 
-    The body is read here, in full, before the app sees the request, then replayed to it.
+    The body is read here, in full, before the app sees the request, then replayed to it; a request
+    counts as in progress once its body has arrived (clients still sending theirs are bounded by
+    the body deadline and the connection guard, :mod:`dmirec.serving.guard`, not by this limit).
     """
 
     def __init__(self, app, *, max_inflight: int = DEFAULT_MAX_INFLIGHT,
@@ -133,6 +141,16 @@ class ServingLimits:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("path") == "/health":
             return await self.app(scope, receive, send)
+        if scope.get("method") in ("POST", "PUT", "PATCH"):  # a body still arriving is not work in progress
+            got = await self._read_body(scope, receive)
+            if isinstance(got, tuple):  # an error response; the connection is closed after it
+                start, body = _json_response(*got, [(b"connection", b"close")])
+                await send(start)
+                await send(body)
+                return
+            if got is None:  # the client went away
+                return
+            receive = _replay(got, receive)
         if self.inflight >= self.max_inflight:
             self.rejected += 1
             start, body = _json_response(503, {"detail": f"server busy: {self.inflight} requests in progress "
@@ -143,16 +161,6 @@ class ServingLimits:
             return
         self.inflight += 1
         try:
-            if scope.get("method") in ("POST", "PUT", "PATCH"):
-                got = await self._read_body(scope, receive)
-                if isinstance(got, tuple):  # an error response; the connection is closed after it
-                    start, body = _json_response(*got, [(b"connection", b"close")])
-                    await send(start)
-                    await send(body)
-                    return
-                if got is None:  # the client went away
-                    return
-                receive = _replay(got, receive)
             await self.app(scope, receive, send)
         finally:
             self.inflight -= 1
@@ -310,6 +318,8 @@ def configure_threads(threads: int = 1) -> None:
 
 def _listen(host: str, port: int) -> socket.socket:
     """Bind the port before anything is printed: a busy port is an error, not a half-started server."""
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -328,6 +338,7 @@ _ENV = "DMIREC_SERVE_SETTINGS"
 def app_from_env() -> FastAPI:
     """App factory for worker processes: the settings come from ``$DMIREC_SERVE_SETTINGS`` (JSON)."""
     settings = json.loads(os.environ[_ENV])
+    guard.configure(settings["max_connections"], settings["max_client_connections"], settings["header_timeout"])
     configure_threads(settings["threads"])
     bundle = load_bundle(settings["bundle_dir"], verify=False, device=settings.get("device", "cpu"))  # verified once by the parent
     return create_app(bundle, threads=settings["threads"], max_inflight=settings["max_inflight"],
@@ -338,7 +349,8 @@ def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
                log_level: str = "info", access_log: bool = False, workers: int = 1,
                max_inflight: int = DEFAULT_MAX_INFLIGHT, body_timeout: float = DEFAULT_BODY_TIMEOUT,
                keep_alive: int = DEFAULT_KEEP_ALIVE, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-               device: str = "cpu") -> None:
+               device: str = "cpu", header_timeout: float = guard.DEFAULT_HEADER_TIMEOUT,
+               max_client_connections: int = guard.DEFAULT_MAX_PER_CLIENT) -> None:
     """Load the bundle (checksums verified) and serve it with uvicorn until interrupted.
 
     ``workers > 1`` starts that many processes on one listening socket, each with its own copy of
@@ -349,9 +361,17 @@ def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
     threads, workers = max(1, int(threads)), int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if not 0 <= int(port) <= 65535:  # before the bundle is loaded
+        raise ValueError(f"port must be 0..65535, got {port}")
+    bounds = {"max_connections": int(max_connections), "max_client_connections": int(max_client_connections),
+              "header_timeout": float(header_timeout)}
+    guard.Guard(bounds["max_connections"], bounds["max_client_connections"], bounds["header_timeout"])  # checks
+    # connection bounds by the guard's protocol, not uvicorn's limit_concurrency (which answers 503 to
+    # every request, /health included, while that many connections are merely open)
     common = dict(log_level=log_level, access_log=access_log, timeout_keep_alive=int(keep_alive),
-                  limit_concurrency=int(max_connections))
+                  http=guard.protocol_path())
     if workers == 1:
+        guard.configure(bounds["max_connections"], bounds["max_client_connections"], bounds["header_timeout"])
         configure_threads(threads)
         bundle = load_bundle(bundle_dir, device=device)
         app = create_app(bundle, threads=threads, max_inflight=max_inflight, body_timeout=body_timeout)
@@ -365,7 +385,7 @@ def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
     manifest = verify_bundle(bundle_dir)
     os.environ[_ENV] = json.dumps({"bundle_dir": str(Path(bundle_dir).resolve()), "threads": threads,
                                    "max_inflight": int(max_inflight), "body_timeout": float(body_timeout),
-                                   "device": device})
+                                   "device": device, **bounds})
     sock = _listen(host, port)
     config = uvicorn.Config("dmirec.serving.app:app_from_env", factory=True, workers=workers, **common)
     print(f"serving {manifest.get('model')} over {manifest.get('num_items')} items "
@@ -375,7 +395,7 @@ def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
 
 
 SERVE_OPTIONS = ("host", "threads", "log_level", "access_log", "workers", "max_inflight", "body_timeout",
-                 "keep_alive", "max_connections", "device")
+                 "keep_alive", "max_connections", "device", "header_timeout", "max_client_connections")
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -18,12 +18,15 @@ candidates, and 8 bytes per user seen (a 64-bit hash of each user id, to detect 
 reappear; a hash collision, probability about U^2 / 2^65, would be reported as a reappearing
 user, never produce wrong output). ComiRec split folders are read whole by
 :func:`dmirec.data.readers.read_log` (they are the small published splits); their bound is the
-size of the three split files. The output is written to a temporary file and renamed when
-complete.
+size of the three split files. The output is written to a temporary file (``.OUT.PID.tmp``) and
+renamed when complete; the parts a killed run left are removed by the next run into the same
+output, and a failed write (a full disk) names the output and the cause.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from ..util.atomic import naming_write_errors, write_error
 from ..data.logstream import LogBatch, LogInputError, iter_log
 from .bundle import Bundle, load_bundle
 
@@ -153,6 +157,30 @@ def iter_user_sequences(batches: Iterator[LogBatch], item_index: pd.Index, path:
 # the batch job
 
 
+def remove_stale_parts(output: Path) -> list[Path]:
+    """Remove the temporary files (``.OUT.PID.tmp``) that killed runs into ``output`` left behind;
+    a part whose process is still running is kept. Returns the removed paths."""
+    removed = []
+    for part in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+        pid = part.name[len(output.name) + 2:-len(".tmp")]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+            removed.append(part)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def recommend_batch(bundle_dir: str | Path | Bundle, input: str | Path, output: str | Path, n: int = 200,
                     format: str | None = None, chunk_users: int = 4096, *, exclude_history: bool = False,
                     progress: bool = True, user_col: str | int = "user_id", item_col: str | int = "item_id",
@@ -179,8 +207,10 @@ def recommend_batch(bundle_dir: str | Path | Bundle, input: str | Path, output: 
     stats = {"users": 0, "rows": 0, "unknown_rows": 0, "fallback_users": 0, "candidates": 0, "row_groups": 0}
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(output)
     tmp = output.parent / f".{output.name}.{os.getpid()}.tmp"
-    writer = pq.ParquetWriter(tmp, OUTPUT_SCHEMA)
+    with naming_write_errors(output):
+        writer = pq.ParquetWriter(tmp, OUTPUT_SCHEMA)
     bar = tqdm(unit="user", disable=not progress, desc="recommend", dynamic_ncols=True)
     users: list[str] = []
     seqs: list[np.ndarray] = []
@@ -202,7 +232,7 @@ def recommend_batch(bundle_dir: str | Path | Bundle, input: str | Path, output: 
         try:
             writer.write_table(table, row_group_size=max(1, table.num_rows))
         except OSError as exc:  # e.g. a full disk: name the file being written
-            raise OSError(exc.errno, f"{output}: cannot write ({exc.strerror or exc})") from None
+            raise write_error(output, exc) from None
         stats["candidates"] += table.num_rows
         stats["row_groups"] += 1
         stats["fallback_users"] += int(fallback.sum())
@@ -220,10 +250,12 @@ def recommend_batch(bundle_dir: str | Path | Bundle, input: str | Path, output: 
             if len(users) >= chunk_users:
                 flush()
         flush()
-        writer.close()
+        with naming_write_errors(output):
+            writer.close()
         os.replace(tmp, output)
     except BaseException:
-        writer.close()
+        with contextlib.suppress(Exception):
+            writer.close()
         if tmp.exists():
             tmp.unlink()
         raise

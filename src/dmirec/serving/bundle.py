@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..util.atomic import PyWriter, atomic_write_bytes, make_readable, naming_write_errors
 from ..config import Config, from_dict, upgrade_saved
 from ..data.sampler import left_pad
 from ..models import build_model
@@ -45,7 +46,6 @@ from ..recipes.recipe import RecipeError, load_recipe
 from ..repeats.channel import RepeatFirst, channel_from_config, model_stage, retrieve
 from ..retrieval import ExactTorchSearch, FaissSearch, SearchResult, resolve_backend
 from ..retrieval.faiss_search import set_search_params
-from ..util.atomic import atomic_write_bytes, make_readable
 
 FORMAT = "dmirec-bundle"
 FORMAT_VERSION = 1
@@ -244,16 +244,21 @@ def write_bundle(bundle_dir: str | Path, *, model_state: dict[str, torch.Tensor]
         make_readable(tmp, directory=True)
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in model_state.items()}, buf)
-        _fsync_write(tmp / MODEL_FILE, buf.getvalue())
-        _fsync_write(tmp / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))
-        _fsync_write(tmp / ITEM_IDS_FILE, "".join(f"{raw}\n" for raw in item_ids).encode("utf-8"))
+        # a failed write (a full disk) names the bundle's file and the cause; the old bundle stays
+        with naming_write_errors(bundle_dir / MODEL_FILE):
+            _fsync_write(tmp / MODEL_FILE, buf.getvalue())
+        with naming_write_errors(bundle_dir / CONFIG_FILE):
+            _fsync_write(tmp / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))
+        with naming_write_errors(bundle_dir / ITEM_IDS_FILE):
+            _fsync_write(tmp / ITEM_IDS_FILE, "".join(f"{raw}\n" for raw in item_ids).encode("utf-8"))
         for name, data in (extra_files or {}).items():
             if Path(name).name != name or name in REQUIRED_FILES or name in (MANIFEST, INDEX_FILE):
                 raise BundleError(f"extra bundle file {name!r} is not a free plain file name")
-            _fsync_write(tmp / name, data)
+            with naming_write_errors(bundle_dir / name):
+                _fsync_write(tmp / name, data)
         for name, arr in ((EMBEDDINGS_FILE, emb), (POPULARITY_FILE, pop), (QUERY_SAMPLE_FILE, queries)):
-            with open(tmp / name, "wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
+            with naming_write_errors(bundle_dir / name), open(tmp / name, "wb") as fh:
+                np.save(PyWriter(fh), arr, allow_pickle=False)
                 fh.flush()
                 os.fsync(fh.fileno())
         manifest = {
@@ -273,7 +278,8 @@ def write_bundle(bundle_dir: str | Path, *, model_state: dict[str, torch.Tensor]
             "index": None,
             "files": {name: file_entry(tmp / name) for name in (*REQUIRED_FILES, *sorted(extra_files or {}))},
         }
-        write_manifest(tmp, manifest)
+        with naming_write_errors(bundle_dir / "manifest.json"):
+            write_manifest(tmp, manifest)
         if bundle_dir.exists():
             old = bundle_dir.parent / f".{bundle_dir.name}.old-{os.getpid()}"
             os.replace(bundle_dir, old)
@@ -333,7 +339,7 @@ class Bundle:
         pop = self.popularity[1:]
         self.popular_order = (np.lexsort((np.arange(1, self.num_items + 1), -pop)) + 1).astype(np.int64)  # (N,)
         self.model = self._load_model() if load_model else None
-        # the repeat model's ranking or the repeat channel (README, "Repeats"); None: plain search
+        # the repeat model's ranking or the repeat channel (docs/models/repeats.md); None: plain search
         self.repeat_stage = model_stage(self.model) or channel_from_config(self.config)
         self.index = None
         self.index_info: dict[str, Any] | None = None
@@ -350,7 +356,7 @@ class Bundle:
         else:
             raise ValueError(f"exact_backend must be 'auto', 'torch' or 'faiss', got {exact_backend!r}")
         self._query_sample: np.ndarray | None = None
-        # a fitted recipe of channels (README, "Channels"): its own channel is this model and searcher
+        # a fitted recipe of channels (docs/recipes.md): its own channel is this model and searcher
         self.recipe = self._load_recipe() if load_model and self.manifest.get("recipe") else None
 
     # -- loading helpers ---------------------------------------------------------------------

@@ -30,6 +30,7 @@ Whatever the index, a user for whom it finds fewer than n items is answered by e
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..util.atomic import atomic_write
+from ..util.atomic import atomic_write, naming_write_errors
 from ..retrieval import merge_candidates
 from ..retrieval.faiss_search import add_items, inner_index, item_index, set_search_params
 from .bundle import (INDEX_FILE, Bundle, BundleError, faiss_version, file_entry, load_faiss_index,
@@ -194,6 +195,16 @@ def measure_recall(index: Any, items: np.ndarray, queries: np.ndarray, n: int = 
     }
 
 
+def _write_index(index, path: str) -> None:
+    """The index through Python's file layer, flushed to disk: a failed write (a full disk) is an
+    ``OSError`` with its cause (named by the caller), not a faiss traceback."""
+    data = faiss.serialize_index(index)  # (bytes,) uint8
+    with open(path, "wb") as fh:
+        fh.write(memoryview(data))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def build_index(bundle_dir: str | Path, kind: str = "hnsw", *, recall_n: int = 50, threads: int | None = None,
                 verbose: bool = True, **options: Any) -> dict[str, Any]:
     """Build a ``kind`` index for the bundle, measure its recall, store both; returns the index info.
@@ -222,11 +233,21 @@ def build_index(bundle_dir: str | Path, kind: str = "hnsw", *, recall_n: int = 5
             "recall": recall, "build_seconds": round(build_seconds, 3), "faiss_version": faiss_version(),
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
-    atomic_write(bundle_dir / INDEX_FILE, lambda tmp: faiss.write_index(index, tmp))
-    manifest = dict(bundle.manifest)
-    manifest["files"] = {**manifest["files"], INDEX_FILE: file_entry(bundle_dir / INDEX_FILE)}
-    manifest["index"] = info
-    write_manifest(bundle_dir, manifest)
+    # the new index is written beside the old one (a name the bundle's check ignores), then the manifest,
+    # then the rename: a write that fails (a full disk) leaves the bundle as it was
+    pending = bundle_dir / f".{INDEX_FILE}.{os.getpid()}.tmp"
+    try:
+        with naming_write_errors(bundle_dir / INDEX_FILE):
+            _write_index(index, str(pending))
+        manifest = dict(bundle.manifest)
+        manifest["files"] = {**manifest["files"], INDEX_FILE: file_entry(pending)}
+        manifest["index"] = info
+        with naming_write_errors(bundle_dir / "manifest.json"):
+            write_manifest(bundle_dir, manifest)
+        os.replace(pending, bundle_dir / INDEX_FILE)
+    except BaseException:
+        pending.unlink(missing_ok=True)
+        raise
     if verbose:
         print(format_index_report(info, bundle.num_items))
         if info["params"].get("chosen"):

@@ -219,6 +219,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
     if resume:
         # RNG states stay CPU tensors; a sharded table's rows stay in their files until each rank reads its own
         ckpt = rundir.load_checkpoint(ckpt_dir / "last.pt", map_location="cpu", assemble=not cfg.sharded_embeddings)
+        rundir.check_config(run_dir, cfg, ckpt.get("config"), ckpt_dir / "last.pt", RESUME_KEYS)
         try:
             model.load_state_dict(ckpt["model"])
         except (RuntimeError, KeyError, TypeError) as err:
@@ -284,6 +285,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
             "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
             "state": dict(state),
             "popularity": torch.from_numpy(popularity),
+            "config": cfg.to_dict(),
         })
 
     def validate(window_loss: float, window_steps: int, window_seconds: float) -> dict | None:
@@ -298,7 +300,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
         improved = ctx.broadcast(metrics["recall@50"] > state["best"] if ctx.main else None)
         if improved:
             save("best", lambda: {"model": model.state_dict(), "step": state["step"], "valid": metrics,
-                                  "popularity": torch.from_numpy(popularity)})
+                                  "popularity": torch.from_numpy(popularity), "config": cfg.to_dict()})
         row = _decide(metrics, improved, window_loss, window_steps, window_seconds) if ctx.main else None
         if ctx.active:
             state.update(ctx.broadcast(dict(state)))
@@ -395,6 +397,9 @@ def resume(run_dir: str | Path, callback: Callable[[int], None] | None = None,
            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Continue an interrupted run from its last checkpoint, with its saved config and data.
 
+    The data folder must hold what the run was trained on (:func:`dmirec.runs.rundir.check_data`) and
+    ``config.yaml`` must equal the config of the last checkpoint (an edited key is refused, named).
+
     ``overrides`` may change only :data:`RESUME_KEYS`; a larger ``max_steps`` extends a run that
     stopped at its step budget (a run stopped by early stopping cannot be extended). An override
     that changes nothing is an error.
@@ -402,6 +407,7 @@ def resume(run_dir: str | Path, callback: Callable[[int], None] | None = None,
     run_dir = Path(run_dir)
     cfg = rundir.read_config(run_dir)
     data_ref = rundir.read_data_ref(run_dir)
+    rundir.check_data(run_dir)  # the data folder prepared again since (another seed or log) is refused
     if overrides:
         cfg = _resume_config(run_dir, cfg, overrides)
     if not (run_dir / "checkpoints" / "last.pt").exists():

@@ -39,8 +39,8 @@ def _have_torchrec() -> bool:
 
 
 HAVE_TORCHREC = _have_torchrec()
-needs_torchrec = pytest.mark.skipif(not HAVE_TORCHREC, reason="TorchRec is not installed (the `dist` extra: README, "
-                                    "'Large data and many machines', gives the pip install --no-deps command)")
+needs_torchrec = pytest.mark.skipif(not HAVE_TORCHREC, reason="TorchRec is not installed (the `dist` extra: `make setup-dist`; "
+                                    "docs/scale/sharded.md gives the pip install --no-deps command)")
 
 
 def test_single_process_is_a_one_line_error(tmp_path):

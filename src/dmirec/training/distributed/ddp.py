@@ -5,7 +5,7 @@
 group (gloo on CPU, nccl on CUDA, one GPU per local rank). Without those variables everything
 here is a no-op for a single process, and training runs exactly as it always did.
 
-How a step is split (README, "Large data and many machines"):
+How a step is split (docs/scale/many-machines.md):
 
 * every rank draws the same global batch of ``batch_size`` users from the one seeded sampler
   (O(batch) index draws) and keeps its contiguous share of ``batch_size / P`` rows, so the data
