@@ -4,6 +4,7 @@ and their cost on synthetic catalogues.
 
     python scripts/bench_classical.py run [--datasets beauty sports gowalla] [--methods itemknn ease rp3beta]
     python scripts/bench_classical.py cost [--cases knn-12k knn-300k knn-1m ease-12k ease-refuse]
+    python scripts/bench_classical.py table          # Markdown tables of the records (docs/classical.md)
 
 ``run`` prepares ../shared/datasets/NAME/interactions.csv into bench_data/NAME the way
 scripts/bench.py does (skipped when it exists) and, for each (dataset, method), starts one fresh
@@ -334,6 +335,62 @@ def cmd_cost(args) -> None:
                                                      "refused", "failed")}), flush=True)
 
 
+def _fmt_setting(chosen: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
+
+
+def cmd_table(args) -> None:
+    """Print the measured tables from bench_results/classical/*.json."""
+    print("| dataset | view | method | chosen setting | valid R@50 | valid N@50 | test R@20 | test R@50 "
+          "| test N@50 | test HR@50 | fit s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for dataset in DATASETS:
+        for view in ("published", "new_items"):
+            for method in METHODS:
+                path = OUT / f"{dataset}-{method}.json"
+                if not path.exists():
+                    continue
+                rec = json.loads(path.read_text())
+                v = rec["views"].get(view)
+                if v is None:
+                    continue
+                t = v["test"]
+                print(f"| {dataset} | {view} | {method} | {_fmt_setting(v['chosen'])} | {v['valid']['recall@50']:.4f} "
+                      f"| {v['valid']['ndcg@50']:.4f} | {t['recall@20']:.4f} | {t['recall@50']:.4f} "
+                      f"| {t['ndcg@50']:.4f} | {t['hitrate@50']:.4f} | {v['fit_seconds']:.1f} | {rec['peak_rss_mib']:.0f} |")
+    print()
+    print("| dataset | view | EASE columns kept | nnz | valid R@50 | valid N@50 |")
+    print("|---|---|---|---|---|---|")
+    for dataset in DATASETS:
+        path = OUT / f"{dataset}-ease.json"
+        if not path.exists():
+            continue
+        rec = json.loads(path.read_text())
+        for view, v in rec["views"].items():
+            dense_nnz = next(f["nnz"] for f in rec["fits"] if f["setting"]["lam"] == v["chosen"]["lam"])
+            print(f"| {dataset} | {view} | dense | {dense_nnz} | {v['valid']['recall@50']:.4f} "
+                  f"| {v['valid']['ndcg@50']:.4f} |")
+            for sp_ in v.get("sparse_topk_valid", []):
+                print(f"| {dataset} | {view} | top {sp_['topk']} | {sp_['nnz']} | {sp_['valid']['recall@50']:.4f} "
+                      f"| {sp_['valid']['ndcg@50']:.4f} |")
+    print()
+    print("| case | method | items | training users | user-item pairs | fit s | peak RSS MiB | result |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in COST_CASES:
+        path = OUT / f"cost-{name}.json"
+        if not path.exists():
+            continue
+        rec = json.loads(path.read_text())
+        if rec.get("failed"):
+            result = f"failed (exit {rec['returncode']})"
+        elif rec.get("refused"):
+            result = "refused: " + rec["refused"]
+        else:
+            result = f"{rec['result_nnz']} entries, {rec['result_mib']} MiB"
+        print(f"| {name} | {rec['method']} | {rec['items']} | {rec.get('train_users', '')} | {rec.get('train_nnz', '')} "
+              f"| {rec.get('fit_seconds', '-')} | {rec.get('peak_rss_mib', '-')} | {result} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_one"]:  # internal: one (dataset, method) in this fresh process
@@ -353,8 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--force", action="store_true", help="redo records that exist")
     c = sub.add_parser("cost", help="fit time and peak RSS on synthetic catalogues")
     c.add_argument("--cases", nargs="+", default=list(COST_CASES))
+    sub.add_parser("table", help="Markdown tables of the records")
     args = ap.parse_args(argv)
-    {"run": cmd_run, "cost": cmd_cost}[args.cmd](args)
+    {"run": cmd_run, "cost": cmd_cost, "table": cmd_table}[args.cmd](args)
 
 
 if __name__ == "__main__":
