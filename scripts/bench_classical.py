@@ -240,12 +240,13 @@ def cmd_run(args) -> None:
                 print(f"[skip] {out} exists (--force to redo)")
                 continue
             cmd = [sys.executable, __file__, "_one", dataset, method, str(data_dir)]
+            commit = git_commit()  # the code the child runs: taken before it starts
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, env=child_env(), stdout=subprocess.PIPE, text=True)  # progress: stderr
             if proc.returncode != 0:
                 sys.exit(f"{dataset}/{method} failed (exit {proc.returncode}); its messages are above")
             record = json.loads(proc.stdout.strip().splitlines()[-1])
-            record.update({"wall_seconds": round(time.perf_counter() - t0, 1), "commit": git_commit(),
+            record.update({"wall_seconds": round(time.perf_counter() - t0, 1), "commit": commit,
                            "data": str(data_dir), "data_fingerprint": data_fingerprint(data_dir),
                            "machine": machine(), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])})
             out.write_text(json.dumps(record, indent=1) + "\n")
@@ -321,6 +322,7 @@ def cmd_cost(args) -> None:
             sys.exit(f"unknown cost case {name!r}; choose from {sorted(COST_CASES)}")
         out = OUT / f"cost-{name}.json"
         cmd = [sys.executable, __file__, "_cost", name]
+        commit = git_commit()
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
         if proc.returncode != 0:
@@ -328,7 +330,7 @@ def cmd_cost(args) -> None:
                       "stderr_tail": proc.stderr[-2000:]}
         else:
             record = json.loads(proc.stdout.strip().splitlines()[-1])
-        record.update({"wall_seconds": round(time.perf_counter() - t0, 1), "commit": git_commit(),
+        record.update({"wall_seconds": round(time.perf_counter() - t0, 1), "commit": commit,
                        "machine": machine(), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])})
         out.write_text(json.dumps(record, indent=1) + "\n")
         print(json.dumps({k: record.get(k) for k in ("case", "items", "train_nnz", "fit_seconds", "peak_rss_mib",
