@@ -41,7 +41,8 @@ the chosen setting only. For EASE the sparse approximation (top-k entries per co
 k in {100, 200, 500}) of the chosen dense B is scored on validation users with the chosen
 decay/exclusion, to measure what a bundle-sized EASE costs in recall.
 
-Records hold the chosen setting, the whole validation grid, the test metrics, fit seconds (of
+Wall times depend on what else runs on the machine: records carry the 1/5/15-minute load
+averages at the start and end of the measuring process. Records hold the chosen setting, the whole validation grid, the test metrics, fit seconds (of
 the chosen setting and of every grid fit), the peak RSS of the subprocess (data, all fits and
 evaluations of the grid), commit, data fingerprint, machine and command line.
 
@@ -165,6 +166,7 @@ def run_one(dataset: str, method: str, data_dir: Path, argv: list[str]) -> dict:
     from dmirec.channels.interactions import train_matrix
     from dmirec.data.dataset import load_dataset
 
+    load_start = os.getloadavg()
     data = load_dataset(data_dir)
     train = train_matrix(data)  # (U_train, N + 1) binary
     with_new = dataset in NEW_ITEMS_VIEW
@@ -221,6 +223,8 @@ def run_one(dataset: str, method: str, data_dir: Path, argv: list[str]) -> dict:
         record["views"][name] = out
         del sim
     record["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    record["load_average"] = {"start": [round(x, 2) for x in load_start],
+                              "end": [round(x, 2) for x in os.getloadavg()]}
     return record
 
 
@@ -290,6 +294,7 @@ def cost_one(name: str) -> dict:
     import dataclasses
 
     case = COST_CASES[name]
+    load_start = os.getloadavg()
     t0 = time.perf_counter()
     train, spec = synthetic_train(case)
     gen_secs = time.perf_counter() - t0
@@ -312,6 +317,8 @@ def cost_one(name: str) -> dict:
         record["refused"] = str(err)
         record["refuse_seconds"] = round(time.perf_counter() - t0, 4)
     record["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    record["load_average"] = {"start": [round(x, 2) for x in load_start],
+                              "end": [round(x, 2) for x in os.getloadavg()]}
     return record
 
 
