@@ -28,7 +28,7 @@ from scipy.linalg import lapack
 
 from .itemknn import clean_train, rows_topk
 
-__all__ = ["fit_ease", "ease_memory_gib"]
+__all__ = ["fit_ease", "column_topk", "ease_memory_gib"]
 
 
 def ease_memory_gib(num_items: int) -> float:
@@ -61,8 +61,11 @@ def _inverse_spd(g: np.ndarray) -> np.ndarray:
     return inv
 
 
-def _column_topk(b: np.ndarray, k: int, block: int = 1024) -> sp.csr_matrix:
-    """CSR of the k largest-|value| entries of each column of dense ``b`` (ties: lower row first)."""
+def column_topk(b: np.ndarray, k: int, block: int = 1024) -> sp.csr_matrix:
+    """CSR of the k largest-|value| entries of each column of dense ``b`` (ties: lower row first).
+
+    ``fit_ease(..., topk=k)`` is ``column_topk(fit_ease(...), k)``; call this directly to try
+    several k on one dense fit."""
     n1 = b.shape[0]
     rows_out, cols_out, vals_out = [], [], []
     for s in range(0, n1, block):
@@ -116,4 +119,4 @@ def fit_ease(train, *, lam: float = 200.0, max_items: int = 50_000, topk: int | 
     del p, g
     if topk is None:
         return full
-    return _column_topk(full, int(topk))
+    return column_topk(full, int(topk))
