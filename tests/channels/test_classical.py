@@ -307,3 +307,29 @@ def test_fill_popular_fills_holes_skipping_held_and_excluded():
     assert out.tolist() == [[3, 2, 1], [1, 2, 4], [2, 3, 1]]
     out = fill_popular(ids, pop, exclude=[[2], None, [2, 3, 1]])
     assert out.tolist() == [[3, 1, 4], [1, 2, 4], [4, -1, -1]]
+
+
+# ---------------------------------------------------------------- benchmark selection rule
+
+
+def test_bench_selection_rule_prefers_earliest_within_tie():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_classical.py"
+    spec = importlib.util.spec_from_file_location("bench_classical", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def entry(order, recall):
+        return {"order": order, "valid": {"recall@50": recall}}
+
+    a, b, c = entry((1, 0, 0), 0.20005), entry((0, 1, 3), 0.2), entry((0, 0, 5), 0.19996)
+    assert bench.choose([a, b, c]) is c  # all within 1e-4 of the best: the earliest order wins
+    d = entry((0, 0, 6), 0.19)
+    assert bench.choose([a, d]) is a  # outside the tie band: the best wins
+    e = entry((0, 0, 5), 0.1999)
+    assert bench.choose([a, b, e]) is b  # e is 1.5e-4 below the best: not tied
+    grid = bench.fit_grid("itemknn")
+    assert grid[0] == {"shrink": 0.0, "topk": 50} and grid[-1] == {"shrink": 200.0, "topk": 200}
+    with pytest.raises(ValueError, match="unknown method"):
+        bench.fit_grid("nope")
