@@ -17,11 +17,11 @@ interaction). Validation and test users are split as the project does
 targets the rest. Item-based methods use the user's WHOLE history (``full_history``), not only
 the last seq_len items the neural models see. Each list is the method's top 50 (positive scores
 only), filled with the most popular training items (interaction counts) not already in the list
-(nor excluded); metrics are :func:`dmirec.metrics.summarize` at 20 and 50 plus catalogue coverage.
+(nor excluded); metrics are :func:`dmirec.evaluation.metrics.summarize` at 20 and 50 plus catalogue coverage.
 
 Views. Every dataset is evaluated in the published view (targets as they are, repeats of history
 items count; whether history items are excluded from the list is a selected setting). On
-gowalla (repeat consumption) the new-items view is evaluated too (:func:`dmirec.evaluate.new_items_view`:
+gowalla (repeat consumption) the new-items view is evaluated too (:func:`dmirec.evaluation.evaluate.new_items_view`:
 targets already in the history removed, users left without a target skipped, history always
 excluded), with its own selection on validation users.
 
@@ -123,7 +123,7 @@ class View:
 
     def score(self, sim, decay: float, exclude: bool) -> dict:
         from dmirec.channels.scoring import fill_popular, top_items
-        from dmirec.metrics import catalogue_coverage, summarize
+        from dmirec.evaluation.metrics import catalogue_coverage, summarize
 
         excl = self.histories if exclude else None
         ids, _ = top_items(self.rows[decay], sim, N, exclude=excl)
@@ -138,7 +138,7 @@ class View:
 
 def views(data, split: str, with_new_items: bool) -> dict[str, View]:
     from dmirec.data.sampler import eval_split
-    from dmirec.evaluate import new_items_view
+    from dmirec.evaluation.evaluate import new_items_view
 
     pop = data.item_popularity("train")
     full = eval_split(data.splits[split], 20)

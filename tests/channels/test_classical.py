@@ -315,7 +315,7 @@ def test_fill_popular_fills_holes_skipping_held_and_excluded():
 def test_bench_selection_rule_prefers_earliest_within_tie():
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_classical.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_classical.py"
     spec = importlib.util.spec_from_file_location("bench_classical", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ..retrieval.exact import as_exclude_csr
+from ..retrieval.exact import SearchResult, as_exclude_csr
+from ..retrieval.fill import fill_popular as fill_lists
 from .itemknn import rows_topk
 
 __all__ = ["top_items", "fill_popular", "exclusion_csr"]
@@ -138,23 +139,13 @@ def top_items(user_rows, sim, n: int, *, exclude: Any = None, block: int | None 
 
 def fill_popular(ids: np.ndarray, popularity: np.ndarray, exclude: Any = None) -> np.ndarray:
     """A copy of ``ids`` (B, n) whose -1 slots hold the most popular items not already in the row
-    and not excluded (popularity: (N + 1,) counts, entry 0 ignored; ties: lower id first).
-
-    Slots stay -1 only when the catalogue runs out of items."""
+    and not excluded (popularity: (N + 1,) counts, entry 0 ignored; ties: lower id first), by
+    :func:`dmirec.retrieval.fill.fill_popular`. Slots stay -1 only when the catalogue runs out of items."""
     ids = np.array(ids, dtype=np.int64)  # (B, n)
     pop = np.asarray(popularity, dtype=np.float64).ravel()  # (N + 1,)
     num_items = len(pop) - 1
-    batch, n = ids.shape
-    excl = exclusion_csr(exclude, batch, num_items)
+    excl = exclusion_csr(exclude, ids.shape[0], num_items)
+    per_user = None if excl is None else [excl.indices[excl.indptr[b]:excl.indptr[b + 1]] for b in range(ids.shape[0])]
     order = np.lexsort((np.arange(1, num_items + 1), -pop[1:])) + 1  # (N,) most popular first
-    for b in np.flatnonzero((ids < 0).any(axis=1)):
-        holes = np.flatnonzero(ids[b] < 0)
-        taken = ids[b][ids[b] > 0]
-        if excl is not None:
-            taken = np.concatenate([taken, excl.indices[excl.indptr[b]:excl.indptr[b + 1]]])
-        need = len(holes)
-        # the first need + |taken| popular items always hold need items outside `taken`
-        head = order[:need + len(taken)]
-        fill = head[~np.isin(head, taken)][:need]
-        ids[b, holes[:len(fill)]] = fill
-    return ids
+    empty = np.zeros(ids.shape, dtype=np.float32)
+    return fill_lists(SearchResult(ids=ids, scores=empty, interest=np.zeros_like(ids)), order, per_user).ids
