@@ -45,6 +45,12 @@ def _youtube_dnn(cfg: Config, num_items: int, popularity: np.ndarray) -> Retriev
     return YouTubeDNN.from_config(cfg, num_items)
 
 
+def _sasrec(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
+    from .sasrec import SASRec
+
+    return SASRec.from_config(cfg, num_items)
+
+
 def _most_popular(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
     from .most_popular import MostPopular
 
@@ -76,6 +82,7 @@ REGISTRY: dict[str, Builder] = {
     "comirec-dr": _comirec_dr,
     "mind": _mind,
     "youtube-dnn": _youtube_dnn,
+    "sasrec": _sasrec,
     "most-popular": _most_popular,
     "coin": _coin,
     "repeat": _repeat,
