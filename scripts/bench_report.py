@@ -16,7 +16,7 @@ from dmirec.evaluation.compare import format_mean_sd, mean_sd
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCH = ROOT / "configs" / "bench" / "reference_remi_code.md"
 NAMES = {"comirec-sa": "ComiRec-SA", "comirec-dr": "ComiRec-DR", "mind": "MIND", "remi": "REMI",
-         "youtube-dnn": "YouTube-DNN", "most-popular": "Most-popular", "dmi": "DMI",
+         "youtube-dnn": "YouTube-DNN", "sasrec": "SASRec", "most-popular": "Most-popular", "dmi": "DMI",
          "dmi-sa": "DMI on ComiRec-SA", "dmi-after": "DMI, refiner trained after REMI", "coin": "COIN",
          "dmi-collab": "DMI, collaborative (refiner after REMI, neighbour rule)",
          "dmi-collab-joint": "DMI, collaborative keys trained jointly (gowalla's validation choice)",

@@ -35,10 +35,25 @@ def test_every_config_file_resolves_as_before(path):
     assert as_before(make_config(model, [ROOT / path]).to_dict(), BEFORE[path]) == BEFORE[path]
 
 
+# Dataset configs of models added after the snapshot: (path, model). Each must resolve to its
+# dataset layer's protocol keys exactly as the snapshot's REMI config of that dataset does.
+ADDED = {f"configs/{d}/sasrec.yaml": "sasrec" for d in ("beauty", "sports", "gowalla")}
+PROTOCOL_KEYS = ("seed", "embedding_dim", "batch_size", "lr", "weight_decay", "num_negatives", "negative_sampler",
+                 "logq_correction", "remove_accidental_hits", "eval_every", "patience", "seq_len", "max_steps")
+
+
 def test_no_model_config_was_added_or_lost():
     now = {str(p.relative_to(ROOT)) for p in ROOT.glob("configs/*/*.yaml")
            if p.parent.name not in ("bench", "datasets", "models")}
-    assert now == set(BEFORE)
+    assert now == set(BEFORE) | set(ADDED)
+
+
+@pytest.mark.parametrize("path", sorted(ADDED))
+def test_added_config_files_share_the_protocol(path):
+    cfg = make_config(ADDED[path], [ROOT / path]).to_dict()
+    remi = BEFORE[path.rsplit("/", 1)[0] + "/remi.yaml"]
+    assert cfg["model"] == ADDED[path]
+    assert {k: cfg[k] for k in PROTOCOL_KEYS} == {k: remi[k] for k in PROTOCOL_KEYS}
 
 
 def test_dataset_and_model_layers_load_on_their_own():

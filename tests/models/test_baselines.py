@@ -338,7 +338,7 @@ def test_hard_negatives_reduce_to_plain_sampled_softmax():
 # --------------------------------------------------------------------------------------------
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-MODELS = ["comirec-sa", "comirec-dr", "mind", "remi", "youtube-dnn", "most-popular"]
+MODELS = ["comirec-sa", "comirec-dr", "mind", "remi", "youtube-dnn", "sasrec", "most-popular"]
 
 
 @pytest.mark.parametrize("dataset", ["beauty", "gowalla", "sports"])

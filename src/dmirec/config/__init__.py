@@ -112,6 +112,11 @@ class Config:
     coin_gru_layers: int = 1  # COIN's GRU layers
     coin_ff_dim: int = 2048  # feed-forward width of COIN's Transformer layer (its code: PyTorch's default)
 
+    # --- SASRec (baseline) -----------------------------------------------------------------------
+    sasrec_blocks: int = 2  # causal self-attention blocks (the paper's b = 2)
+    sasrec_heads: int = 1  # attention heads per block (the paper: one); must divide embedding_dim
+    sasrec_dropout: float = 0.2  # dropout of the input, the attention and the FFN (the paper's 0.2 on Amazon data)
+
     # --- DMI refiner ---------------------------------------------------------------------------
     diffusion_steps: int = 10  # T
     schedule: str = "linear"  # linear | cosine
@@ -362,7 +367,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
                 "eval_batch_size", "diffusion_steps", "routing_iters", "prune_m", "coin_temperature",
                 "coin_bank_sample", "coin_negatives", "coin_gru_layers", "coin_ff_dim", "repeat_ref_rank",
                 "itemknn_neighbours", "ease_lambda", "ease_max_items", "rp3beta_alpha", "rp3beta_neighbours",
-                "num_negatives", "lr")
+                "num_negatives", "lr", "sasrec_blocks", "sasrec_heads")
     for key in positive:
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"{source}: config key {key!r} must be positive, got {getattr(cfg, key)}")
@@ -373,6 +378,11 @@ def _check_ranges(cfg: Config, source: str) -> None:
     for key in ("fusion_weight", "cond_dropout"):
         if not 0.0 <= getattr(cfg, key) <= 1.0:
             raise ConfigError(f"{source}: config key {key!r} must be in [0, 1], got {getattr(cfg, key)}")
+    if not 0.0 <= cfg.sasrec_dropout < 1.0:
+        raise ConfigError(f"{source}: config key 'sasrec_dropout' must be in [0, 1), got {cfg.sasrec_dropout}")
+    if cfg.embedding_dim % cfg.sasrec_heads:
+        raise ConfigError(f"{source}: config key 'sasrec_heads' ({cfg.sasrec_heads}) must divide embedding_dim "
+                          f"({cfg.embedding_dim})")
     for key in ("threads", "neighbour_alpha", "bank_max_users", "bank_train_sample", "guidance", "coin_contrast_weight"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
@@ -495,6 +505,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "dmi": {"backbone": "remi"},
     "coin": {"hard_negative_beta": 1.0, "routing_reg": 100.0, "neighbour_alpha": 0.55, "neighbours": 3},
     "youtube-dnn": {"num_interests": 1},
+    "sasrec": {"num_interests": 1},
     "most-popular": {"num_interests": 1, "max_steps": 0},
     "repeat": {"num_interests": 1, "max_steps": 0},
     "itemknn": {"num_interests": 1, "max_steps": 0},

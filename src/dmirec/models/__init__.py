@@ -25,6 +25,7 @@ from .item_item import EASE, ItemKNN, RP3beta
 from .mind import MIND
 from .most_popular import MostPopular
 from .repeat import RepeatBaseline
+from .sasrec import SASRec
 from .youtube_dnn import YouTubeDNN
 
 Builder = Callable[[Config, int, np.ndarray], RetrievalModel]
@@ -45,6 +46,10 @@ def _mind(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel
 
 def _youtube_dnn(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
     return YouTubeDNN.from_config(cfg, num_items)
+
+
+def _sasrec(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
+    return SASRec.from_config(cfg, num_items)
 
 
 def _most_popular(cfg: Config, num_items: int, popularity: np.ndarray) -> RetrievalModel:
@@ -85,6 +90,7 @@ REGISTRY: dict[str, Builder] = {
     "comirec-dr": _comirec_dr,
     "mind": _mind,
     "youtube-dnn": _youtube_dnn,
+    "sasrec": _sasrec,
     "most-popular": _most_popular,
     "coin": _coin,
     "repeat": _repeat,
