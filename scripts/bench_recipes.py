@@ -158,7 +158,7 @@ LABELS = {"model": "REMI + neighbour rule", "itemknn": "ItemKNN", "rp3beta": "RP
 def table() -> list[str]:
     """Markdown: per dataset and view, the recipe and each channel alone (test, mean ± sd over seeds)."""
     records = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
-    lines = ["## Recipes of channels (ItemKNN, EASE, REMI + rule, repeats), merged on validation users", "",
+    lines = ["## Recipes of channels (ItemKNN, RP3beta, EASE, REMI + rule, repeats), merged on validation users", "",
              "`python scripts/bench_recipes.py run DATASET SEED` (records in bench_results/recipes/). Each seed's",
              "REMI run with its own neighbour rule is the channel `model`; ItemKNN and EASE are deterministic (their",
              "settings chosen on validation users); the merger and its weights are chosen on validation users. Test",
