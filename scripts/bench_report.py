@@ -164,16 +164,22 @@ def _recipes_section() -> list[str]:
     (scripts/bench_recipes.py and scripts/bench_classical.py write their records)."""
     import importlib
 
+    import contextlib
+    import io
+
     lines: list[str] = []
-    for name in ("bench_recipes", "bench_classical"):
-        if not (ROOT / "scripts" / f"{name}.py").exists():
-            continue
-        module = importlib.import_module(name)
-        table = module.table()
-        if isinstance(table, str):
-            table = table.splitlines()
-        if len(table) > 8:  # a section with at least one record
-            lines += table + [""]
+    if (ROOT / "bench_results" / "recipes").is_dir():
+        lines += importlib.import_module("bench_recipes").table() + [""]
+    if (ROOT / "bench_results" / "classical").is_dir():
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            importlib.import_module("bench_classical").cmd_table(None)
+        lines += ["## Classical channels alone (`python scripts/bench_classical.py run | cost | table`)", "",
+                  "Fitted on training users, the setting chosen on validation users (the rule is in the script's "
+                  "docstring), the whole history before the cut scoring items, lists filled with popular items; "
+                  "then EASE kept sparse (top-k entries per item), then the fit cost on synthetic catalogues "
+                  "(one process per case; the machine was shared, so times are upper bounds). docs/classical.md "
+                  "explains the methods.", "", buf.getvalue().rstrip(), ""]
     return lines
 
 

@@ -30,7 +30,7 @@ from ..evaluation.report import build_report
 from ..pipeline.fit import BACKBONE, fit
 from ..training.train import make_config, train
 
-ROWS = (("recipe", "fitted recipe (served)"), ("itemknn", "ItemKNN"), ("ease", "EASE"),
+ROWS = (("recipe", "fitted recipe (served)"), ("itemknn", "ItemKNN"), ("rp3beta", "RP3beta"), ("ease", "EASE"),
         ("model", "REMI + neighbour rule"), ("remi", "REMI"), ("dmi", "DMI (refiner on frozen REMI)"),
         ("most-popular", "most-popular"))
 
@@ -57,6 +57,8 @@ def run_demo(workdir: str | Path = "demo_run", steps: int = 4000, seed: int = 20
     dmi = train(cfg, fit_dir / "data", dmi_dir)
     rows = {**rows, "dmi": {k: float(v) for k, v in dmi["test"].items() if "@" in k or k == "users"}}
     print("\n" + demo_table(rows))
+    print(f"DMI's best validation checkpoint is step {dmi['best_step']} of {dmi['steps']} (step 0 is the frozen "
+          f"REMI itself: the refiner is kept only when it beats REMI on validation users)")
     if report:
         try:
             out = build_report(backbone, work / "report" / "report.html", users=report_users)
