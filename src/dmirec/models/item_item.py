@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch import nn
 
 from ..channels.ease import fit_ease
 from ..channels.interactions import sequences_matrix, user_item_matrix
@@ -32,27 +31,19 @@ from ..channels.rp3beta import fit_rp3beta
 from ..channels.scoring import top_items
 from ..retrieval import SearchResult
 from ..retrieval.fill import fill_popular
-from .base import RetrievalModel, TrainOutput
-from .most_popular import PADDING_SCORE
+from .most_popular import MostPopular
 
 _CSR = ("sim_indptr", "sim_indices", "sim_values")
 
 
-class ItemItemModel(RetrievalModel):
-    """Base of the item-to-item models: the matrix as CSR buffers, the scoring, the contract."""
+class ItemItemModel(MostPopular):
+    """Base of the item-to-item models: the matrix as CSR buffers and the scoring; the vector
+    contract is most-popular's (a popularity ranker with D = 1, nothing to train)."""
 
     def __init__(self, num_items: int, popularity: np.ndarray | None = None, history_decay: float = 0.0):
-        nn.Module.__init__(self)  # no item table
-        self.num_items = num_items
-        self.embedding_dim = 1
-        self.num_interests = 1
+        super().__init__(num_items, popularity)  # the popularity "embeddings", K = 1, nothing to train
         self.history_decay = float(history_decay)
         counts = np.zeros(num_items + 1) if popularity is None else np.asarray(popularity, dtype=np.float64)
-        if counts.shape != (num_items + 1,):
-            raise ValueError(f"popularity must have shape ({num_items + 1},), got {counts.shape}")
-        scores = torch.log1p(torch.as_tensor(counts).clamp(min=0)).float()  # (N + 1,)
-        scores[0] = PADDING_SCORE
-        self.register_buffer("scores", scores.unsqueeze(1))  # (N + 1, 1)
         self.register_buffer("sim_indptr", torch.zeros(num_items + 2, dtype=torch.int64))  # (N + 2,)
         self.register_buffer("sim_indices", torch.zeros(0, dtype=torch.int64))  # (nnz,)
         self.register_buffer("sim_values", torch.zeros(0, dtype=torch.float32))  # (nnz,)
@@ -109,24 +100,6 @@ class ItemItemModel(RetrievalModel):
         interest = np.where(ids > 0, 0, -1).astype(np.int64)
         res = SearchResult(ids=ids, scores=scores.astype(np.float32), interest=interest)
         return fill_popular(res, self._popular, exclude)
-
-    # -- the vector contract (a popularity ranker) ------------------------------------------------
-    @property
-    def trainable(self) -> bool:
-        return False
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.scores  # (N + 1, 1)
-
-    def interests(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = mask.to(self.scores.dtype)  # (B, L)
-        weights = (m / m.sum(dim=1, keepdim=True).clamp(min=1.0)).unsqueeze(1)  # (B, 1, L)
-        return self.scores.new_ones(history.shape[0], 1, 1), weights  # (B, 1, 1), (B, 1, L)
-
-    def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
-                      users: torch.Tensor | None = None) -> TrainOutput:
-        vecs, weights = self.interests(history, mask)  # (B, 1, 1), (B, 1, L)
-        return TrainOutput(user=vecs[:, 0], interests=vecs, weights=weights, aux_loss=self.routing_loss(weights))
 
 
 class ItemKNN(ItemItemModel):
