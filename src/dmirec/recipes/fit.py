@@ -166,20 +166,14 @@ def fit_recipe(run_dir: str | Path, channels: Sequence[str] = ("model", "itemknn
         elif prefit and name in prefit:
             ch, grids[name] = prefit[name]
             built.append(ch)
-        elif name == "itemknn":
-            ch, grids["itemknn"] = _select("itemknn", cfg, itemknn_grid, (channel_scoring or {}).get("itemknn", scoring_grid), data, valid, exclude,
-                                           popular_order, log)
-            built.append(ch)
-        elif name == "rp3beta":
-            ch, grids["rp3beta"] = _select("rp3beta", cfg, rp3beta_grid, (channel_scoring or {}).get("rp3beta", scoring_grid), data, valid, exclude,
-                                           popular_order, log)
-            built.append(ch)
-        elif name == "ease":
-            if data.num_items > cfg.ease_max_items:
+        elif name in ("itemknn", "rp3beta", "ease"):
+            if name == "ease" and data.num_items > cfg.ease_max_items:
                 notes.append(f"ease skipped: {data.num_items:,} items > ease_max_items {cfg.ease_max_items:,}")
                 log(notes[-1])
                 continue
-            ch, grids["ease"] = _select("ease", cfg, ease_grid, (channel_scoring or {}).get("ease", scoring_grid), data, valid, exclude, popular_order, log)
+            grid = {"itemknn": itemknn_grid, "rp3beta": rp3beta_grid, "ease": ease_grid}[name]
+            scoring = (channel_scoring or {}).get(name, scoring_grid)
+            ch, grids[name] = _select(name, cfg, grid, scoring, data, valid, exclude, popular_order, log)
             built.append(ch)
         elif name == "repeat":
             rcfg = cfg.replace(model="repeat", num_interests=1, max_steps=0, neighbour_alpha=0.0, repeat_channel=False,
