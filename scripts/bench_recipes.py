@@ -65,7 +65,7 @@ def run(dataset: str, seed: int, runs: Path, channels: list[str], view: str, ext
     record = fit_recipe(run_dir, names, overrides=overrides, new_items_only=new_items, out=folder, prefit=prefit,
                         log=lambda s: print(f"[{dataset} s{seed}{suffix}] {s}", flush=True))
     recipe = record.pop("recipe")
-    _save_prefit(runs, dataset, view, record.pop("built"))
+    _save_prefit(runs, dataset, view, record.pop("built"), Path(read_data_ref(run_dir)["path"]))
     data_path = Path(read_data_ref(run_dir)["path"])
     from dmirec.data.dataset import load_dataset
 
@@ -126,19 +126,14 @@ def _load_prefit(runs: Path, dataset: str, view: str) -> dict:
     return out
 
 
-def _save_prefit(runs: Path, dataset: str, view: str, built: dict) -> None:
+def _save_prefit(runs: Path, dataset: str, view: str, built: dict, data: Path) -> None:
+    """Keep the item-to-item channels this run chose (``data``: its prepared folder) for the other seeds."""
     import torch
-
-    from dmirec.runs.rundir import read_data_ref
 
     folder = _cache(runs, dataset, view)
     folder.mkdir(parents=True, exist_ok=True)
     for name, (ch, grid) in built.items():
         if name not in ("itemknn", "rp3beta", "ease") or (folder / f"{name}.json").exists():
-            continue
-        data = Path(read_data_ref(runs / f"{dataset}-remi-s2021")["path"]) if (runs / f"{dataset}-remi-s2021").exists() \
-            else None
-        if data is None:
             continue
         torch.save(ch.model.state_dict(), folder / f"{name}.pt")
         (folder / f"{name}.json").write_text(json.dumps({"name": name, "config": ch.config.to_dict(), "grid": grid,

@@ -39,7 +39,7 @@ from ..evaluation.evaluate import evaluate_run, metric_cutoffs, rank_users
 from ..evaluation.metrics import summarize
 from ..models import build_model
 from ..recipes.fit import evaluate_recipe, fit_recipe, load_run_recipe
-from ..recipes.recipe import RECIPE_DIR
+from ..recipes.recipe import RECIPE_DIR, SETTING_KEYS
 from ..serving.export import export_bundle
 from ..training.train import make_config, resume, train
 from ..util.atomic import atomic_write_text
@@ -231,11 +231,9 @@ def fit(source: str | Path, out: str | Path, budget: str = "standard", *, recipe
 
 
 def _channel_choice(ch) -> dict[str, Any]:
-    cfg = ch.config
-    keys = {"model": ("exclude_history",), "itemknn": ("itemknn_shrink", "itemknn_neighbours", *SCORING_KEYS),
-            "rp3beta": ("rp3beta_alpha", "rp3beta_beta", "rp3beta_neighbours", *SCORING_KEYS),
-            "ease": ("ease_lambda", "ease_neighbours", *SCORING_KEYS), "repeat": ("repeat_decay",)}
-    return {k: getattr(cfg, k) for k in keys.get(ch.name, ())}
+    """The settings recipe.yaml keeps for a channel (what the replay fixes)."""
+    keys = ("exclude_history",) if ch.name == "model" else SETTING_KEYS.get(ch.config.model, ())
+    return {k: getattr(ch.config, k) for k in keys}
 
 
 def _evaluate(run: Path) -> dict[str, Any]:

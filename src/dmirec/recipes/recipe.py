@@ -149,8 +149,8 @@ class Recipe:
                 "channels": [channel_summary(c, w) for c, w in zip(self.channels, self.weights)]}
 
 
-# settings that say what a channel is, for the manifest and /metadata
-_SUMMARY_KEYS = {
+#: the settings that say what a channel is, by model (the run's own channel adds its exclude_history)
+SETTING_KEYS = {
     "itemknn": ("itemknn_shrink", "itemknn_neighbours", "history_decay", "exclude_history"),
     "ease": ("ease_lambda", "ease_neighbours", "history_decay", "exclude_history"),
     "rp3beta": ("rp3beta_alpha", "rp3beta_beta", "rp3beta_neighbours", "history_decay", "exclude_history"),
@@ -161,7 +161,7 @@ _SUMMARY_KEYS = {
 def channel_summary(ch: Channel, weight: float) -> dict[str, Any]:
     cfg = ch.config
     out: dict[str, Any] = {"name": ch.name, "model": cfg.model, "kind": ch.kind, "weight": float(weight)}
-    for key in _SUMMARY_KEYS.get(cfg.model, ()):
+    for key in SETTING_KEYS.get(cfg.model, ()):
         out[key] = getattr(cfg, key)
     if ch.kind == "vectors":
         out["exclude_history"] = cfg.exclude_history
