@@ -15,6 +15,8 @@ initial weights first, as a training run does. With
 ``--base SRC`` (the ``src`` folder of another checkout, e.g. a ``git worktree`` of an older
 commit) the same measurement runs on that code too, the two alternating round by round (paired),
 so the ratio is measured under the same machine load. Each measurement is a fresh process.
+``--compile`` adds this tree with ``compile=true`` (:mod:`dmirec.training.compiled`) to the
+alternation; its compile time is in the warm-up, not in the timed steps.
 
 ``bank``: one exact search of a random interest bank (36,000 users x 4 interests, 4,096 queries,
 n = 16, one thread; ``dmirec.collab.neighbours.InterestBank.search``), with a digest of its output so
@@ -57,9 +59,10 @@ from dmirec.objectives.losses import NegativeSampler
 from dmirec.models import build_model
 from dmirec.training.train import make_config, make_optimizer, train_step
 data_dir, config, model_name, steps, warmup = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+extra = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {}
 torch.set_num_threads(1)
 data = load_dataset(data_dir)
-cfg = make_config(model_name, [config], {"progress": False})
+cfg = make_config(model_name, [config], {"progress": False, **extra})
 torch.manual_seed(0)
 model = build_model(cfg, data.num_items, data.item_popularity())
 if hasattr(optim, "setup_table"):  # what train() does (older trees: set_sparse only)
@@ -157,9 +160,16 @@ def child(src: Path, code: str, args: list[str]) -> dict:
 
 def trees(args: argparse.Namespace) -> dict[str, Path]:
     named = {"this": ROOT / "src"}
+    if getattr(args, "compile", False):
+        named["this-compiled"] = ROOT / "src"
     if args.base:
         named["base"] = Path(args.base).resolve()
     return named
+
+
+def tree_overrides(name: str) -> dict:
+    """Config overrides of a measured variant: the compiled variant of this tree sets ``compile``."""
+    return {"compile": True} if name == "this-compiled" else {}
 
 
 def cmd_step(args: argparse.Namespace) -> dict:
@@ -170,7 +180,7 @@ def cmd_step(args: argparse.Namespace) -> dict:
         for r in range(args.rounds):
             for name, src in trees(args).items():
                 got = child(src, STEP_CHILD, [str(DATA / args.dataset), str(config), model, str(args.steps),
-                                              str(args.warmup)])
+                                              str(args.warmup), json.dumps(tree_overrides(name))])
                 rounds[name].append(got["seq_per_s"])
                 print(f"{model} round {r} {name}: {got['seq_per_s']:.0f} seq/s", flush=True)
         rows.append({"model": model, "rounds": rounds,
@@ -232,11 +242,15 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 def table_step(rec: dict) -> str:
     base = "base" in rec["rows"][0]["median"]
-    head = "| model | this tree (seq/s) |" + (" base tree (seq/s) | speed-up |" if base else "")
-    lines = [head, "|---|---:|" + ("---:|---:|" if base else "")]
+    compiled = "this-compiled" in rec["rows"][0]["median"]
+    head = "| model | this tree (seq/s) |" + (" compiled (seq/s) |" if compiled else "") + \
+        (" base tree (seq/s) | speed-up |" if base else "")
+    lines = [head, "|---|---:|" + ("---:|" if compiled else "") + ("---:|---:|" if base else "")]
     for row in rec["rows"]:
         med = row["median"]
         line = f"| {row['model']} | {med['this']:,.0f} |"
+        if compiled:
+            line += f" {med['this-compiled']:,.0f} |"
         if base:
             line += f" {med['base']:,.0f} | {med['this'] / med['base']:.2f}x |"
         lines.append(line)
@@ -276,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--dataset", default="beauty")
     s.add_argument("--steps", type=int, default=2000)
     s.add_argument("--warmup", type=int, default=50)
+    s.add_argument("--compile", action="store_true", help="also measure this tree with compile=true (alternating)")
     v = sub.add_parser("validate")
     v.add_argument("--datasets", default="beauty,gowalla,sports,synth-books")
     v.add_argument("--backends", default="torch,faiss")

@@ -80,6 +80,7 @@ class Config:
     # blocked when sharded_embeddings, else reference
     table_init: str = "auto"  # auto | reference | blocked
     bf16: bool = False  # bfloat16 autocast of forward and loss (CUDA; CPU works but is slow)
+    compile: bool = False  # torch.compile the step's loss and its backward (falls back to eager if the compiler cannot run)
 
     # --- budget, validation, early stopping ----------------------------------------------------
     max_steps: int = 100_000  # step cap; early stopping usually ends a run first

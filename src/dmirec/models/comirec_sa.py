@@ -18,12 +18,14 @@ def attention_logits(w1: nn.Linear, w2: nn.Linear, x: torch.Tensor, mask: torch.
     """``W2 tanh(W1 x)`` at the valid positions of ``x (B, L, D_in)``, -inf at padding: (B, K, L).
 
     Only the valid positions go through the two layers (packed), so the cost follows the number of
-    real history items, not B x L: most short histories are mostly padding. ``tanh`` is computed as
+    real history items, not B x L: most short histories are mostly padding. The valid positions
+    are found once (one ``nonzero`` forward, none backward: gathers and copies by flat index). ``tanh`` is computed as
     ``2 sigmoid(2z) - 1`` (the same function; torch's CPU sigmoid kernel is several times faster)."""
-    z = w1(x[mask])  # (V, H) for the V valid positions
+    valid = mask.reshape(-1).nonzero().squeeze(1)  # (V,) flat indices of the valid positions, found once
+    z = w1(x.reshape(-1, x.shape[-1]).index_select(0, valid))  # (V, H)
     packed = w2(2.0 * torch.sigmoid(2.0 * z) - 1.0)  # (V, K): W2 tanh(W1 x)
-    logits = packed.new_full((*mask.shape, packed.shape[-1]), float("-inf"))  # (B, L, K)
-    logits = logits.index_put((mask,), packed)  # (B, L, K)
+    logits = packed.new_full((mask.numel(), packed.shape[-1]), float("-inf"))  # (B * L, K)
+    logits = logits.index_copy(0, valid, packed).view(*mask.shape, -1)  # (B, L, K)
     return logits.transpose(1, 2)  # (B, K, L)
 
 

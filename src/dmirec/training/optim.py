@@ -64,9 +64,10 @@ def set_sparse(model: torch.nn.Module, sparse: bool, lookups: str = "dense") -> 
 def setup_table(model: torch.nn.Module, cfg: Config, num_items: int, distributed: bool = False) -> None:
     """The item table's update path for a training run of ``cfg`` (what ``train`` and the speed
     benchmarks use): row-sparse per :func:`use_sparse`, else dense Adam with sparse lookups in one
-    process and dense lookups under DDP, which all-reduces their gradients as they are."""
+    process and dense lookups under DDP, which all-reduces their gradients as they are, and under
+    ``compile`` (the compiler traces dense gradients, not sparse ones)."""
     sparse = getattr(model, "trainable", True) and use_sparse(cfg, num_items)
-    set_sparse(model, sparse, lookups="dense" if distributed else "sparse")
+    set_sparse(model, sparse, lookups="dense" if distributed or cfg.compile else "sparse")
 
 
 def is_sparse(model: torch.nn.Module) -> bool:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..runs import rundir
 from . import optim, tblog
+from .compiled import maybe_compiled
 from .distributed import ddp as distrib
 from .distributed import sharded, sharded_checkpoint, sharded_optim
 from ..config import Config, ConfigError, make_config, model_defaults  # noqa: F401 (re-exported)
@@ -59,7 +60,8 @@ def batch_loss(model: torch.nn.Module, cfg: Config, history: torch.Tensor, mask:
     own entry is left out)."""
     neg_ids = negatives.sample(cfg.num_negatives, neg_gen)  # (S,)
     log_probs = negatives.log_probs if cfg.logq_correction else None
-    return loss_with_negatives(model, cfg, history, mask, target, neg_ids, log_probs, users)
+    loss_fn = maybe_compiled(loss_with_negatives, cfg.compile)
+    return loss_fn(model, cfg, history, mask, target, neg_ids, log_probs, users)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, batch, negatives: NegativeSampler,
