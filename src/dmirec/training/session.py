@@ -35,7 +35,7 @@ from ..objectives.losses import NegativeSampler
 from ..runs import rundir
 from . import optim, tblog
 from .distributed.ddp import Context
-from .strategy import Single, choose
+from .strategy import Strategy, choose
 
 RESUME_KEYS = ("max_steps", "progress", "threads", "device")  # what a resume may change
 RANK_SEED = 7919  # rank r > 0 seeds its own streams with seed + RANK_SEED * r
@@ -64,7 +64,7 @@ class Session:
     run_dir: Path
     device: torch.device
     ctx: Context
-    strategy: Single
+    strategy: Strategy
     model: nn.Module
     popularity: np.ndarray  # (N + 1,) train-split counts, saved with every checkpoint
     sampler: TrainSampler
@@ -131,7 +131,7 @@ def open_session(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume:
 
 
 def _build_model(cfg: Config, num_items: int, popularity: np.ndarray, device: torch.device,
-                 strategy: Single) -> nn.Module:
+                 strategy: Strategy) -> nn.Module:
     """The model on ``device``, its item table drawn whole, blocked, or as this rank's rows only."""
     blocked = cfg.table_init == "blocked" or (cfg.table_init == "auto" and cfg.sharded_embeddings)
     with item_table_on_meta() if blocked else contextlib.nullcontext():  # no whole table drawn (or held)
@@ -151,7 +151,7 @@ def _rank_loss(loss_fn: Callable[..., torch.Tensor], cfg: Config, negatives: Neg
     return loss
 
 
-def warm_start(model: nn.Module, cfg: Config, strategy: Single) -> Path:
+def warm_start(model: nn.Module, cfg: Config, strategy: Strategy) -> Path:
     """Load ``cfg.init_from`` (a run directory's best checkpoint, or a checkpoint file) into the
     model, or into its backbone when the model is a wrapper (DMI); returns the checkpoint path."""
     source = Path(cfg.init_from)

@@ -132,7 +132,10 @@ class ShardedTable(DataParallel):
         sharded_checkpoint.load_table(model.item_emb, path.parent, ckpt["table_shards"], moments=moments)
 
 
-def choose(cfg: Config, ctx: ddp.Context) -> Single:
+Strategy = Single  # any of the three: the other two extend the one-process strategy
+
+
+def choose(cfg: Config, ctx: ddp.Context) -> Strategy:
     """The strategy of a run of ``cfg`` in the process group ``ctx`` (a sharded table asked for in one
     process is refused by its :meth:`~ShardedTable.check`)."""
     if cfg.sharded_embeddings:
