@@ -6,13 +6,14 @@ vectors and the item-to-interest weights:
     interests(history, mask) -> V (B, K, D), W (B, K, L)
     item_embeddings()        -> (N + 1, D), row 0 is the padding item and is never retrieved
     item_rows(ids)           -> (*ids.shape, D), the same rows through the embedding module
-    user_vectors(history, mask) -> (B, K, D), the vectors used as retrieval queries
+    user_vectors(history, mask) -> (B, K, D), the vectors used as retrieval queries (any history
+                                  length; models override query_vectors, see RetrievalModel)
     train_forward(history, mask, target, users=None) -> TrainOutput
     bank_interests(history, mask) -> (B, K, D), what the interest bank stores for a training user
 
-Any model may carry an interest bank (``model.bank``, :mod:`dmirec.collab.neighbours`, attached by
-:func:`dmirec.models.build_model` when the config asks for one); its query vectors then get the
-neighbour rule with ``model.neighbour_alpha`` and ``model.neighbours``. ``users`` in
+Any model may carry an interest bank (``model.bank``, :mod:`dmirec.collab.neighbours`; None
+unless :func:`dmirec.models.build_model` attaches one because the config asks for it); its query
+vectors then get the neighbour rule with ``model.neighbour_alpha`` and ``model.neighbours``. ``users`` in
 ``train_forward`` are the batch's train-split row ids, so that a model reading the bank can
 leave the user's own entry out.
 
@@ -22,7 +23,6 @@ Models know nothing about training loops, files or HTTP.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from dataclasses import dataclass
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..collab.neighbours import neighbour_rule
+from ..collab.neighbours import InterestBank, neighbour_rule
 from .remi import routing_regularizer
 
 #: Rows per block of the blocked table initialisation (:func:`blocked_table_rows`).
@@ -98,47 +98,31 @@ def argmax_readout(interests: torch.Tensor, target_emb: torch.Tensor) -> torch.T
     return interests[torch.arange(interests.shape[0], device=interests.device), best]  # (B, D)
 
 
-def _keep_last_items(user_vectors):
-    """Wrap a ``user_vectors`` so that a history longer than the model's ``history_len`` keeps its
-    last ``history_len`` columns (the most recent items of a left-padded history)."""
-
-    @functools.wraps(user_vectors)
-    def wrapper(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        keep = getattr(self, "history_len", None)
-        if keep and history.shape[-1] > keep:
-            history, mask = history[..., -keep:], mask[..., -keep:]  # (B, L)
-        return user_vectors(self, history, mask)
-
-    wrapper.keeps_last_items = True
-    return wrapper
-
-
 class RetrievalModel(nn.Module):
     """Base class: an item embedding table plus the contract above.
 
     Subclasses implement :meth:`interests`. The default :meth:`train_forward` is the hard argmax
-    read-out of ComiRec; the default :meth:`user_vectors` returns the interests themselves.
-    ``user_vectors`` of every model accepts histories longer than the configured ``seq_len``
-    (``history_len``, set by :func:`dmirec.models.build_model`) and keeps their last ``seq_len``
-    items, as serving does.
+    read-out of ComiRec; the default :meth:`query_vectors` returns the interests themselves (with
+    the neighbour rule when there is a bank). :meth:`user_vectors`, the entry point of evaluation
+    and serving, accepts histories longer than the configured ``seq_len`` (``history_len``, set by
+    :func:`dmirec.models.build_model`) and keeps their last ``seq_len`` items before calling
+    :meth:`query_vectors`: models override ``query_vectors``, never ``user_vectors``.
     """
 
     history_len: int | None = None
-    # weight of REMI's routing regulariser in aux_loss: cfg.routing_reg, set by build_model (and by
-    # the training loop times the data-parallel world size, as each rank sums over its own users)
+    # weight of REMI's routing regulariser in aux_loss: cfg.routing_reg, set by build_model (and, in
+    # a data-parallel run, times the world size by dmirec.training.strategy, as each rank sums over its users)
     routing_reg: float = 0.0
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("user_vectors")
-        if own is not None and not getattr(own, "keeps_last_items", False):
-            cls.user_vectors = _keep_last_items(own)
+    # the neighbour rule's settings, read only when the model has a bank (dmirec.models.attach_bank)
+    neighbour_alpha: float = 0.0
+    neighbours: int = 0
 
     def __init__(self, num_items: int, embedding_dim: int):
         super().__init__()
         self.num_items = num_items  # real items are 1..num_items
         self.embedding_dim = embedding_dim
         self.item_emb = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0, device=_table_device)
+        self.bank: InterestBank | None = None  # the interest bank, when the config asks for one (attach_bank)
 
     def interests(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -150,8 +134,16 @@ class RetrievalModel(nn.Module):
         """Rows of the item table through the embedding module (sparse gradients when it is sparse)."""
         return self.item_emb(ids)  # (*ids.shape, D)
 
-    @_keep_last_items
     def user_vectors(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The retrieval queries ``(B, K, D)`` of left-padded histories of any length: one longer
+        than ``history_len`` keeps its last ``history_len`` columns (its most recent items)."""
+        keep = self.history_len
+        if keep and history.shape[-1] > keep:
+            history, mask = history[..., -keep:], mask[..., -keep:]  # (B, L)
+        return self.query_vectors(history, mask)
+
+    def query_vectors(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The retrieval queries of histories of at most ``history_len`` items (what models override)."""
         return self.with_neighbours(self.interests(history, mask)[0])  # (B, K, D)
 
     def bank_interests(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -159,11 +151,9 @@ class RetrievalModel(nn.Module):
 
     def with_neighbours(self, vecs: torch.Tensor) -> torch.Tensor:
         """The neighbour rule on query vectors (the vectors themselves without a bank or with alpha 0)."""
-        bank = getattr(self, "bank", None)
-        if bank is None:
+        if self.bank is None:
             return vecs
-
-        return neighbour_rule(vecs, bank, self.neighbour_alpha, self.neighbours)
+        return neighbour_rule(vecs, self.bank, self.neighbour_alpha, self.neighbours)
 
     def train_forward(self, history: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
                       users: torch.Tensor | None = None) -> TrainOutput:

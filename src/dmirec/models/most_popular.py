@@ -35,6 +35,7 @@ class MostPopular(RetrievalModel):
         scores = torch.log1p(counts.clamp(min=0)).float()  # (N + 1,)
         scores[0] = PADDING_SCORE
         self.register_buffer("scores", scores.unsqueeze(1))  # (N + 1, 1)
+        self.bank = None  # the interest bank (dmirec.models.attach_bank), as RetrievalModel.__init__ declares it
 
     @property
     def trainable(self) -> bool:

@@ -96,6 +96,7 @@ class DMI(RetrievalModel):
         self.register_buffer("rms", torch.ones(()))  # running RMS of the interests (c)
         self.register_buffer("rms_ready", torch.zeros((), dtype=torch.bool))
         self.register_buffer("train_calls", torch.zeros((), dtype=torch.long))  # training-mode train_forward calls
+        self.bank = None  # the interest bank (dmirec.models.attach_bank), as RetrievalModel.__init__ declares it
 
     @classmethod
     def from_config(cls, cfg, backbone: RetrievalModel) -> "DMI":
@@ -133,13 +134,14 @@ class DMI(RetrievalModel):
         return rows.detach() if self.backbone_frozen() else rows
 
     def interests(self, history: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The backbone's coarse interests and weights (the refined ones are :meth:`user_vectors`)."""
+        """The backbone's coarse interests and weights (the refined ones are :meth:`query_vectors`)."""
         return self.backbone.interests(history, mask)  # (B, K, D), (B, K, L)
 
     def bank_interests(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.backbone.interests(history, mask)[0]  # (B, K, D): the bank holds coarse interests
 
-    def user_vectors(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def query_vectors(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The refined interests (the backbone's with ``fusion_weight`` 0), with the neighbour rule."""
         if self.fusion_weight == 0.0:
             return self.with_neighbours(self.backbone.interests(history, mask)[0])  # (B, K, D)
         return self.with_neighbours(self.refine(history, mask)["user"])

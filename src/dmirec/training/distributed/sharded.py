@@ -52,8 +52,9 @@ No process ever holds the whole table:
 Memory per rank: its block, its gradient and Adam's two moments, ``4 (N + 1) D / P`` floats
 (with the fused kernel: the block and one accumulator per row);
 the gradient is freed before each validation, whose faiss index holds one more copy of the
-block (``scripts/profile_sharded_memory.py`` prints the RSS after each phase). The step costs O(N / P) per rank (dense
-Adam over the block; ``embedding_optimizer=sparse`` is not available here). Ranks on several
+block (``scripts/profile_sharded_memory.py`` prints the RSS after each phase). The step costs O(N / P) per rank
+with dense Adam over the block (row-sparse Adam still zero-fills the block's gradient; the fused
+kernel is O(batch)). Ranks on several
 machines need a shared file system for the run directory (as ``--resume`` already does).
 
 TorchRec is an optional extra (``INSTALL``); nothing here imports it until a sharded run starts.
