@@ -291,7 +291,8 @@ def reproduce_plan(names: list[str], seed: int | None = None) -> list[dict]:
     plan: list[dict] = []
     for name in names:
         if "/" not in name:
-            plan.append(_record_item(name))
+            if all(p["tag"] != name for p in plan):
+                plan.append(_record_item(name))
             continue
         row = bench_rows.load_row(EXPERIMENTS, name)
         seeds = [seed] if seed is not None else row["seeds"]
