@@ -100,9 +100,10 @@ def prepared(dataset: str) -> Path:
 
 def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list[str],
             name: str | None = None, group: str = "main", reuse_from: str | None = None,
-            frozen: dict | None = None, row: str | None = None) -> dict | None:
+            frozen: dict | None = None, row: str | None = None, seed_config: dict | None = None) -> dict | None:
     """One benchmark run: from a config file and flags, or from ``frozen``, a row's full config for
-    this seed (``row`` names it; the record then has ``"row"`` and the row file as its config)."""
+    this seed (``row`` names it; the record then has ``"row"``, the row file as its config and the
+    row's settings for this seed, ``seed_config``, which the row keeps per seed)."""
     label = name or model
     tag = f"{dataset}-{label}-s{seed}"
     result_file = RESULTS / f"{tag}.json"
@@ -124,7 +125,8 @@ def run_one(dataset: str, model: str, seed: int, config: str | None, extra: list
             old = json.loads(source.read_text())
             if (old["model"], old["config"], old["extra"]) == (model, config, extra):  # the identical command
                 _reuse(RUNS / f"{dataset}-{reuse_from}-s{seed}", RUNS / tag)
-        return _run_locked(tag, dataset, model, seed, config, extra, label, group, result_file, frozen, row)
+        return _run_locked(tag, dataset, model, seed, config, extra, label, group, result_file, frozen,
+                           {"row": row, "seed_config": seed_config or {}} if row else {})
     finally:
         lock.close()
 
@@ -163,7 +165,7 @@ def write_frozen(tag: str, config: dict) -> Path:
 
 def _run_locked(tag: str, dataset: str, model: str, seed: int, config: str | None, extra: list[str],
                 label: str, group: str, result_file: Path, frozen: dict | None = None,
-                row: str | None = None) -> dict:
+                row: dict | None = None) -> dict:
     if result_file.exists():  # finished by another lane while this one waited for the lock
         return json.loads(result_file.read_text())
     run_dir = RUNS / tag
@@ -206,7 +208,7 @@ def _run_locked(tag: str, dataset: str, model: str, seed: int, config: str | Non
     valid = [r for r in rows if r["split"] == "valid"]
     record = {
         "dataset": dataset, "model": model, "name": label, "group": group, "seed": seed, "config": config,
-        "extra": extra, **({"row": row} if row else {}),
+        "extra": extra, **(row or {}),
         "command": " ".join(["dmirec"] + fresh[3:]),
         "steps": result["steps"], "best_step": result["best_step"], "stopped": result["stopped"],
         "valid_recall@50": result["valid_recall@50"], "test": result["test"],
@@ -264,7 +266,8 @@ def row_run(row_id: str, seed: int) -> dict:
     """run_one's keyword arguments for one seed of a result row (experiments/ROW.yaml)."""
     row = bench_rows.load_row(EXPERIMENTS, row_id)
     spec = {"dataset": row["dataset"], "model": row["model"], "seed": seed, "name": row["name"],
-            "group": row.get("group", "main"), "reuse_from": None, "row": row_id}
+            "group": row.get("group", "main"), "reuse_from": None, "row": row_id,
+            "seed_config": (row.get("seed_config") or {}).get(seed, {})}
     if "config" in row:
         return {**spec, "config": f"experiments/{row_id}.yaml", "extra": [],
                 "frozen": bench_rows.run_config(row, seed, RUNS)}

@@ -9,8 +9,9 @@ what it must reproduce:
 - ``config``: the resolved config the runs used, minus the seed (and ``progress``, display only);
   ``init_from`` written as ``{runs}/DATASET-OTHER-s{seed}``, the run of row ``DATASET/OTHER`` with
   the same seed, which ``depends_on`` lists;
-- ``seed_config``: keys set per seed (a seed's own flags, e.g. each seed's neighbour rule, or a
-  default that changed between the seeds' commits, see ``DEFAULT_CHANGED``), only where they differ;
+- ``seed_config``: keys set per seed (a seed's own flags, e.g. each seed's neighbour rule, the
+  ``seed_config`` of a run made from a row, or a default that changed between the seeds' commits,
+  see ``DEFAULT_CHANGED``), only where they differ;
 - ``seeds`` and ``expected``: per seed, the record file, the commit it was measured at, where the
   config comes from, steps, best step and every test metric of the record.
 
@@ -123,7 +124,8 @@ def _merge_configs(row_id: str, configs: dict[int, dict], records: dict[int, tup
         if len({json.dumps(v, sort_keys=True) for v in values.values()}) == 1:
             shared[key] = next(iter(values.values()))
             continue
-        flagged = all(key in _flag_keys(upgrade_flags(records[s][1].get("extra", []))) for s in values)
+        flagged = all(key in _flag_keys(upgrade_flags(records[s][1].get("extra", [])))
+                      or key in (records[s][1].get("seed_config") or {}) for s in values)  # a row run's own
         if not (flagged or key in DEFAULT_CHANGED):
             listing = ", ".join(f"{records[s][0]} ({v!r})" for s, v in sorted(values.items()))
             raise RowError(f"row {row_id}: records differ in resolved config key {key!r} beyond the seed: {listing}")

@@ -108,6 +108,9 @@ def test_runs_of_one_row_with_different_configs_are_an_error_naming_the_records(
     write(results, record("beauty", "dmi", 1, {"lr": 0.001}, extra=["--lr=0.001"]))
     write(results, record("beauty", "dmi", 2, {"lr": 0.01}, extra=["--lr=0.01"]))
     assert rows.build_rows(results)["beauty/dmi"]["seed_config"] == {1: {"lr": 0.001}, 2: {"lr": 0.01}}
+    # and so is a run made from such a row: its record keeps the row's settings of its seed
+    write(results, record("beauty", "dmi", 2, {"lr": 0.01}, row="beauty/dmi", seed_config={"lr": 0.01}))
+    assert rows.build_rows(results)["beauty/dmi"]["seed_config"] == {1: {"lr": 0.001}, 2: {"lr": 0.01}}
 
 
 def test_records_without_a_resolved_config_need_one_command_and_a_proper_name(rows, tmp_path):
@@ -156,6 +159,7 @@ def test_a_suite_of_rows_resolves_to_its_runs_dependencies_first(bench, tmp_path
         ("beauty", "after", 2), ("beauty", "remi", 7)]
     after2 = runs[4]
     assert after2["row"] == "beauty/after" and after2["config"] == "experiments/beauty/after.yaml"
+    assert after2["seed_config"] == {"neighbours": 4} and runs[1]["seed_config"] == {}
     assert after2["frozen"] == {"model": "dmi", "lr": 0.001, "init_from": f"{bench.RUNS}/beauty-remi-s2",
                                 "neighbours": 4, "seed": 2}
     assert [r["seed"] for r in bench.suite_runs(suite, only="beauty/after", seed=2)] == [2, 2]
