@@ -165,7 +165,7 @@ def write_frozen(tag: str, config: dict) -> Path:
 
 def _run_locked(tag: str, dataset: str, model: str, seed: int, config: str | None, extra: list[str],
                 label: str, group: str, result_file: Path, frozen: dict | None = None,
-                row: dict | None = None) -> dict:
+                row_fields: dict | None = None) -> dict:
     if result_file.exists():  # finished by another lane while this one waited for the lock
         return json.loads(result_file.read_text())
     run_dir = RUNS / tag
@@ -208,7 +208,7 @@ def _run_locked(tag: str, dataset: str, model: str, seed: int, config: str | Non
     valid = [r for r in rows if r["split"] == "valid"]
     record = {
         "dataset": dataset, "model": model, "name": label, "group": group, "seed": seed, "config": config,
-        "extra": extra, **(row or {}),
+        "extra": extra, **(row_fields or {}),  # a row's run: "row" and "seed_config"
         "command": " ".join(["dmirec"] + fresh[3:]),
         "steps": result["steps"], "best_step": result["best_step"], "stopped": result["stopped"],
         "valid_recall@50": result["valid_recall@50"], "test": result["test"],
