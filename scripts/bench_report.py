@@ -308,7 +308,9 @@ def _collab_paired(dataset: str, main: dict, rules: dict) -> list[str]:
     out = []
     for name in sorted(n for d, n in main if d == dataset and n.startswith("dmi-collab") and "-ctl-" not in n):
         run = by_seed(main[(dataset, name)])
-        after_remi = any(a.startswith("--init_from=") for a in main[(dataset, name)][0]["extra"])
+        first = main[(dataset, name)][0]  # a flag run names init_from in its flags, a row's run in its config
+        after_remi = (any(a.startswith("--init_from=") for a in first["extra"])
+                      or bool((first.get("resolved_config") or {}).get("init_from")))
         others = [("REMI", by_seed(main.get((dataset, "remi"), []))),
                   ("REMI + neighbour rule", by_seed(rules.get((dataset, "remi"), [])))] if after_remi else []
         others += [(NAMES.get(n, n), by_seed(main[(dataset, n)]))
