@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     rec = {"dataset": args.dataset, "data_dir": str(data_dir.relative_to(ROOT)), "settings": settings,
-           "steps": args.steps, "warmup": args.warmup, "threads": 1, "pairs": pairs, **summary(pairs),
+           "steps": args.steps, "warmup": args.warmup, "threads": 1, "seed": {"dmirec": 0, "reference": 2021},
+           "pairs": pairs, **summary(pairs),
            "reference": {"repository": REFERENCE_REPOSITORY, "commit": tree_commit(ref), "files_sha256": digests,
                          "command": [c if c else "''" for c in command[1:]], "seed": 2021,
                          "changes": list(CHANGES.values()), "exported_lines": exported["lines"]},
