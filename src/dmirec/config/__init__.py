@@ -171,10 +171,21 @@ def _kind(hint: Any) -> str:
 
 
 def _readers_text(spec: schema.SectionSpec) -> str:
+    """``remi, coin (and dmi on them)``: the models that read a section, as help and docs print it."""
     if schema.EVERY_MODEL in spec.readers:
         return "every model"
     wrappers = schema.wrappers_of(spec.readers)
     return ", ".join(spec.readers) + (f" (and {', '.join(wrappers)} on them)" if wrappers else "")
+
+
+def _key_line(name: str, info: Any) -> str:
+    """One key of help: name, type, default, doc, and the models whose own default differs."""
+    by_value: dict[str, list[str]] = {}
+    for model, values in MODEL_DEFAULTS.items():
+        if name in values:
+            by_value.setdefault(repr(values[name]), []).append(model)
+    notes = "".join(f" [{', '.join(models)}: {value}]" for value, models in by_value.items())
+    return f"  {name} ({_kind(_HINTS[name])}, default {info.default!r}): {info.description}{notes}"
 
 
 def config_keys_help() -> str:
@@ -186,13 +197,7 @@ def config_keys_help() -> str:
              "default:"]
     for spec in schema.SECTIONS:
         lines.append(f"{spec.name} [read by {_readers_text(spec)}]")
-        for name, info in spec.model.model_fields.items():
-            own = {m: d[name] for m, d in MODEL_DEFAULTS.items() if name in d}
-            by_value: dict[str, list[str]] = {}
-            for m, v in own.items():
-                by_value.setdefault(repr(v), []).append(m)
-            notes = "".join(f" [{', '.join(ms)}: {v}]" for v, ms in by_value.items())
-            lines.append(f"  {name} ({_kind(_HINTS[name])}, default {info.default!r}): {info.description}{notes}")
+        lines.extend(_key_line(name, info) for name, info in spec.model.model_fields.items())
     return "\n".join(lines)
 
 
