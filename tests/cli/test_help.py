@@ -15,7 +15,12 @@ def test_train_help_lists_every_key_with_type_default_and_doc(capsys):
     for name in Config.__dataclass_fields__:
         assert f"  {name} (" in out
     assert "max_steps (int, default 100000): step cap" in out
-    assert all("):" in line for line in config_keys_help().splitlines()[1:])  # every key has its one line
+    lines = config_keys_help().splitlines()[1:]
+    keys = [line for line in lines if line.startswith("  ")]
+    assert len(keys) == len(Config.__dataclass_fields__) and all("):" in line for line in keys)  # one line per key
+    headers = [line for line in lines if not line.startswith("  ")]
+    assert "remi scheme [read by remi, coin (and dmi on them)]" in headers and "training [read by every model]" in headers
+    assert "coin_ff_dim (int, default 2048): " in out and "[coin: 256]" in out  # a model's own default is shown
 
 
 def test_misspelt_keys_get_did_you_mean(capsys):

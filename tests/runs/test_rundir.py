@@ -173,3 +173,16 @@ def test_leftover_tmp_checkpoints_are_removed(data, tmp_path):
     junk.write_bytes(b"partial")
     resume(run)
     assert not junk.exists()
+
+
+def test_evaluation_overrides_the_runs_model_does_not_read_are_refused(tiny_serving_run):
+    """``dmirec evaluate RUN --key=value``: a key of another model is an error naming the run's model;
+    a common key (the neighbour rule) or an unread key at the run's own value still loads."""
+    from dmirec.runs.rundir import load_trained_model
+
+    _, run = tiny_serving_run
+    with pytest.raises(ConfigError, match=r"^override: config key 'fusion_weight' is not read by model 'comirec-sa' "
+                                          r"\(it belongs to: dmi\)$"):
+        load_trained_model(run, overrides={"fusion_weight": 0.5})
+    _, cfg = load_trained_model(run, overrides={"neighbour_alpha": 0.5, "fusion-weight": 0.2})
+    assert cfg.neighbour_alpha == 0.5 and cfg.model == "comirec-sa"

@@ -1,180 +1,38 @@
-"""Typed run configuration: a frozen dataclass with defaults, YAML files and ``--key=value`` on top.
+"""Typed run configuration: a schema of sections, YAML files and ``--key=value`` on top.
 
-Every knob of every model lives in one flat :class:`Config` so that a YAML file, a command line
-override and a saved run directory all speak the same language. Unknown keys and values of the
-wrong type are errors that name the key. Defaults are the reference training defaults of
-docs/design.md (D=64, K=4, batch 128, Adam 1e-3, 1,280 shared uniform negatives, validation every
-500 steps, patience 10).
+:mod:`dmirec.config.schema` declares every key once, in a section (training, evaluation, the neighbour
+rule... read by every model; capsule routing, REMI's scheme, COIN, SASRec, DMI... read by the models
+named), with its type, default, range and doc, and the values each model name implies. The flat
+frozen :class:`Config` generated from it is what the code reads (``cfg.lr``), what a YAML file, a
+command line override and a saved run directory all speak. Unknown keys, values of the wrong type
+and keys the chosen model does not read are errors that name the key. Defaults are the reference
+training defaults of docs/design.md (D=64, K=4, batch 128, Adam 1e-3, 1,280 shared uniform
+negatives, validation every 500 steps, patience 10).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from . import schema
+from .schema import MODEL_DEFAULTS, model_defaults  # noqa: F401 (re-exported)
 
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names the key."""
 
 
-@dataclass(frozen=True)
-class Config:
-    # --- what to train -------------------------------------------------------------------------
-    model: str = "comirec-sa"  # the model to train, a name of the zoo (docs/models/zoo.md)
-    backbone: str = "comirec-sa"  # used by wrappers (DMI) only
-    seed: int = 2021  # seeds the model initialisation, batches and negatives: the same seed gives the same numbers
-    device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch intra-op threads; 0 = torch default
-
-    # --- model size ----------------------------------------------------------------------------
-    embedding_dim: int = 64  # D, the size of item embeddings and interest vectors
-    num_interests: int = 4  # K, interest vectors per user
-    seq_len: int = 20  # L, the last L history items are the model input (20 Amazon-style, 40 check-ins)
-    sa_hidden_factor: int = 4  # ComiRec-SA attention hidden size = factor * D
-    add_positions: bool = True  # learned position embeddings in ComiRec-SA
-
-    # --- capsule routing (MIND / ComiRec-DR) ----------------------------------------------------
-    routing_iters: int = 3  # capsule routing iterations
-    routing_axis: str = "positions"  # positions (PyTorch ports) | interests (original TF code)
-    label_aware_pow: float = 0.0  # MIND label-aware attention power; 0 = hard argmax read-out
-    mind_relu_layer: bool = False  # MIND's ReLU layer after routing
-    routing_renormalise: bool = False  # keep padding out of the routing softmax (reference: off)
-
-    # --- REMI training scheme ------------------------------------------------------------------
-    hard_negative_beta: float = 0.0  # interest-aware hard-negative weighting; 0 = off
-    routing_reg: float = 0.0  # routing (attention) regularisation weight; 0 = off
-
-    # --- optimisation --------------------------------------------------------------------------
-    batch_size: int = 128  # training sequences per step
-    lr: float = 1e-3  # Adam learning rate
-    weight_decay: float = 0.0  # Adam weight decay (0: none, as the reference)
-    num_negatives: int = 1280  # sampled-softmax negatives shared by the batch (>= 1)
-    negative_sampler: str = "uniform"  # uniform | log_uniform
-    logq_correction: bool = False  # subtract log Q(item) from sampled logits
-    remove_accidental_hits: bool = False  # mask negatives equal to the target
-    min_cut: int = 4  # a training cut point k >= min_cut (ComiRec protocol)
-    # item-table updates: dense Adam over the whole table, or row-sparse (sparse gradients of the
-    # rows a step touched + SparseAdam); auto = sparse from sparse_min_items items up (docs/scale/large-data.md);
-    # the same rule for a sharded table's rows
-    # rowwise_adagrad: a sharded table only, updated inside the backward by TorchRec's fused kernel
-    # (row-wise Adagrad at table_lr), O(batch) per step
-    embedding_optimizer: str = "auto"  # auto | dense | sparse | rowwise_adagrad
-    table_lr: float = 0.05  # the item table's learning rate with embedding_optimizer=rowwise_adagrad
-    sparse_min_items: int = 50_000  # measured: level with dense at 25k items, 1.6x faster at 50k
-    # torchrun: each rank draws its own negatives for its share of the batch (rank), or every rank
-    # draws the same ones (global: the step equals a one-process step, for checks)
-    dist_negatives: str = "rank"  # rank | global
-    # torchrun: the item table sharded row-wise over the ranks with TorchRec (the `dist` extra;
-    # dmirec.training.distributed.sharded); the rest of the model stays data-parallel
-    sharded_embeddings: bool = False
-    # the item table's initial draw: reference = Kaiming-normal over the whole table from the run's
-    # generator (the public code's); blocked = the same distribution, each block of 65,536 rows from
-    # its own seeded generator, so a process can draw any rows alone (a sharded table's); auto =
-    # blocked when sharded_embeddings, else reference
-    table_init: str = "auto"  # auto | reference | blocked
-    bf16: bool = False  # bfloat16 autocast of forward and loss (CUDA; CPU works but is slow)
-    compile: bool = False  # torch.compile the step's loss and its backward (falls back to eager if the compiler cannot run)
-
-    # --- budget, validation, early stopping ----------------------------------------------------
-    max_steps: int = 100_000  # step cap; early stopping usually ends a run first
-    eval_every: int = 500  # validate every this many steps
-    patience: int = 10  # stop once more than `patience` validations in a row bring no better R@50 (as the reference)
-    eval_batch_size: int = 1024  # users per batch when ranking
-    eval_max_users: int = 0  # 0 = all validation users
-    valid_users: int = 0  # > 0: validate on a fixed seeded sample of this many validation users (test stays full)
-    retrieval_backend: str = "auto"  # auto (faiss flat on CPU, torch on CUDA: the faster exact search) | torch | faiss
-    exclude_history: bool = False  # never recommend items of the user's history
-    progress: bool = True  # show a progress bar
-    # cutoffs of the reported metrics (comma list on the command line); 20 and 50 are always added,
-    # as the checkpoint is chosen on valid Recall@50 and the tables print @20 and @50
-    metric_ns: tuple[int, ...] = (20, 50)
-    tensorboard: bool = False  # also log the validation scalars to RUN_DIR/tensorboard (extra `tensorboard`)
-
-    # --- interest bank and the neighbour rule (any model) ----------------------------------------
-    neighbour_alpha: float = 0.0  # query vectors += alpha * cosine-weighted mean of n bank neighbours; 0 = off
-    neighbours: int = 4  # n, for the rule and for DMI's neighbour keys
-    bank_max_users: int = 0  # 0 = every training user in the bank; else a seeded sample of that many
-    bank_train_sample: int = 2048  # DMI's neighbour keys in training: bank users searched per step (0 = all)
-    bank_search: str = "exact"  # exact | hnsw: bank search outside training (evaluate, export, serve)
-    bank_hnsw_ef: int = 128  # hnsw: candidate list size per query (efSearch); larger = closer to exact
-
-    # --- COIN (baseline) ------------------------------------------------------------------------
-    coin_contrast_weight: float = 10.0  # weight of the bank contrastive loss
-    coin_temperature: float = 0.1  # COIN's contrastive temperature
-    coin_bank_sample: int = 40_000  # bank users scored per step for the contrastive loss
-    coin_negatives: int = 2560  # contrastive negatives per example
-    coin_gru_layers: int = 1  # COIN's GRU layers
-    coin_ff_dim: int = 2048  # feed-forward width of COIN's Transformer layer (its code: PyTorch's default)
-
-    # --- SASRec (baseline) -----------------------------------------------------------------------
-    sasrec_blocks: int = 2  # causal self-attention blocks (the paper's b = 2)
-    sasrec_heads: int = 1  # attention heads per block (the paper: one); must divide embedding_dim
-    sasrec_dropout: float = 0.2  # dropout of the input, the attention and the FFN (the paper's 0.2 on Amazon data)
-
-    # --- DMI refiner ---------------------------------------------------------------------------
-    diffusion_steps: int = 10  # T
-    schedule: str = "linear"  # linear | cosine
-    beta_start: float = 1e-4  # diffusion schedule: first beta
-    beta_end: float = 2e-2  # diffusion schedule: last beta
-    noise_scale: float = 1.0  # s: beta_t = s * schedule(t)
-    noise_kind: str = "gaussian"  # gaussian | dim_mask
-    normalize_scale: bool = True  # diffuse v0 / running RMS, rescale after
-    start_step: int = 0  # T' (0 = T)
-    reverse_steps: int = 1  # S (0 = T'); one step by default: the step training runs (see docs/models/dmi.md)
-    sampler: str = "posterior_mean"  # posterior_mean (deterministic) | ancestral (seeded DDPM steps)
-    prediction: str = "x0_residual"  # x0_residual (a correction to v_t / sqrt(abar_t), starts as the identity) | x0
-    fusion_weight: float = 0.2  # u = w * refined + (1 - w) * coarse; 0 = no diffusion (the backbone)
-    dmi_keys: str = "items"  # comma list of items | neighbours | others: what the denoiser attends to
-    dmi_target: str = "interest"  # interest (rebuild itself, the figure) | next_item (reconstruct the target)
-    dmi_output: str = "fuse"  # fuse (fusion_weight) | extra (K generated vectors as K more queries)
-    cond_dropout: float = 0.0  # next_item: share of training examples whose keys are all masked
-    guidance: float = 1.0  # next_item: classifier-free guidance weight w at evaluation (1 = conditional)
-    prune: str = "topm"  # topm | threshold | none
-    prune_m: int = 5  # DMI item pruning: the top-m history items of each interest are the denoiser's keys
-    denoiser: str = "attention"  # attention | mlp
-    denoiser_blocks: int = 1  # cross-attention blocks of DMI's denoiser
-    denoiser_heads: int = 2  # attention heads of DMI's denoiser
-    step_token: bool = True  # DMI's diffusion-step token among the keys
-    recon_weight: float = 1.0  # tuned on beauty validation users (0.1 first); configs/bench/dmi_tune.yaml
-    no_noise: bool = False  # ablation: same denoiser, t=0
-    train_chain: bool = False  # unroll the reverse chain from t in training
-    refiner_lr_scale: float = 1.0  # learning-rate factor of DMI's refiner
-    freeze_backbone_steps: int = 0  # DMI: steps during which the backbone is frozen (warm start from init_from)
-    # warm start: a run directory (its checkpoints/best.pt) or a checkpoint file whose model is
-    # loaded before step 0: into the backbone under DMI (train the refiner after the backbone),
-    # into the whole model otherwise; the start is validated as step 0
-    init_from: str = ""
-
-    # --- repeats (docs/models/repeats.md) -----------------------------------------------------
-    # the user's own history items as a channel merged into any model's list; off by default.
-    # `dmirec fit-repeat RUN_DIR` chooses weight/recency/bias on validation users (repeat.json)
-    repeat_channel: bool = False
-    repeat_weight: float = 0.0  # 0 = exactly the model's list
-    repeat_recency: float = 0.0  # weight of 1 / (1 + age of the last visit) in the repeat score
-    repeat_bias: float = 0.0  # subtracted from every history item's repeat score
-    repeat_decay: float = 0.0  # visit weight exp(-decay * age); 0 = plain counts (also --model repeat)
-    repeat_ref_rank: int = 50  # the model's score spread s_1 - s_R scales the repeat bonus
-    # evaluation view: drop targets already in the history, exclude history items from the candidates
-    new_items_only: bool = False
-
-    # --- item-to-item models (--model itemknn / rp3beta / ease; docs/classical.md) ------------------
-    # fitted in closed form on the training users' item sets; a user's whole history scores items
-    itemknn_shrink: float = 10.0  # cosine shrinkage: <x_i, x_j> / (|x_i| |x_j| + shrink)
-    itemknn_neighbours: int = 200  # neighbours kept per item (the matrix is sparse: N x this)
-    rp3beta_alpha: float = 0.5  # RP3beta: walk probabilities to this power
-    rp3beta_beta: float = 0.25  # RP3beta: the target item divided by its popularity to this power
-    rp3beta_neighbours: int = 200  # RP3beta: targets kept per item
-    ease_lambda: float = 200.0  # L2 weight of EASE's closed form
-    ease_neighbours: int = 500  # entries kept per item of EASE's dense matrix (0 = keep it dense)
-    ease_max_items: int = 50_000  # EASE refuses larger catalogues (a dense N x N inverse)
-    history_decay: float = 0.0  # history item weight exp(-decay * age) for the item-to-item models
+def _config_class() -> type:
+    """The flat frozen dataclass of every key of :data:`schema.SECTIONS`, in schema order."""
+    spec = [(name, info.annotation, dataclasses.field(default=info.default))
+            for name, (_, info) in schema.fields().items()]
 
     def to_dict(self) -> dict[str, Any]:
         # tuples become lists so the dict is plain YAML/JSON
@@ -183,6 +41,16 @@ class Config:
     def replace(self, **changes: Any) -> "Config":
         return from_dict({**self.to_dict(), **changes})
 
+    doc = ("The run configuration: every key of every section of :mod:`dmirec.config.schema`, flat "
+           "(``cfg.lr``), frozen. Build it with :func:`build_config` (defaults, model defaults, files, "
+           "overrides) or :func:`from_dict` (a saved, resolved config).")
+    cls = dataclasses.make_dataclass("Config", spec, frozen=True,
+                                     namespace={"to_dict": to_dict, "replace": replace, "__doc__": doc})
+    cls.__module__ = __name__  # pickles and prints as dmirec.config.Config
+    return cls
+
+
+Config = _config_class()
 
 _FIELDS = {f.name: f for f in fields(Config)}
 _HINTS = typing.get_type_hints(Config)
@@ -193,7 +61,7 @@ def _coerce(key: str, value: Any) -> Any:
     want = _HINTS[key]
     if typing.get_origin(want) is tuple:
         return _int_tuple(key, value)
-    if isinstance(want, types.UnionType) or typing.get_origin(want) is typing.Union:
+    if typing.get_origin(want) is not None:
         raise ConfigError(f"config key {key!r}: unsupported field type {want}")
     if isinstance(value, str) and want is not str:
         text = value.strip()
@@ -264,25 +132,10 @@ def _int_tuple(key: str, value: Any) -> tuple[int, ...]:
     return tuple(sorted(set(value)))
 
 
-# The one registry of allowed values; modules take their choices from here.
-CHOICES = {
-    "device": ("auto", "cpu", "cuda"),
-    "routing_axis": ("positions", "interests"),
-    "negative_sampler": ("uniform", "log_uniform"),
-    "retrieval_backend": ("auto", "torch", "faiss"),
-    "schedule": ("linear", "cosine"),
-    "noise_kind": ("gaussian", "dim_mask"),
-    "prune": ("topm", "threshold", "none"),
-    "denoiser": ("attention", "mlp"),
-    "sampler": ("posterior_mean", "ancestral"),
-    "prediction": ("x0_residual", "x0"),
-    "dmi_target": ("interest", "next_item"),
-    "dmi_output": ("fuse", "extra"),
-    "embedding_optimizer": ("auto", "dense", "sparse", "rowwise_adagrad"),
-    "dist_negatives": ("rank", "global"),
-    "table_init": ("auto", "reference", "blocked"),
-    "bank_search": ("exact", "hnsw"),
-}
+# The one registry of allowed values (declared in the schema); modules take their choices from here.
+CHOICES: dict[str, tuple[str, ...]] = {
+    name: tuple(info.json_schema_extra["choices"]) for name, (_, info) in schema.fields().items()
+    if isinstance(info.json_schema_extra, dict) and "choices" in info.json_schema_extra}
 DMI_KEY_SOURCES = ("items", "neighbours", "others")
 
 # Keys that were renamed: a clear error instead of "unknown key".
@@ -312,31 +165,39 @@ def did_you_mean(key: str) -> str:
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
-def config_keys_help() -> str:
-    """Every config key with its type, default and the comment beside it in :class:`Config`:
-    the ``--help`` of the commands that take ``--key=value`` overrides."""
-    import inspect
-    import re
+def _kind(hint: Any) -> str:
+    """A field type as help prints it: ``int``, ``str``, ``tuple[int, ...]``."""
+    return getattr(hint, "__name__", str(hint)) if typing.get_origin(hint) is None else str(hint)
 
-    docs: dict[str, str] = {}
-    pending: list[str] = []
-    for line in inspect.getsource(Config).splitlines():
-        text = line.strip()
-        m = re.match(r"(\w+): [^=]+=\s*[^#]*?(?:#\s*(.*))?$", text)
-        if text.startswith("#") and not text.startswith("# ---"):
-            pending.append(text.lstrip("# "))
-        elif m and m.group(1) in _FIELDS:
-            docs[m.group(1)] = m.group(2) or " ".join(pending)
-            pending = []
-        elif not text or text.startswith("# ---"):
-            pending = []
-    lines = ["config keys (--key=value, or key: value in a --config YAML file):"]
-    for f in fields(Config):
-        hint = _HINTS[f.name]
-        kind = getattr(hint, "__name__", str(hint)).replace("typing.", "")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        doc = docs.get(f.name, "")
-        lines.append(f"  {f.name} ({kind}, default {default!r})" + (f": {doc}" if doc else ""))
+
+def _readers_text(spec: schema.SectionSpec) -> str:
+    """``remi, coin (and dmi on them)``: the models that read a section, as help and docs print it."""
+    if schema.EVERY_MODEL in spec.readers:
+        return "every model"
+    wrappers = schema.wrappers_of(spec.readers)
+    return ", ".join(spec.readers) + (f" (and {', '.join(wrappers)} on them)" if wrappers else "")
+
+
+def _key_line(name: str, info: Any) -> str:
+    """One key of help: name, type, default, doc, and the models whose own default differs."""
+    by_value: dict[str, list[str]] = {}
+    for model, values in MODEL_DEFAULTS.items():
+        if name in values:
+            by_value.setdefault(repr(values[name]), []).append(model)
+    notes = "".join(f" [{', '.join(models)}: {value}]" for value, models in by_value.items())
+    return f"  {name} ({_kind(_HINTS[name])}, default {info.default!r}): {info.description}{notes}"
+
+
+def config_keys_help() -> str:
+    """Every config key, section by section (with the models that read it), with its type, default
+    and doc line from :mod:`dmirec.config.schema`: the ``--help`` of the commands that take
+    ``--key=value`` overrides."""
+    lines = ["config keys (--key=value, or key: value in a --config YAML file), by section and the models that "
+             "read it; a key set for a model that does not read it is an error. [MODEL: value] = that model's "
+             "default:"]
+    for spec in schema.SECTIONS:
+        lines.append(f"{spec.name} [read by {_readers_text(spec)}]")
+        lines.extend(_key_line(name, info) for name, info in spec.model.model_fields.items())
     return "\n".join(lines)
 
 
@@ -363,34 +224,42 @@ def from_dict(values: dict[str, Any], source: str = "config") -> Config:
 SHARDED_MODELS = ("comirec-sa", "remi", "comirec-dr", "mind")  # read the item table only through item_emb(ids)
 
 
+def _bounds_text(info: Any) -> tuple[str, Any]:
+    """The range a schema field declares, as (message, predicate on a value); ("", None) if none."""
+    low = high = None
+    for m in info.metadata:
+        for name in ("gt", "ge", "lt", "le"):
+            if getattr(m, name, None) is not None:
+                if name in ("gt", "ge"):
+                    low = (name, getattr(m, name))
+                else:
+                    high = (name, getattr(m, name))
+    if low is None and high is None:
+        return "", None
+    if high is None:
+        text = "positive" if low == ("gt", 0) else f"{'>' if low[0] == 'gt' else '>='} {low[1]}"
+    elif low is None:
+        text = f"{'<' if high[0] == 'lt' else '<='} {high[1]}"
+    else:
+        text = f"in {'(' if low[0] == 'gt' else '['}{low[1]}, {high[1]}{')' if high[0] == 'lt' else ']'}"
+
+    def ok(v: Any) -> bool:
+        return ((low is None or (v > low[1] if low[0] == "gt" else v >= low[1]))
+                and (high is None or (v < high[1] if high[0] == "lt" else v <= high[1])))
+
+    return text, ok
+
+
+_BOUNDS = {name: _bounds_text(info) for name, (_, info) in schema.fields().items()}
+
+
 def _check_ranges(cfg: Config, source: str) -> None:
-    positive = ("embedding_dim", "num_interests", "seq_len", "batch_size", "eval_every",
-                "eval_batch_size", "diffusion_steps", "routing_iters", "prune_m", "coin_temperature",
-                "coin_bank_sample", "coin_negatives", "coin_gru_layers", "coin_ff_dim", "repeat_ref_rank",
-                "itemknn_neighbours", "ease_lambda", "ease_max_items", "rp3beta_alpha", "rp3beta_neighbours",
-                "num_negatives", "lr", "sasrec_blocks", "sasrec_heads")
-    for key in positive:
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{source}: config key {key!r} must be positive, got {getattr(cfg, key)}")
-    for key in ("max_steps", "patience", "eval_max_users", "start_step", "reverse_steps",
-                "valid_users", "sparse_min_items"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
-    for key in ("fusion_weight", "cond_dropout"):
-        if not 0.0 <= getattr(cfg, key) <= 1.0:
-            raise ConfigError(f"{source}: config key {key!r} must be in [0, 1], got {getattr(cfg, key)}")
-    if not 0.0 <= cfg.sasrec_dropout < 1.0:
-        raise ConfigError(f"{source}: config key 'sasrec_dropout' must be in [0, 1), got {cfg.sasrec_dropout}")
+    for key, (text, ok) in _BOUNDS.items():
+        if ok is not None and not ok(getattr(cfg, key)):
+            raise ConfigError(f"{source}: config key {key!r} must be {text}, got {getattr(cfg, key)}")
     if cfg.embedding_dim % cfg.sasrec_heads:
         raise ConfigError(f"{source}: config key 'sasrec_heads' ({cfg.sasrec_heads}) must divide embedding_dim "
                           f"({cfg.embedding_dim})")
-    for key in ("threads", "neighbour_alpha", "bank_max_users", "bank_train_sample", "guidance", "coin_contrast_weight"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
-    if cfg.neighbours <= 0:
-        raise ConfigError(f"{source}: config key 'neighbours' must be positive, got {cfg.neighbours}")
-    if cfg.bank_hnsw_ef <= 0:
-        raise ConfigError(f"{source}: config key 'bank_hnsw_ef' must be positive, got {cfg.bank_hnsw_ef}")
     keys = [k.strip() for k in cfg.dmi_keys.split(",") if k.strip()]
     if not keys or len(set(keys)) != len(keys) or any(k not in DMI_KEY_SOURCES for k in keys):
         raise ConfigError(f"{source}: config key 'dmi_keys' must be a comma list of distinct names from "
@@ -413,16 +282,12 @@ def _check_ranges(cfg: Config, source: str) -> None:
                           f"of a sharded table; it needs sharded_embeddings=true (one process: dense or sparse)")
     if cfg.embedding_optimizer == "rowwise_adagrad" and cfg.weight_decay:
         raise ConfigError(f"{source}: config key 'weight_decay' must be 0 with embedding_optimizer=rowwise_adagrad")
-    if cfg.table_lr <= 0:
-        raise ConfigError(f"{source}: config key 'table_lr' must be positive, got {cfg.table_lr}")
     if cfg.embedding_optimizer == "sparse" and cfg.weight_decay:
         raise ConfigError(f"{source}: config key 'weight_decay' must be 0 with embedding_optimizer=sparse "
                           f"(decay would touch every row of the item table)")
-    for key in ("repeat_weight", "repeat_decay", "itemknn_shrink", "ease_neighbours", "history_decay", "rp3beta_beta"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{source}: config key {key!r} must be >= 0, got {getattr(cfg, key)}")
     if cfg.start_step > cfg.diffusion_steps:
-        raise ConfigError(f"{source}: config key 'start_step' must be <= diffusion_steps")
+        raise ConfigError(f"{source}: config key 'start_step' ({cfg.start_step}) must be <= diffusion_steps "
+                          f"({cfg.diffusion_steps})")
     if cfg.reverse_steps > (cfg.start_step or cfg.diffusion_steps):
         raise ConfigError(f"{source}: config key 'reverse_steps' must be <= start_step (or diffusion_steps)")
 
@@ -446,13 +311,19 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 INCLUDE_KEY = "include"
 
 
-def resolve_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def resolve_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file with its ``include:`` files merged in (:func:`resolve_yaml_origins`)."""
+    return resolve_yaml_origins(path)[0]
+
+
+def resolve_yaml_origins(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, str]]:
     """A config file with its ``include:`` files merged in: the layered configs of configs/.
 
     ``include:`` names one file or a list of files, relative to the including file. They are
     resolved the same way (includes nest), merged in the order listed, and the including file's
     own keys come last, so later keys win. A missing file, a cycle, or an invalid key names the
-    file it is in; each file is validated as a whole config on its own.
+    file it is in; each file is validated as a whole config on its own. Returns the merged keys
+    and, for each, the file that set it.
     """
     path = Path(path)
     try:
@@ -470,11 +341,15 @@ def resolve_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, A
     if not isinstance(includes, list) or not all(isinstance(i, str) and i.strip() for i in includes):
         raise ConfigError(f"{path}: {INCLUDE_KEY!r} must be a file name or a list of file names, got {includes!r}")
     merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for name in includes:
-        merged.update(resolve_yaml(real.parent / name, (*_chain, real)))
+        inner, inner_origins = resolve_yaml_origins(real.parent / name, (*_chain, real))
+        merged.update(inner)
+        origins.update(inner_origins)
     merged.update(data)
+    origins.update(dict.fromkeys(data, str(path)))
     from_dict(merged, source=str(path))  # validate each file on its own, naming it in errors
-    return merged
+    return merged, origins
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -499,40 +374,26 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return out
 
 
-# Config values a model name implies unless the user sets them (a wrapper such as DMI also takes
-# its backbone's). Applied by build_config, the one way a Config is made from names and files.
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "remi": {"hard_negative_beta": 1.0, "routing_reg": 100.0},
-    "dmi": {"backbone": "remi"},
-    "coin": {"hard_negative_beta": 1.0, "routing_reg": 100.0, "neighbour_alpha": 0.55, "neighbours": 3},
-    "youtube-dnn": {"num_interests": 1},
-    "sasrec": {"num_interests": 1},
-    "most-popular": {"num_interests": 1, "max_steps": 0},
-    "repeat": {"num_interests": 1, "max_steps": 0},
-    "itemknn": {"num_interests": 1, "max_steps": 0},
-    "ease": {"num_interests": 1, "max_steps": 0},
-    "rp3beta": {"num_interests": 1, "max_steps": 0},
-}
-
-
-def model_defaults(model: str, backbone: str | None = None) -> dict[str, Any]:
-    """Config values implied by a model name (and, for wrappers, by their backbone)."""
-    out: dict[str, Any] = {}
-    own = MODEL_DEFAULTS.get(model, {})
-    if "backbone" in own or backbone is not None:
-        out.update(MODEL_DEFAULTS.get(backbone or own.get("backbone", ""), {}))
-    out.update(own)
-    if backbone is not None:
-        out["backbone"] = backbone
-    out["model"] = model
-    return out
+def check_keys_read(cfg: Config, keys: dict[str, str], reference: Config) -> None:
+    """Refuse a key of ``keys`` (``{key: where it was set}``) that the model of ``cfg`` does not read,
+    unless ``cfg`` holds the value ``reference`` holds for it (a resolved config of a run, which
+    holds every key at its value, is a valid config file)."""
+    model, backbone = cfg.model, cfg.backbone if cfg.model in schema.WRAPPERS else None
+    for key in schema.keys_not_read(model, backbone, list(keys)):
+        if getattr(cfg, key) == getattr(reference, key):
+            continue
+        on = f" on backbone {backbone!r}" if backbone else ""
+        raise ConfigError(f"{keys[key]}: config key {key!r} is not read by model {model!r}{on} "
+                          f"(it belongs to: {', '.join(schema.readers_of(key))})")
 
 
 def build_config(yaml_paths: list[str | Path] = (), overrides: dict[str, Any] | None = None,
                  model: str | None = None) -> Config:
     """Defaults < the model's defaults < each YAML file in order < ``overrides``.
 
-    A YAML file's ``include:`` files come before its own keys (:func:`resolve_yaml`).
+    A YAML file's ``include:`` files come before its own keys (:func:`resolve_yaml`). A key that is
+    set (in a file or an override) but not read by the chosen model is an error naming the model,
+    the key and where it was set (:func:`check_keys_read`).
 
     The model (and a wrapper's backbone) may be named by ``model``, in ``overrides`` or in a YAML
     file; the last of these to name it decides whose defaults apply.
@@ -540,19 +401,25 @@ def build_config(yaml_paths: list[str | Path] = (), overrides: dict[str, Any] | 
     overrides = {str(k).replace("-", "_"): v for k, v in (overrides or {}).items()}
     if model:
         overrides["model"] = model
-    files = []
+    files, where = [], {}
     for path in yaml_paths:
-        files.append(resolve_yaml(path))  # validated file by file, errors name the file
+        data, origins = resolve_yaml_origins(path)  # validated file by file, errors name the file
+        files.append(data)
+        where.update(origins)
     if overrides:
         from_dict(dict(overrides), source="command line")
+        where.update(dict.fromkeys(overrides, "command line"))
     chosen, backbone = Config.model, None
     for layer in files + [overrides]:
         chosen = layer.get("model", chosen)
         backbone = layer.get("backbone", backbone)
-    merged = model_defaults(str(chosen), backbone)
+    defaults = model_defaults(str(chosen), backbone)
+    merged = dict(defaults)
     for layer in files + [overrides]:
         merged.update(layer)
-    return from_dict(merged)
+    cfg = from_dict(merged)
+    check_keys_read(cfg, where, from_dict(defaults))
+    return cfg
 
 
 def make_config(model: str | None = None, yaml_paths: list[str | Path] = (), overrides: dict | None = None) -> Config:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..config import MODEL_DEFAULTS
+from ..config.schema import WRAPPERS
 from ..runs.rundir import check_data, read_data_ref
 from .evaluate import evaluate_run
 
@@ -137,7 +137,7 @@ def check_splits(runs: list[Run], unpaired: bool) -> None:
 
 
 def _wrappers() -> set[str]:
-    return {m for m, d in MODEL_DEFAULTS.items() if "backbone" in d}
+    return set(WRAPPERS)
 
 
 _WRAPPERS = _wrappers()

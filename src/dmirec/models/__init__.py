@@ -3,7 +3,7 @@
 Each entry maps a model name to ``builder(cfg, num_items, popularity) -> RetrievalModel``;
 ``popularity`` is the (N + 1,) training interaction count per item (used by most-popular).
 Training-scheme options (REMI's hard negatives and routing regularisation) are config keys,
-so ``remi`` is ComiRec-SA with those keys set by :data:`dmirec.config.MODEL_DEFAULTS`.
+so ``remi`` is ComiRec-SA with those keys set by :data:`dmirec.config.schema.MODEL_DEFAULTS`.
 A model whose config asks for an interest bank (the neighbour rule, DMI's neighbour keys, COIN)
 gets one attached here (:func:`attach_bank`).
 """

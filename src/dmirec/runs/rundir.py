@@ -40,7 +40,7 @@ import yaml
 
 from ..util.atomic import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
-from ..config import Config, from_dict, upgrade_saved
+from ..config import Config, check_keys_read, from_dict, upgrade_saved
 from ..models import build_model
 from .table_files import read_rows
 
@@ -364,7 +364,10 @@ def load_trained_model(run_dir: str | Path, which: str = "best", device: str | t
     if saved:  # evaluation-time keys (retrieval, repeat channel, neighbour rule...) may be changed
         check_config(run_dir, cfg, {k: saved[k] for k in TRAINED_KEYS if k in saved}, ckpt_path)
     if overrides:  # the model is loaded whole in this process: no longer a sharded one
-        cfg = cfg.replace(**({"sharded_embeddings": False} if cfg.sharded_embeddings else {}), **overrides)
+        overrides = {str(k).replace("-", "_"): v for k, v in overrides.items()}
+        new = cfg.replace(**({"sharded_embeddings": False} if cfg.sharded_embeddings else {}), **overrides)
+        check_keys_read(new, dict.fromkeys(overrides, "override"), cfg)  # a key the run's model ignores: refused
+        cfg = new
     ref = read_data_ref(run_dir)
     popularity = ckpt.get("popularity")
     model = build_model(cfg, int(ref["num_items"]), None if popularity is None else popularity.numpy())

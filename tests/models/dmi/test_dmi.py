@@ -20,7 +20,7 @@ ABLATIONS = {
     "default": {},
     "no_diffusion": {"fusion_weight": 0.0},
     "no_noise": {"no_noise": True},
-    "T1": {"diffusion_steps": 1},
+    "T1": {"diffusion_steps": 1, "start_step": 1},
     "no_pruning": {"prune": "none"},
     "threshold_pruning": {"prune": "threshold"},
     "mlp_denoiser": {"denoiser": "mlp"},
