@@ -93,7 +93,8 @@ def speed_one(args: argparse.Namespace) -> None:
     data = load_dataset(synth_data(args.items, args.users), mmap=True)
     cfg = make_config(args.model, overrides={"progress": False, "embedding_optimizer": args.path,
                                              "threads": args.threads, "device": args.device, "seed": 0,
-                                             "bf16": bool(args.bf16)})
+                                             "bf16": bool(args.bf16), "compile": bool(args.compile),
+                                             **({"batch_size": args.batch_size} if args.batch_size else {})})
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_model(cfg, data.num_items, data.item_popularity()).to(device)
@@ -144,7 +145,8 @@ def cmd_speed(args: argparse.Namespace) -> list[dict]:
             start = time.perf_counter()
             cmd = [sys.executable, __file__, "_speed_one", "--items", str(items), "--path", path, "--model", args.model,
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-                   "--device", args.device, "--bf16", str(int(args.bf16)), "--users", str(args.users)]
+                   "--device", args.device, "--bf16", str(int(args.bf16)), "--users", str(args.users),
+                   "--compile", str(int(args.compile)), "--batch_size", str(args.batch_size)]
             proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
             if proc.returncode:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -372,11 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--device", default="cpu")
     s.add_argument("--bf16", action="store_true", help="bfloat16 autocast of forward and loss")
+    s.add_argument("--compile", action="store_true", help="compile=true (torch.compile of the step's loss)")
+    s.add_argument("--batch_size", type=int, default=0, help="training batch (0: the config's, 128)")
     s.add_argument("--users", type=int, default=20_000, help="synthetic users (about 20 interactions each)")
     s.add_argument("--tag", default=None, help="key in scale.json (default: speed-DEVICE)")
     o = sub.add_parser("_speed_one")
     for name, kind in (("--items", int), ("--path", str), ("--model", str), ("--steps", int), ("--warmup", int),
-                       ("--threads", int), ("--device", str), ("--bf16", int), ("--users", int)):
+                       ("--threads", int), ("--device", str), ("--bf16", int), ("--users", int), ("--compile", int),
+                       ("--batch_size", int)):
         o.add_argument(name, type=kind, required=True)
     d = sub.add_parser("ddp")
     d.add_argument("--items", type=int, default=12000)

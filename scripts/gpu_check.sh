@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check, under 8 minutes: the GPU tests (tests/test_gpu.py, marker `gpu`: REMI, the DMI variants,
+# GPU check, under 12 minutes: the GPU tests (tests/test_gpu.py, marker `gpu`: REMI, the DMI variants,
 # COIN, evaluation, bundles and the HTTP app on CUDA), then training throughput on the GPU (dense and
 # sparse item-table updates, fp32 and bf16 autocast) for REMI at 12k, 1M and 5M items and DMI at 12k
 # and 1M, recorded in bench_results/scale.json under speed-cuda, speed-cuda-bf16 and speed-cuda-dmi.
@@ -16,4 +16,10 @@ SPEED=(scripts/bench_scale.py speed --device cuda --steps 100 --warmup 10)
 timeout 150 "$PY" "${SPEED[@]}" --items 12000,1000000,5000000 --tag speed-cuda
 timeout 150 "$PY" "${SPEED[@]}" --items 12000,1000000,5000000 --bf16 --tag speed-cuda-bf16
 timeout 120 "$PY" "${SPEED[@]}" --items 12000,1000000 --model dmi --tag speed-cuda-dmi
+# large batches (the learning rate is the config's; a training run at batch B scales it, see docs/scale/step-speed.md)
+# and the compiled step, at 12k items
+for b in 1024 4096 8192; do
+  timeout 90 "$PY" "${SPEED[@]}" --items 12000 --paths dense --batch_size $b --tag speed-cuda-batch$b
+done
+timeout 150 "$PY" "${SPEED[@]}" --items 12000 --paths dense --compile --tag speed-cuda-compiled
 exit $status
