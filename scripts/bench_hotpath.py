@@ -27,8 +27,11 @@ vectors, exact top-50 over the whole catalogue, metrics) of a freshly initialise
 retrieval backend, one thread; synth-books (``bench_scale.py books`` makes it) uses the fixed
 sample of 2,000 validation users that its training run validates on. Also with ``--base``.
 
-``profile``: the torch profiler's table of 300 training steps (ops grouped by input shape) and the
-share of padding among the batch positions of a dataset; printed, not recorded.
+``profile``: the torch profiler's table of 300 training steps (ops grouped by input shape), the
+milliseconds per step by group of operations (matrix products, the optimiser, gathers and
+scatters, fills and copies, other elementwise work and reductions) with the number of operations
+per step and the time per step without the profiler, and the share of padding among the batch
+positions of a dataset; printed, not recorded.
 
 Results go to bench_results/hotpath.json (key ``--tag``, default the subcommand) with the machine,
 commits, arguments and every round; ``report`` prints the tables that BENCHMARKS.md carries. Run it on an
@@ -132,11 +135,37 @@ from torch.profiler import ProfilerActivity, profile
 model.train()
 for _ in range(warmup):
     train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu", use_users=has_bank)
+plain = time.perf_counter()
+for _ in range(steps):  # the same steps without the profiler: the real time per step
+    train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu", use_users=has_bank)
+plain = (time.perf_counter() - plain) / steps
 with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
     for _ in range(steps):
         train_step(model, opt, cfg, sampler.sample(), negatives, gen, "cpu", use_users=has_bank)
 print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25,
                                                          max_name_column_width=32, max_shapes_column_width=60))
+GROUPS = {"matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"),
+          "optimiser": ("aten::_fused_adam_", "aten::_foreach_", "Optimizer."),
+          "gathers and scatters": ("aten::index", "aten::embedding", "aten::nonzero", "aten::gather",
+                                   "aten::scatter", "aten::_index_put_impl_", "aten::_sparse_", "aten::sparse_",
+                                   "aten::coalesce", "aten::_coalesce"),
+          "fills and copies": ("aten::fill_", "aten::zero_", "aten::copy_", "aten::_to_copy", "aten::empty",
+                               "aten::zeros", "aten::clone", "aten::cat", "aten::new_"),
+          "elementwise and reductions": ("aten::",)}
+summary, ops = {k: 0.0 for k in GROUPS}, 0
+for e in prof.key_averages():
+    if e.key.startswith("aten::"):
+        ops += e.count
+    for group, prefixes in GROUPS.items():
+        if e.key.startswith(prefixes):
+            summary[group] += e.self_cpu_time_total / steps / 1000  # ms per step
+            break
+kernels = sum(summary.values())
+print(json.dumps({"ms_per_step_without_profiler": 1000 * plain, "aten_ops_per_step": ops / steps,
+                  "ms_per_step_by_group_profiled": {k: round(v, 3) for k, v in summary.items()},
+                  "ms_per_step_profiled_total": prof.key_averages().self_cpu_time_total / steps / 1000,
+                  "ms_per_step_outside_ops_profiled": round(
+                      prof.key_averages().self_cpu_time_total / steps / 1000 - kernels, 3)}, indent=1))
 padding = 1 - np.mean([sampler.sample().mask.mean() for _ in range(200)])
 print(json.dumps({"padding_share_of_positions": float(padding)}))
 """

@@ -147,6 +147,7 @@ def write_report(results_dir: Path, out: Path) -> None:
     lines += _correction_section(results_dir / "dmi_correction.json")
     lines += _speed_section(results_dir / "speed.json")
     lines += _hotpath_section(results_dir / "hotpath.json")
+    lines += _reference_speed_section(results_dir / "speed_reference.json")
     lines += _scale_section(results_dir / "scale.json")
     lines += _serve_section(results_dir)
     load = ROOT / "configs" / "bench" / "serving_under_load.md"  # the table printed by scripts/bench_serve.py
@@ -489,6 +490,31 @@ def _hotpath_section(path: Path) -> list[str]:
             "alternately with this tree in fresh processes (paired rounds: median seq/s of the step, best "
             "validation pass). docs/scale/step-speed.md explains them.", "",
             report().rstrip(), ""]
+
+
+def _reference_speed_section(path: Path) -> list[str]:
+    """scripts/bench_reference.py: dmirec's REMI step and validation pass beside the public REMI code."""
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    med, ref = d["median"], d["reference"]
+    lines = ["## Against the public REMI code (`scripts/bench_reference.py`)", "",
+             f"REMI on beauty, batch 128, D 64, K 4, 1,280 shared negatives, one thread, {d['steps']:,} timed steps "
+             f"after {d['warmup']} warm-up steps, {len(d['pairs'])} alternating pairs of fresh processes; the "
+             f"reference is {ref['repository']} at {ref['commit'][:8]} with the CPU changes of "
+             "docs/scale/step-speed.md. dmirec commit "
+             f"{str(d['commit'])[:8]}, {d['machine']['cpu']}, wall {d['wall_seconds']:.0f} s.", "",
+             "| pair | dmirec (seq/s) | reference (seq/s) | dmirec validation (s) | reference validation (s) |",
+             "|---:|---:|---:|---:|---:|"]
+    for i, pair in enumerate(d["pairs"]):
+        lines.append(f"| {i} | {pair['dmirec_seq_per_s']:,.0f} | {pair['reference_seq_per_s']:,.0f} | "
+                     f"{pair.get('dmirec_valid_seconds', float('nan')):.3f} | "
+                     f"{pair.get('reference_valid_seconds', float('nan')):.3f} |")
+    lines += [f"| median | {med['dmirec_seq_per_s']:,.0f} | {med['reference_seq_per_s']:,.0f} | "
+              f"{med['dmirec_valid_seconds']:.3f} | {med['reference_valid_seconds']:.3f} |", "",
+              f"Training step: dmirec {d['ratio']:.2f}x the reference; validation pass "
+              f"{d['valid_ratio']:.2f}x.", ""]
+    return lines
 
 
 def _scale_section(path: Path) -> list[str]:
