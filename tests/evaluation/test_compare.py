@@ -14,7 +14,7 @@ from dmirec.evaluation.compare import (
     compare,
     format_mean_sd,
     group_runs,
-    load_run,
+    read_run_record,
     mean_sd,
     paired_bootstrap,
     sign_test,
@@ -67,9 +67,9 @@ def test_compare_recovers_mean_and_sd_of_constructed_runs(tmp_path):
     assert cells[1] == "0.2100 ± 0.0141" and cells[2] == "0.3000"
     assert [row[1] for row in c["rows"]] == ["1,2,3", "1,2", "1"]
     # --by model: the two DMI configurations fall into one group
-    groups = group_runs([load_run(d) for d in dirs], by=["model"])
+    groups = group_runs([read_run_record(d) for d in dirs], by=["model"])
     assert [g.label for g in groups] == ["remi", "dmi"] and len(groups[1].runs) == 3
-    groups = group_runs([load_run(d) for d in dirs[3:]], by=["fusion_weight"])  # the DMI runs by fusion weight alone
+    groups = group_runs([read_run_record(d) for d in dirs[3:]], by=["fusion_weight"])  # the DMI runs by fusion weight alone
     assert [g.label for g in groups] == ["fusion_weight=0.2", "fusion_weight=0.5"] and [len(g.runs) for g in groups] == [2, 1]
 
 
@@ -80,7 +80,7 @@ def test_compare_refuses_duplicate_seeds_and_unfinished_runs(tmp_path):
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "config.yaml").write_text("model: remi\n")
     with pytest.raises(FileNotFoundError, match="not finished"):
-        load_run(tmp_path / "c")
+        read_run_record(tmp_path / "c")
 
 
 def test_paired_statistics_known_answers():
@@ -116,7 +116,7 @@ def test_paired_test_on_real_runs_and_cli(tmp_path, capsys):
     assert t["users"] == 20 and t["baseline"] == "comirec-sa" and t["group"] == "most-popular"
     assert t["wins"] + t["losses"] + t["ties"] == 20 and t["ci_low"] <= t["mean_diff"] <= t["ci_high"]
     # the per-user mean difference is the difference of the groups' test means
-    means = [np.mean([load_run(r).test["recall@50"] for r in rs]) for rs in (runs[2:], runs[:2])]
+    means = [np.mean([read_run_record(r).test["recall@50"] for r in rs]) for rs in (runs[2:], runs[:2])]
     assert t["mean_diff"] == pytest.approx(means[0] - means[1])
     out = tmp_path / "cmp.md"
     assert main(["compare", *map(str, runs), "--out", str(out), "--bootstrap", "100"]) == 0

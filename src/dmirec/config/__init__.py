@@ -138,6 +138,16 @@ CHOICES: dict[str, tuple[str, ...]] = {
     if isinstance(info.json_schema_extra, dict) and "choices" in info.json_schema_extra}
 DMI_KEY_SOURCES = ("items", "neighbours", "others")
 
+
+def dmi_key_list(text: str) -> tuple[str, ...]:
+    """The sources DMI's denoiser attends to, from ``dmi_keys``: ``"items,neighbours"`` ->
+    ``("items", "neighbours")``; empty, unknown or repeated names are a :class:`ConfigError`."""
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not keys or len(set(keys)) != len(keys) or any(k not in DMI_KEY_SOURCES for k in keys):
+        raise ConfigError(f"config key 'dmi_keys' must be a comma list of distinct names from {DMI_KEY_SOURCES}, "
+                          f"got {text!r}")
+    return keys
+
 # Keys that were renamed: a clear error instead of "unknown key".
 RENAMED = {"eta": "fusion_weight", "stochastic_reverse": "sampler (posterior_mean | ancestral)",
            "denoiser_residual": "prediction (x0_residual | x0)"}
@@ -260,10 +270,10 @@ def _check_ranges(cfg: Config, source: str) -> None:
     if cfg.embedding_dim % cfg.sasrec_heads:
         raise ConfigError(f"{source}: config key 'sasrec_heads' ({cfg.sasrec_heads}) must divide embedding_dim "
                           f"({cfg.embedding_dim})")
-    keys = [k.strip() for k in cfg.dmi_keys.split(",") if k.strip()]
-    if not keys or len(set(keys)) != len(keys) or any(k not in DMI_KEY_SOURCES for k in keys):
-        raise ConfigError(f"{source}: config key 'dmi_keys' must be a comma list of distinct names from "
-                          f"{DMI_KEY_SOURCES}, got {cfg.dmi_keys!r}")
+    try:
+        dmi_key_list(cfg.dmi_keys)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     if cfg.valid_users and cfg.eval_max_users:
         raise ConfigError(f"{source}: config keys 'valid_users' (a seeded sample) and 'eval_max_users' (the first "
                           f"users) both choose validation users; set only one")

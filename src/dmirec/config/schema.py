@@ -93,7 +93,8 @@ class Training(Section):
                                   "blocked (seeded per 65,536-row block), auto = blocked when sharded",
                           choices=("auto", "reference", "blocked"))
     bf16: bool = key(False, "bfloat16 autocast of forward and loss (CUDA; CPU works but is slow)")
-    compile: bool = key(False, "torch.compile the step's loss and its backward (falls back to eager if the compiler cannot run)")
+    compile: bool = key(False, "torch.compile the step's loss and its backward (falls back to eager if the "
+                               "compiler cannot run; docs/scale/step-speed.md)")
     max_steps: int = key(100_000, "step cap; early stopping usually ends a run first", ge=0)
     eval_every: int = key(500, "validate every this many steps", gt=0)
     patience: int = key(10, "stop once more than `patience` validations in a row bring no better R@50 (as the "

@@ -102,7 +102,7 @@ class Group:
     runs: list[Run] = field(default_factory=list)
 
 
-def load_run(run_dir: str | Path) -> Run:
+def read_run_record(run_dir: str | Path) -> Run:
     """A finished run: its resolved config, dataset and the test metrics in ``result.json``."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
@@ -294,7 +294,7 @@ def compare(run_dirs: list[str | Path], by: list[str] | None = None, metric: str
     ``overrides``: evaluation-time config changes applied to every run (e.g. the neighbour rule);
     the runs' test metrics are then measured with them instead of read from ``result.json``.
     ``unpaired``: accept runs on different splits of one dataset (see :func:`check_splits`)."""
-    runs = [load_run(d) for d in run_dirs]
+    runs = [read_run_record(d) for d in run_dirs]
     if overrides:
         for run in runs:
             run.config.update({k.replace("-", "_"): v for k, v in overrides.items()})

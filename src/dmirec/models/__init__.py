@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..collab.neighbours import InterestBank
-from ..config import Config
+from ..config import Config, dmi_key_list
 from .base import RetrievalModel, TrainOutput, argmax_readout
 from .coin import COIN
 from .comirec_dr import ComiRecDR
@@ -102,8 +102,8 @@ REGISTRY: dict[str, Builder] = {
 
 def needs_bank(cfg: Config) -> bool:
     """Whether the model of ``cfg`` reads an interest bank."""
-    keys = [k.strip() for k in cfg.dmi_keys.split(",")]
-    return cfg.neighbour_alpha > 0 or cfg.model == "coin" or (cfg.model == "dmi" and "neighbours" in keys)
+    return cfg.neighbour_alpha > 0 or cfg.model == "coin" or (cfg.model == "dmi" and
+                                                              "neighbours" in dmi_key_list(cfg.dmi_keys))
 
 
 def attach_bank(model: RetrievalModel, cfg: Config) -> RetrievalModel:

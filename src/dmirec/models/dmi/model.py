@@ -41,22 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config import CHOICES, DMI_KEY_SOURCES
+from ...config import CHOICES, DMI_KEY_SOURCES, dmi_key_list
 from .diffusion import Denoiser, DiffusionProcess, NoiseSchedule, concat_sources, other_interests, pruned_items
 from ..base import RetrievalModel, TrainOutput, argmax_readout
 
 KEY_SOURCES = DMI_KEY_SOURCES
 TARGETS = CHOICES["dmi_target"]
 OUTPUTS = CHOICES["dmi_output"]
-
-
-def parse_keys(text: str) -> tuple[str, ...]:
-    """``"items,neighbours"`` -> ``("items", "neighbours")``; unknown or repeated names are errors."""
-    keys = tuple(k.strip() for k in text.split(",") if k.strip())
-    bad = [k for k in keys if k not in KEY_SOURCES]
-    if not keys or bad or len(set(keys)) != len(keys):
-        raise ValueError(f"dmi_keys must be a comma list of distinct names from {KEY_SOURCES}, got {text!r}")
-    return keys
 
 
 class DMI(RetrievalModel):
@@ -106,7 +97,7 @@ class DMI(RetrievalModel):
                                    cfg.no_noise, cfg.train_chain, cfg.seed)
         denoiser = Denoiser(backbone.embedding_dim, cfg.denoiser_heads, cfg.denoiser_blocks, cfg.denoiser,
                             cfg.step_token, zero_init_head=cfg.prediction == "x0_residual")
-        return cls(backbone, process, denoiser, fusion_weight=cfg.fusion_weight, keys=parse_keys(cfg.dmi_keys),
+        return cls(backbone, process, denoiser, fusion_weight=cfg.fusion_weight, keys=dmi_key_list(cfg.dmi_keys),
                    prune=cfg.prune, prune_m=cfg.prune_m, neighbours=cfg.neighbours, target=cfg.dmi_target,
                    output=cfg.dmi_output, recon_weight=cfg.recon_weight, cond_dropout=cfg.cond_dropout,
                    guidance=cfg.guidance, bank_train_sample=cfg.bank_train_sample, normalize_scale=cfg.normalize_scale,
