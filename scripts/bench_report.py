@@ -171,6 +171,7 @@ def _recipes_section() -> list[str]:
     lines: list[str] = []
     if (ROOT / "bench_results" / "recipes").is_dir():
         lines += importlib.import_module("bench_recipes").table() + [""]
+    lines += _fit_section(ROOT / "bench_results" / "fit")
     if (ROOT / "bench_results" / "classical").is_dir():
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
@@ -182,6 +183,27 @@ def _recipes_section() -> list[str]:
                   "(one process per case; the machine was shared, so times are upper bounds). docs/classical.md "
                   "explains the methods.", "", buf.getvalue().rstrip(), ""]
     return lines
+
+
+def _fit_section(folder: Path) -> list[str]:
+    """scripts/bench_fit.py: ``dmirec fit`` with no flag beyond ``--budget``, test Recall@50 of the
+    fitted recipe beside each channel alone."""
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    if not records:
+        return []
+    cols = ["recipe", "model", "rp3beta", "ease", "itemknn", "repeat", "remi", "most-popular"]
+    cols = [c for c in cols if any(c in r["test"] for r in records)]
+    lines = ["## `dmirec fit` with no flag beyond the budget (`python scripts/bench_fit.py DATASET`)", "",
+             "One seed (the REMI backbone's 2021), everything chosen on validation users, test Recall@50; "
+             "`model` is REMI with its neighbour rule, `remi` the network alone. The recipes table above "
+             "has three seeds of the same path.", "",
+             "| dataset | budget | " + " | ".join(cols) + " | wall (s) | commit |",
+             "|---|---|" + "---:|" * len(cols) + "---:|---|"]
+    for r in records:
+        cells = [f"{r['test'][c]['recall@50']:.4f}" if c in r["test"] else "-" for c in cols]
+        lines.append(f"| {r['dataset']} | {r['budget']} | " + " | ".join(cells) +
+                     f" | {r['wall_s_last_call']:,.0f} | {str(r['commit'])[:8]} |")
+    return lines + [""]
 
 
 def _other_groups(records: list[dict]) -> list[str]:

@@ -15,7 +15,7 @@ from dmirec.config import Config, ConfigError, build_config, make_config
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = json.loads((ROOT / "tests" / "fixtures" / "resolved_configs.json").read_text())
 # Defaults changed on purpose since the snapshot, (old, new): the exact retrieval backend became
-# "auto" (faiss flat on CPU, torch on CUDA; same lists up to float ties), issue 11 item 7.
+# "auto" (faiss flat on CPU, torch on CUDA; the same lists up to float ties).
 CHANGED_DEFAULTS = {"retrieval_backend": ("torch", "auto")}
 BEFORE = {path: {k: CHANGED_DEFAULTS[k][1] if k in CHANGED_DEFAULTS and v == CHANGED_DEFAULTS[k][0] else v
                  for k, v in resolved.items()} for path, resolved in SNAPSHOT.items()}
