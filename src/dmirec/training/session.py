@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,16 +43,31 @@ RANK_SEED = 7919  # rank r > 0 seeds its own streams with seed + RANK_SEED * r
 
 @dataclass
 class Window:
-    """The training steps since the last validation: their summed loss, count and seconds."""
+    """The training steps since the last validation: their losses, count and seconds.
 
-    loss: float = 0.0
+    The losses stay tensors until the window is read (:meth:`mean_loss`, at validation): a step never
+    waits for the device to hand its loss to Python, and several ranks reduce the window's losses in
+    one collective instead of one per step."""
+
+    losses: list[torch.Tensor] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
 
-    def add(self, loss: float, seconds: float) -> None:
-        self.loss += loss
+    def add(self, loss: torch.Tensor, seconds: float) -> None:
+        self.losses.append(loss.detach())
         self.steps += 1
         self.seconds += seconds
+
+    def mean_loss(self, ctx: Context) -> float:
+        """The mean over the window's steps of the global batch's loss (each step's loss averaged
+        over the ranks); every rank calls it. Summed step by step in float64, in step order."""
+        if not self.losses:
+            return 0.0
+        per_step = ctx.mean_each(torch.stack(self.losses).to("cpu", torch.float64))  # (steps,)
+        total = 0.0
+        for value in per_step:
+            total += value
+        return total / self.steps
 
 
 @dataclass
@@ -287,20 +302,21 @@ def validate(s: Session, window: Window) -> dict | None:
     improved = s.ctx.broadcast(metrics["recall@50"] > s.state["best"] if s.ctx.main else None)
     if improved:
         save_best(s, metrics)
-    row = _record(s, metrics, improved, window) if s.ctx.main else None
+    loss = window.mean_loss(s.ctx)  # every rank: one collective over the window's losses
+    row = _record(s, metrics, improved, window, loss) if s.ctx.main else None
     if s.ctx.active:
         s.state.update(s.ctx.broadcast(dict(s.state)))
     return row
 
 
-def _record(s: Session, metrics: dict, improved: bool, window: Window) -> dict:
+def _record(s: Session, metrics: dict, improved: bool, window: Window, loss: float) -> dict:
     """Rank 0: update best and patience, append the metrics row (and log it), stop on patience."""
     state = s.state
     if improved:
         state.update(best=metrics["recall@50"], best_step=state["step"], bad=0)
     else:
         state["bad"] += 1
-    row = {"split": "valid", "step": state["step"], "loss": window.loss / max(window.steps, 1),
+    row = {"split": "valid", "step": state["step"], "loss": loss,
            "train_seq_per_s": s.cfg.batch_size * window.steps / window.seconds if window.seconds > 0 else None,
            **metrics, "best_step": state["best_step"]}
     rundir.append_metrics(s.run_dir, row)

@@ -149,7 +149,7 @@ def _train(cfg: Config, data_dir: str | Path, run_dir: str | Path, resume: bool,
                           share=run.share, use_users=run.has_bank, ddp=run.ddp)
         seconds = time.perf_counter() - tick
         session.count_step(run, seconds)
-        window.add(ctx.mean(float(loss.detach())), seconds)
+        window.add(loss, seconds)  # read at validation: no host synchronisation per step
         bar.update(1)
         if state["step"] % cfg.eval_every == 0 or state["step"] == cfg.max_steps:
             row = session.validate(run, window)

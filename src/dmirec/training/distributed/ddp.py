@@ -78,6 +78,14 @@ class Context:
         tdist.all_reduce(t)
         return float(t[0]) / self.world
 
+    def mean_each(self, values: torch.Tensor) -> list[float]:
+        """Each entry of a float64 vector averaged over ranks, as :meth:`mean` does one float (one collective)."""
+        if not self.active:
+            return values.tolist()
+        values = values.clone()
+        tdist.all_reduce(values)
+        return [v / self.world for v in values.tolist()]
+
     def close(self) -> None:
         if self.owns_group and tdist.is_initialized():
             # every rank's pending gloo work done first, and the DDP wrapper (its reducer holds the
