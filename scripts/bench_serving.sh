@@ -22,28 +22,8 @@ $PY scripts/bench_serve.py bundles/synth-1m --rates 50,100,200 --duration 15 --p
 $DMIREC index bundles/synth-1m --kind hnsw --hnsw-m 32 --ef-construction 100 --ef-search 128
 $PY scripts/bench_serve.py bundles/synth-1m --rates 50,100,200 --duration 15 --pin --label "synthetic 1M, HNSW"
 # batch candidates for every beauty user, with peak memory of the process
-$PY - <<'PYEOF'
-import json, os, subprocess, sys, time
-from pathlib import Path
-out = {}
-for model in ("comirec-sa", "dmi"):
-    bundle = Path(f"bundles/beauty-{model}")
-    if not bundle.exists():
-        continue
-    cmd = [sys.executable, "-m", "dmirec", "recommend", str(bundle), "--input", "../shared/datasets/beauty/interactions.csv",
-           "--output", f"bundles/beauty-{model}-candidates.parquet", "-n", "200", "--no-progress"]
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    text = proc.stdout.read()
-    assert status == 0, text
-    wall = time.perf_counter() - start
-    import pyarrow.parquet as pq
-    table = pq.read_table(f"bundles/beauty-{model}-candidates.parquet", columns=["user"])
-    users = len(set(table.column("user").to_pylist()))
-    out[f"beauty {model}"] = {"users": users, "n": 200, "wall_s": wall, "users_per_second": users / wall,
-                              "peak_rss_mb": usage.ru_maxrss / 1024, "command": " ".join(["dmirec"] + cmd[3:])}
-    print(out[f"beauty {model}"])
-Path("bench_results/batch.json").write_text(json.dumps(out, indent=2))
-PYEOF
+for model in comirec-sa dmi; do
+  [ -d "bundles/beauty-$model" ] || continue
+  $PY scripts/bench_batch.py "bundles/beauty-$model" --input ../shared/datasets/beauty/interactions.csv --label "beauty $model"
+done
 $PY scripts/bench.py report
