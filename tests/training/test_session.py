@@ -15,7 +15,7 @@ def test_window_mean_loss_is_the_step_by_step_mean_of_the_losses():
         window.add(loss.requires_grad_(), 0.01)
     expected = 0.0
     for loss in losses:  # what the loop logged when it read every step's loss as a Python float
-        expected += float(loss)
+        expected += float(loss.detach())
     assert window.steps == 4 and abs(window.seconds - 0.04) < 1e-12
     assert window.mean_loss(Context()) == expected / 4
     assert all(not t.requires_grad for t in window.losses)  # no graph is held until validation
