@@ -584,17 +584,13 @@ def _scale_section(path: Path) -> list[str]:
     return lines
 
 
-def _serve_section(results_dir: Path) -> list[str]:
-    path = results_dir / "serve.json"
-    if not path.exists():
-        return []
-    d = json.loads(path.read_text())
-    lines = ["## Serving (`scripts/bench_serving.sh`)", "",
-             "Real uvicorn server on loopback, open-loop HTTP load generator (asyncio + httpx, latency from the "
-             "scheduled send time), server pinned to one core and the generator to the other, n=50, one "
-             "server thread.", "",
-             "| bundle | index | recall@50 vs exact (merged / per interest / worst user) | rate (req/s) | achieved "
-             "| p50 ms | p95 ms | p99 ms | errors | server CPU ms/req |", "|---|---|---|---|---|---|---|---|---|---|"]
+SERVE_HEAD = ["| bundle | index | recall@50 vs exact (merged / per interest / worst user) | rate (req/s) | achieved "
+              "| p50 ms | p95 ms | p99 ms | errors | server CPU ms/req |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+
+def _serve_rows(d: dict) -> list[str]:
+    """Table rows of a bench_serve.py record: one per bundle and rate."""
+    lines = []
     for label, entry in d.items():
         idx = entry["metadata"].get("index") or {}
         rec = idx.get("recall") or {}
@@ -608,6 +604,36 @@ def _serve_section(results_dir: Path) -> list[str]:
             lines.append(f"| {label} | {kind} | {recall} | {row['rate']:.0f} | {row['achieved_rps']:.1f} | "
                          f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | "
                          f"{row.get('server_cpu_ms_per_request', float('nan')):.1f} |")
+    return lines
+
+
+def _serve_section(results_dir: Path) -> list[str]:
+    path = results_dir / "serve.json"
+    if not path.exists():
+        return []
+    d = json.loads(path.read_text())
+    lines = ["## Serving (`scripts/bench_serving.sh`)", "",
+             "Real uvicorn server on loopback, open-loop HTTP load generator (asyncio + httpx, latency from the "
+             "scheduled send time), server pinned to one core and the generator to the other, n=50, one "
+             "server thread.", "",
+             *SERVE_HEAD]
+    lines += _serve_rows(d)
+    for name, title in (("serve-recipe.json", "Recipe against REMI + rule, machine loaded by other jobs "
+                         "(`scripts/bench_serve.py`, docs/recipes.md)"),
+                        ("serve-recipe-idle.json", "Recipe against REMI + rule (exact and HNSW bank), idle machine "
+                         "(`scripts/bench_serve.py`, docs/recipes.md)")):
+        if (results_dir / name).exists():
+            lines += ["", f"{title}, `bench_results/{name}`:", "", *SERVE_HEAD]
+            lines += _serve_rows(json.loads((results_dir / name).read_text()))
+    request = results_dir / "request.json"
+    if request.exists():
+        lines += ["", "Ranking cost per request without HTTP (`scripts/bench_request.py`, best of alternating rounds):",
+                  "", "| bundle | ms per request | served test Recall@50 | load average |", "|---|---|---|---|"]
+        for label, e in json.loads(request.read_text()).items():
+            served = ((e.get("served") or {}).get("metrics") or {}).get("recall@50")
+            lines.append(f"| {label} | {e['ms_per_request']:.2f} | {served:.4f} | {e['load_average_at_start']:.1f} |"
+                         if served is not None else f"| {label} | {e['ms_per_request']:.2f} | n/a | "
+                         f"{e['load_average_at_start']:.1f} |")
     batch = results_dir / "batch.json"
     if batch.exists():
         b = json.loads(batch.read_text())
