@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ..util.jsonfile import read_json
 from ..config import ConfigError
 from ..data.dataset import load_dataset
 from ..data.prepare import prepare
@@ -71,10 +72,7 @@ def _read_state(out: Path) -> dict[str, Any]:
     path = out / STATE_FILE
     if not path.exists():
         return {"format": FORMAT, "stages": {}}
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}); remove it to start the fit again") from None
+    state = read_json(path, ConfigError, hint="; remove it to start the fit again")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{path}: not a dmirec fit state file")
     return state

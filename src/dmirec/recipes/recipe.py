@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..util.jsonfile import read_json
 from ..config import Config, ConfigError, from_dict, upgrade_saved
 from ..data.sampler import left_pad
 from ..models import build_model
@@ -239,12 +240,7 @@ def write_recipe(folder: str | Path, recipe: Recipe) -> None:
 
 def read_spec(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / RECIPE_FILE
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: no recipe (write one with `dmirec fit-channels RUN_DIR`)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RecipeError(f"{path}: not valid JSON ({exc})") from None
+    spec = read_json(path, RecipeError, missing="no recipe (write one with `dmirec fit-channels RUN_DIR`)")
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise RecipeError(f"{path}: not a dmirec recipe (format {spec.get('format') if isinstance(spec, dict) else None!r})")
     if spec.get("format_version") != FORMAT_VERSION:

@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from ..util.jsonfile import read_json
 from ..config import Config, ConfigError
 
 REPEAT_FILE = "repeat.json"
@@ -18,12 +18,7 @@ PARAM_KEYS = ("repeat_channel", "repeat_weight", "repeat_recency", "repeat_bias"
 def read_repeat_file(path: str | Path) -> dict[str, Any]:
     """The ``params`` table of a repeat.json file, checked against the config's repeat keys."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such repeat parameter file (write one with `dmirec fit-repeat`)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json(path, ConfigError, missing="no such repeat parameter file (write one with `dmirec fit-repeat`)")
     params = data.get("params") if isinstance(data, dict) else None
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: no \"params\" table of repeat_* config keys")

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import yaml
 
+from ..util.jsonfile import read_json
 from ..util.atomic import PyWriter, atomic_write_bytes, make_readable, naming_write_errors
 from ..config import Config, from_dict, upgrade_saved
 from ..data.sampler import left_pad
@@ -138,10 +139,7 @@ def read_manifest(bundle_dir: str | Path) -> dict[str, Any]:
     path = bundle_dir / MANIFEST
     if not path.exists():
         raise BundleError(f"{path}: missing; {bundle_dir} is not a bundle (create one with `dmirec export`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc}); the bundle is corrupted") from None
+    manifest = read_json(path, BundleError, hint="; the bundle is corrupted")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not a dmirec bundle manifest (expected \"format\": \"{FORMAT}\")")
     version = manifest.get("format_version")
