@@ -61,10 +61,11 @@ def main() -> None:
             rounds[name].append(1000 * (time.perf_counter() - start) / a.requests)
     records = json.loads(OUT.read_text()) if OUT.exists() else {}
     for name, path in zip(bundles, a.bundles):
-        manifest = json.loads((Path(path) / "manifest.json").read_text())
+        manifest = bundles[name].manifest
         records[name] = {"bundle": path, "ms_per_request_rounds": rounds[name], "ms_per_request": min(rounds[name]),
                          "requests": a.requests, "history": a.history, "n": 50,
-                         "served": manifest.get("served"),
+                         "served": manifest.get("served"), "model": manifest.get("model"),
+                         "source": manifest.get("source"),
                          "load_average_at_start": load, "commit": git_commit(), "machine": machine()}
         print(f"{name}: {min(rounds[name]):.2f} ms/request (rounds {', '.join(f'{r:.2f}' for r in rounds[name])})")
     OUT.write_text(json.dumps(records, indent=2) + "\n")
