@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -226,7 +227,17 @@ def main(argv: list[str] | None = None) -> int:
             count = max(1, min(args.max_requests, int(rate * args.duration)))
             load_before = os.getloadavg()[0]
             cpu0 = cpu_seconds(proc.pid)
-            res = asyncio.run(run_rate(base, bodies, rate, count))
+            # The generator's own garbage collector must not pause the schedule: a full collection
+            # of this process (torch and pydantic imported for read_manifest) takes 100-160 ms here
+            # and showed up as server latency. Freeze what exists, collect nothing during the run.
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+            try:
+                res = asyncio.run(run_rate(base, bodies, rate, count))
+            finally:
+                gc.enable()
+                gc.unfreeze()
             cpu1 = cpu_seconds(proc.pid)
             res["load_before"], res["load_after"] = load_before, os.getloadavg()[0]
             if cpu0 is not None and cpu1 is not None:
@@ -246,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         "metadata": meta,
         "settings": {"rates": rates, "duration_s": args.duration, "max_requests": args.max_requests, "n": args.n,
                      "exclude_history": args.exclude_history, "threads": args.threads, "pin": args.pin,
-                     "histories": len(histories), "warmup": args.warmup, "generator": "asyncio+httpx open loop",
+                     "histories": len(histories), "warmup": args.warmup,
+                     "generator": "asyncio+httpx open loop, generator gc off during each rate",
                      "workers": args.workers, "max_inflight": meta.get("limits", {}).get("max_inflight"),
                      "body_timeout_s": meta.get("limits", {}).get("body_timeout_s"), "seed": args.seed},
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),

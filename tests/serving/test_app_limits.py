@@ -326,3 +326,20 @@ def test_http_fuzz_hostile_json_never_5xx(client, body):
     r = post_raw(client, _render(body))
     assert r.status_code < 500, (r.status_code, r.text[:300])
     r.json()  # every answer is JSON that parses
+
+
+def test_a_serving_process_freezes_its_loaded_heap(bundle_dir):
+    """Worker processes freeze torch/pydantic/bundle objects once loaded, so a full collection
+    never rescans them mid-request (a ~100 ms pause at ~200k objects)."""
+    settings = {"bundle_dir": str(bundle_dir), "threads": 1, "max_inflight": 4, "body_timeout": 5.0,
+                "max_connections": 8, "max_client_connections": 8, "header_timeout": 5.0}
+    code = ("import gc, json, os\n"
+            "from dmirec.serving.app import app_from_env\n"
+            "before = gc.get_freeze_count()\n"
+            "app_from_env()\n"
+            "print(json.dumps([before, gc.get_freeze_count()]))\n")
+    env = {**os.environ, "PYTHONPATH": SRC, "DMIREC_SERVE_SETTINGS": json.dumps(settings)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before == 0 and after > 10_000
