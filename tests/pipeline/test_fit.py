@@ -8,6 +8,7 @@ import json
 import pytest
 
 from dmirec.cli.main import main as cli_main
+from dmirec.config import ConfigError
 from dmirec.data.synthetic import make_planted_dataset
 from dmirec.pipeline.fit import STATE_FILE, fit, read_recipe_yaml
 from dmirec.pipeline.settings import derive_settings
@@ -82,3 +83,24 @@ def test_fit_refuses_a_bad_recipe_file_by_name(tmp_path, capsys):
     bad.write_text("format: something-else\n")
     assert cli_main(["fit", str(tmp_path), "--out", str(tmp_path / "o"), "--recipe", str(bad)]) == 2
     assert "recipe.yaml: not a recipe written by dmirec fit" in capsys.readouterr().err
+
+
+def test_resuming_with_other_config_keys_is_refused(fitted):
+    base, _, _ = fitted
+    with pytest.raises(ConfigError, match="started with config keys .*resume it with the same keys"):
+        fit(base / "data", base / "out", "quick", overrides={**TINY, "lr": 0.01}, progress=False, log=lambda s: None)
+
+
+def test_replay_with_a_config_key_applies_it_to_every_stage(fitted):
+    """A recipe replayed with the approximate bank search: the backbone, the recipe's own channel and
+    the bundle all carry it, and the replay's recipe.yaml records it."""
+    base, report, _ = fitted
+    out = base / "replay-hnsw"
+    fit(base / "data", out, recipe=base / "out" / "recipe.yaml", overrides={"bank_search": "hnsw"}, progress=False,
+        log=lambda s: None)
+    assert read_recipe_yaml(out / "recipe.yaml")["backbone"]["config"]["bank_search"] == "hnsw"
+    own = next(c for c in json.loads((out / "backbone" / "recipe" / "recipe.json").read_text())["channels"]
+               if c["name"] == "model")
+    assert own["config"]["bank_search"] == "hnsw"
+    bundle = load_bundle(out / "bundle")
+    assert bundle.model.bank is not None and bundle.model.bank.search_kind == "hnsw"

@@ -20,6 +20,12 @@ Every choice goes into ``DIR/recipe.yaml``; ``dmirec fit LOG --recipe recipe.yam
 replays it without any search (same data settings, same backbone config and seed, the same rule,
 channel settings and merger weights), so it gives the same numbers. Selection uses validation users
 only.
+
+Config keys given on the command line (``dmirec fit LOG --out DIR --bank_search=hnsw``) go into the
+backbone's config, so every later stage (rule, channels, evaluation, bundle) uses them; with
+``--recipe`` they apply on top of the replayed backbone config (e.g. a recipe replayed with the
+approximate bank search for serving). ``fit_state.json`` keeps them: resuming a fit with other keys
+is refused instead of mixing stages done with different settings.
 """
 
 from __future__ import annotations
@@ -114,6 +120,11 @@ def fit(source: str | Path, out: str | Path, budget: str = "standard", *, recipe
     out.mkdir(parents=True, exist_ok=True)
     state = _read_state(out)
     done = state["stages"]
+    given = {k: str(v) for k, v in (overrides or {}).items()}
+    if done and state.get("overrides", {}) != given:
+        raise ConfigError(f"{out / STATE_FILE}: this fit was started with config keys {state.get('overrides', {})}, "
+                          f"now {given}; resume it with the same keys or start a new --out folder")
+    state["overrides"] = given
     started = time.perf_counter()
 
     def stage(i: int, name: str, note: str = "") -> bool:
@@ -152,7 +163,7 @@ def fit(source: str | Path, out: str | Path, budget: str = "standard", *, recipe
     run = out / BACKBONE
     if stage(3, "train", " (REMI to early stopping)"):
         if fixed:
-            bb = dict(fixed["backbone"]["config"])
+            bb = {**fixed["backbone"]["config"], **(overrides or {})}
         else:
             bb = {"seq_len": settings["seq_len"], "seed": seed, **plan["backbone"], **(overrides or {})}
         bb.update(progress=progress, threads=threads)
