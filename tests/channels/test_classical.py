@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dmirec.channels.ease import fit_ease
 from dmirec.channels.interactions import sequences_matrix, train_matrix, user_item_matrix
@@ -278,6 +280,27 @@ def test_top_items_dense_sparse_and_blocks_agree():
         order = [j for j in np.lexsort((np.arange(31), -dense[b])) if dense[b, j] > 1e-9 and j > 0][:10]
         assert ref_ids[b, :len(order)].tolist() == order
         assert np.all(ref_ids[b, len(order):] == -1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), decay=st.sampled_from([0.0, 0.1, 0.7]), n=st.integers(1, 40),
+       signed=st.booleans(), exclude=st.booleans(), f64=st.booleans())
+def test_one_user_path_gives_the_batch_paths_floats(seed, decay, n, signed, exclude, f64):
+    """A single history (a served request) takes the gather path; its ids and scores must be the
+    very floats of the scipy product the batch path (evaluation) computes."""
+    rng = np.random.default_rng(seed)
+    items = 30
+    dense = np.where(rng.random((items + 1, items + 1)) < 0.3,
+                     rng.normal(size=(items + 1, items + 1)) if signed else rng.random((items + 1, items + 1)), 0.0)
+    sim = sp.csr_matrix(dense.astype(np.float64 if f64 else np.float32))
+    hist = rng.integers(0, items + 1, size=rng.integers(1, 25))
+    other = rng.integers(1, items + 1, size=5)
+    rows = user_item_matrix([hist, other], items, decay=decay)  # (2, N + 1)
+    excl = [list(rng.choice(np.arange(1, items + 1), 4, replace=False)), []] if exclude else None
+    batch_ids, batch_sc = top_items(rows, sim, n, exclude=excl)
+    one_ids, one_sc = top_items(rows[:1], sim, n, exclude=excl[:1] if excl else None)
+    assert np.array_equal(one_ids[0], batch_ids[0])
+    assert np.array_equal(one_sc[0], batch_sc[0])
 
 
 def test_top_items_dense_ease_excludes_negative_and_history():

@@ -13,6 +13,10 @@ Returned items, per user, best first (higher score, then lower id among equal sc
 * where fewer than n items qualify, the row is padded with id -1 and score -inf, as in
   :class:`dmirec.retrieval.SearchResult`; :func:`fill_popular` fills those slots with the most
   popular items the row does not hold.
+
+One user against a sparse matrix (a served request) takes a shorter path (:func:`_one_sparse`):
+the rows of ``sim`` its history selects are gathered and summed item by item, in the order
+scipy's sparse product sums them, so its scores are the same floats as the batch path's (tested).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def exclusion_csr(exclude: Any, batch: int, num_items: int):
 
 def _check_sim(sim: Any, num_cols: int) -> Any:
     if sp.issparse(sim):
-        sim = sp.csr_matrix(sim)
+        sim = sim if sim.format == "csr" else sp.csr_matrix(sim)
     else:
         sim = np.asarray(sim)
         if sim.ndim != 2:
@@ -78,6 +82,31 @@ def _block_sparse(scores: sp.csr_matrix, excl_keys: np.ndarray | None, u0: int, 
     return _place(rows[ok], cols[ok], vals[ok], batch, n)
 
 
+def _one_sparse(row: sp.csr_matrix, sim: sp.csr_matrix, excl_items: np.ndarray | None, n: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Top n of one user row (1, N + 1) against CSR ``sim``, without building the product matrix.
+
+    scipy's CSR product sums, for each output column, ``a_k * sim[k, j]`` over the row's items k in
+    stored (ascending) order, in the result dtype; ``np.add.at`` adds in input order, so gathering
+    the selected rows in that order gives the same sums, hence the same ranking.
+    """
+    k = row.indices.astype(np.int64)  # (h,) the row's items, ascending
+    dtype = np.result_type(row.data.dtype, sim.data.dtype)
+    starts = sim.indptr[k].astype(np.int64)  # (h,)
+    lens = sim.indptr[k + 1].astype(np.int64) - starts  # (h,)
+    total = int(lens.sum())
+    pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)  # (total,) into sim.data
+    cols = sim.indices[pos].astype(np.int64)  # (total,)
+    prods = np.repeat(row.data.astype(dtype), lens) * sim.data[pos].astype(dtype)  # (total,)
+    uniq, inv = np.unique(cols, return_inverse=True)  # (c,), (total,)
+    acc = np.zeros(len(uniq), dtype=dtype)  # (c,)
+    np.add.at(acc, inv, prods)
+    ok = (acc > 0) & (uniq > 0)
+    if excl_items is not None and excl_items.size:
+        ok &= ~np.isin(uniq, excl_items)
+    return _place(np.zeros(int(ok.sum()), dtype=np.int64), uniq[ok], acc[ok], 1, n)
+
+
 def _block_dense(scores: np.ndarray, excl, u0: int, u1: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     batch, n1 = scores.shape
     scores = np.array(scores, dtype=np.float32)  # (b, N + 1) own copy
@@ -109,7 +138,7 @@ def top_items(user_rows, sim, n: int, *, exclude: Any = None, block: int | None 
         raise ValueError(f"n must be >= 1, got {n}")
     if not sp.issparse(user_rows) or user_rows.ndim != 2:
         raise ValueError("user_rows must be a 2-D scipy sparse matrix (users x (N + 1) items)")
-    user_rows = sp.csr_matrix(user_rows)
+    user_rows = user_rows if user_rows.format == "csr" else sp.csr_matrix(user_rows)
     batch, n1 = user_rows.shape
     sim = _check_sim(sim, n1)
     if block is None:
@@ -118,6 +147,9 @@ def top_items(user_rows, sim, n: int, *, exclude: Any = None, block: int | None 
         raise ValueError(f"block must be >= 1, got {block}")
     block = int(block)
     excl = exclusion_csr(exclude, batch, n1 - 1)
+    if batch == 1 and sp.issparse(sim):
+        excl_items = None if excl is None else np.asarray(excl.indices[excl.indptr[0]:excl.indptr[1]], dtype=np.int64)
+        return _one_sparse(user_rows, sim, excl_items, n)
     excl_keys = None
     if excl is not None and sp.issparse(sim):
         ex_rows = np.repeat(np.arange(batch, dtype=np.int64), np.diff(excl.indptr))
