@@ -13,6 +13,7 @@ from dmirec.data.synthetic import make_planted_dataset
 from dmirec.pipeline.fit import STATE_FILE, fit, read_recipe_yaml
 from dmirec.pipeline.settings import derive_settings
 from dmirec.serving.bundle import load_bundle
+from dmirec.serving.export import export_bundle
 
 TINY = {"embedding_dim": 16, "max_steps": 100, "eval_every": 50, "batch_size": 64, "num_negatives": 64}
 
@@ -104,3 +105,9 @@ def test_replay_with_a_config_key_applies_it_to_every_stage(fitted):
     assert own["config"]["bank_search"] == "hnsw"
     bundle = load_bundle(out / "bundle")
     assert bundle.model.bank is not None and bundle.model.bank.search_kind == "hnsw"
+    # the graph is built on first use; a serving process builds it before it listens (Bundle.warm)
+    rule = {k: str(v) for k, v in read_recipe_yaml(out / "recipe.yaml")["neighbour_rule"].items()}
+    export_bundle(out / "backbone", out / "plain", recipe=None, served_metrics=False, query_sample=10, overrides=rule)
+    plain = load_bundle(out / "plain")  # the backbone with its rule alone: the bank is searched
+    assert plain.recipe is None and plain.model.bank._hnsw is None
+    assert plain.warm() >= 0 and plain.model.bank._hnsw is not None

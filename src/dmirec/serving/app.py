@@ -40,9 +40,11 @@ threadpool and requests never block the event loop or each other; the model runs
 sets torch's and faiss' intra-op threads to ``threads`` (default 1): for one small request at a
 time, parallelism comes from concurrent requests, not from splitting one tiny matmul.
 
-Garbage collection: every serving process freezes its heap once loaded
-(:func:`freeze_loaded_heap`), so a full collection never rescans the ~200k objects of torch,
-pydantic and the bundle in the middle of a request.
+Start-up: every serving process answers one warm-up request before it listens
+(:meth:`~dmirec.serving.bundle.Bundle.warm`: the bank's HNSW graph and other first-use work is
+built then, not in a client's request), then freezes its heap (:func:`freeze_loaded_heap`), so
+a full garbage collection never rescans the ~200k objects of torch, pydantic and the bundle in
+the middle of a request.
 """
 
 from __future__ import annotations
@@ -360,6 +362,7 @@ def app_from_env() -> FastAPI:
     bundle = load_bundle(settings["bundle_dir"], verify=False, device=settings.get("device", "cpu"))  # verified once by the parent
     app = create_app(bundle, threads=settings["threads"], max_inflight=settings["max_inflight"],
                      body_timeout=settings["body_timeout"])
+    bundle.warm()
     freeze_loaded_heap()
     return app
 
@@ -394,6 +397,7 @@ def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
         configure_threads(threads)
         bundle = load_bundle(bundle_dir, device=device)
         app = create_app(bundle, threads=threads, max_inflight=max_inflight, body_timeout=body_timeout)
+        bundle.warm()
         freeze_loaded_heap()
         sock = _listen(host, port)
         print(f"serving {bundle.manifest.get('model')} over {bundle.num_items} items "

@@ -498,6 +498,18 @@ class Bundle:
         return retrieve(self.searcher.search, queries, seqs, n, exclude_history=exclude_history,
                         stage=self.repeat_stage, item_embeddings=self.item_embeddings)
 
+    def warm(self) -> float:
+        """Answer one request (the most popular items as history, with and without exclusion) so that
+        what is built on first use is built now, before a client waits: the interest bank's HNSW
+        graph (``bank_search=hnsw``: seconds for a large bank), the recipe's item-item matrices,
+        torch's first calls. Returns the seconds it took."""
+        start = time.perf_counter()
+        if self.model is not None and self.num_items:
+            history = [self.item_ids[i - 1] for i in self.popular(min(self.seq_len, self.num_items))]
+            for exclude in (False, True):
+                self.recommend(history, 10, exclude)
+        return time.perf_counter() - start
+
     def recommend(self, history: Iterable[str], n: int = 50, exclude_history: bool = False) -> dict[str, Any]:
         """Recommendations for one raw-id history (oldest first), as the HTTP API returns them::
 
