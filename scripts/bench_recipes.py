@@ -150,6 +150,22 @@ LABELS = {"model": "REMI + neighbour rule", "itemknn": "ItemKNN", "rp3beta": "RP
           "repeat": "repeat ranking"}
 
 
+CLASSICAL = ROOT / "bench_results" / "classical"  # scripts/bench_classical.py: each method alone, its own grid
+
+
+def classical_alone(dataset: str, view: str) -> list[tuple[str, list[dict]]]:
+    """(label, [test metrics]) of each classical method measured alone by scripts/bench_classical.py
+    on this dataset and view (its own validation grid, EASE dense): single methods the recipe must
+    beat too, beside its channels alone."""
+    rows = []
+    for path in sorted(CLASSICAL.glob(f"{dataset}-*.json")):
+        rec = json.loads(path.read_text())
+        test = ((rec.get("views") or {}).get(view) or {}).get("test")
+        if rec.get("dataset") == dataset and test:
+            rows.append((f"{LABELS.get(rec['method'], rec['method'])} alone, own grid (bench_classical)", [test]))
+    return rows
+
+
 def table() -> list[str]:
     """Markdown: per dataset and view, the recipe and each channel alone (test, mean ± sd over seeds)."""
     records = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
@@ -177,7 +193,8 @@ def table() -> list[str]:
         chosen = "; ".join(f"s{r['seed']}: {r['chosen']['merger']}"
                            + (f" k={r['chosen']['k']:g}" if r['chosen']['merger'] == 'rrf' else "")
                            + " w=" + "/".join(f"{w:g}" for w in r["chosen"]["weights"]) for r in recs)
-        best_single = max(rows[1:], key=lambda row: statistics.mean(m["recall@50"] for m in row[1]))
+        best_single = max(rows[1:] + classical_alone(dataset, view),
+                          key=lambda row: statistics.mean(m["recall@50"] for m in row[1]))
         merged = [m["recall@50"] for m in rows[0][1]]
         single = [m["recall@50"] for m in best_single[1]]
         ratio = statistics.mean(merged) / statistics.mean(single)

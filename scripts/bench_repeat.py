@@ -208,7 +208,7 @@ def mean_sd(values: list[float]) -> str:
 
 
 NAMES = {"repeat": "repeat baseline", "remi": "REMI", "dmi": "DMI", "most-popular": "most-popular",
-         "remi-rule": "REMI + neighbour rule", "dmi-collab": "DMI, collaborative"}
+         "remi-rule": "REMI + neighbour rule", "dmi-collab": "DMI, collaborative", "sasrec": "SASRec"}
 
 
 def variants(r: dict) -> list[tuple[str, dict, dict | None]]:

@@ -196,12 +196,14 @@ def _fit_section(folder: Path) -> list[str]:
     lines = ["## `dmirec fit` with no flag beyond the budget (`python scripts/bench_fit.py DATASET`)", "",
              "One seed (the REMI backbone's 2021), everything chosen on validation users, test Recall@50; "
              "`model` is REMI with its neighbour rule, `remi` the network alone. The recipes table above "
-             "has three seeds of the same path.", "",
-             "| dataset | budget | " + " | ".join(cols) + " | wall (s) | commit |",
-             "|---|---|" + "---:|" * len(cols) + "---:|---|"]
+             "has three seeds of the same path. `settings`: config keys given to the fit (`--set KEY=VALUE`). "
+             "Wall times are of a shared machine and not comparable across rows.", "",
+             "| dataset | budget | settings | " + " | ".join(cols) + " | wall (s) | commit |",
+             "|---|---|---|" + "---:|" * len(cols) + "---:|---|"]
     for r in records:
         cells = [f"{r['test'][c]['recall@50']:.4f}" if c in r["test"] else "-" for c in cols]
-        lines.append(f"| {r['dataset']} | {r['budget']} | " + " | ".join(cells) +
+        settings = ", ".join(f"{k}={v}" for k, v in (r.get("settings") or {}).items()) or "-"
+        lines.append(f"| {r['dataset']} | {r['budget']} | {settings} | " + " | ".join(cells) +
                      f" | {r['wall_s_last_call']:,.0f} | {str(r['commit'])[:8]} |")
     return lines + [""]
 
@@ -618,10 +620,9 @@ def _serve_section(results_dir: Path) -> list[str]:
              "server thread.", "",
              *SERVE_HEAD]
     lines += _serve_rows(d)
-    for name, title in (("serve-recipe.json", "Recipe against REMI + rule, machine loaded by other jobs "
-                         "(`scripts/bench_serve.py`, docs/recipes.md)"),
-                        ("serve-recipe-idle.json", "Recipe against REMI + rule (exact and HNSW bank), idle machine "
-                         "(`scripts/bench_serve.py`, docs/recipes.md)")):
+    for name, title in (("serve-recipe-idle.json", "The `dmirec fit` recipe against REMI + rule, each with the "
+                         "interest bank searched exactly or by HNSW, idle machine (`scripts/bench_serve.py`, "
+                         "docs/recipes.md; `-repeatN`: the same bundle measured again)"),):
         if (results_dir / name).exists():
             lines += ["", f"{title}, `bench_results/{name}`:", "", *SERVE_HEAD]
             lines += _serve_rows(json.loads((results_dir / name).read_text()))
