@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import statistics
 import sys
@@ -147,7 +148,7 @@ def _fmt(values: list[float]) -> str:
 
 
 LABELS = {"model": "REMI + neighbour rule", "itemknn": "ItemKNN", "rp3beta": "RP3beta", "ease": "EASE",
-          "repeat": "repeat ranking"}
+          "repeat": "repeat ranking", "remi-other-seed": "REMI of another seed (no rule)"}
 
 
 CLASSICAL = ROOT / "bench_results" / "classical"  # scripts/bench_classical.py: each method alone, its own grid
@@ -166,6 +167,12 @@ def classical_alone(dataset: str, view: str) -> list[tuple[str, list[dict]]]:
     return rows
 
 
+def _channel_kind(name: str, dataset: str) -> str:
+    """A channel's name for grouping seeds: another seed's REMI run (``--extra DATASET-remi-sSEED``)
+    is one kind of channel whatever its seed."""
+    return "remi-other-seed" if re.fullmatch(rf"{re.escape(dataset)}-remi-s\d+", name) else name
+
+
 def table() -> list[str]:
     """Markdown: per dataset and view, the recipe and each channel alone (test, mean ± sd over seeds)."""
     records = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))]
@@ -176,7 +183,7 @@ def table() -> list[str]:
              "users, mean ± sd over seeds.", ""]
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in records:
-        key = (r["dataset"], r["view"], ",".join(c for c in r["channels"]))
+        key = (r["dataset"], r["view"], ",".join(_channel_kind(c, r["dataset"]) for c in r["channels"]))
         groups.setdefault(key, []).append(r)
     for (dataset, view, chans), recs in sorted(groups.items()):
         recs.sort(key=lambda r: r["seed"])
@@ -184,8 +191,9 @@ def table() -> list[str]:
                   "| method | seeds | Recall@20 | Recall@50 | NDCG@50 | HitRate@50 |", "|---|---|---|---|---|---|"]
         seeds = ",".join(str(r["seed"]) for r in recs)
         rows = [("merged recipe", [r["test"]["recipe"] for r in recs])]
-        for name in recs[0]["test"]["channels"]:
-            rows.append((f"{LABELS.get(name, name)} alone", [r["test"]["channels"][name] for r in recs]))
+        for i, name in enumerate(recs[0]["channels"]):  # same order in every record of the group
+            kind = _channel_kind(name, dataset)
+            rows.append((f"{LABELS.get(kind, kind)} alone", [r["test"]["channels"][r["channels"][i]] for r in recs]))
         rows.append(("REMI (no rule)", [r["test"]["remi_without_rule"] for r in recs]))
         for label, ms in rows:
             lines.append(f"| {label} | {seeds} | " + " | ".join(_fmt([m[k] for m in ms]) for k in
