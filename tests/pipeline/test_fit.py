@@ -111,3 +111,22 @@ def test_replay_with_a_config_key_applies_it_to_every_stage(fitted):
     plain = load_bundle(out / "plain")  # the backbone with its rule alone: the bank is searched
     assert plain.recipe is None and plain.model.bank._hnsw is None
     assert plain.warm() >= 0 and plain.model.bank._hnsw is not None
+
+
+def test_fit_for_the_new_items_view_serves_no_history_item(tmp_path):
+    """--new-items-only: the recipe is fitted and measured in that view, the report says so, and the
+    bundle never returns an item of the request's history."""
+    make_planted_dataset(tmp_path / "data", num_users=400, num_items=120, num_clusters=8)
+    report = fit(tmp_path / "data", tmp_path / "out", "quick", overrides=TINY, new_items_only=True, progress=False,
+                 log=lambda s: None)
+    state = json.loads((tmp_path / "out" / STATE_FILE).read_text())
+    assert state["stages"]["settings"]["new_items_only"] is True
+    assert read_recipe_yaml(tmp_path / "out" / "recipe.yaml")["settings"]["new_items_only"] is True
+    assert "new-items view" in (tmp_path / "out" / "report.md").read_text()
+    assert report["recipe"]["users"] == report["remi"]["users"] == report["most-popular"]["users"]
+    bundle = load_bundle(tmp_path / "out" / "bundle")
+    history = bundle.item_ids[:15]
+    got = [row["item"] for row in bundle.recommend(history, 50)["items"]]
+    assert got and not set(got) & set(history)
+    with pytest.raises(ConfigError, match="new_items_only"):
+        fit(tmp_path / "data", tmp_path / "out", "quick", overrides=TINY, progress=False, log=lambda s: None)

@@ -7,7 +7,7 @@
     dmirec report RUN_DIR [--out report.html] [--categories FILE] [--bundle BUNDLE_DIR]
     dmirec compare RUN_DIR... [--by model] [--metric recall@50] [--out FILE.md|FILE.html]
     dmirec fit-repeat RUN_DIR [--output repeat.json]
-    dmirec fit LOG_OR_PREPARED_DIR --out DIR [--budget quick|standard|full] [--recipe recipe.yaml]
+    dmirec fit LOG_OR_PREPARED_DIR --out DIR [--budget quick|standard|full] [--recipe recipe.yaml] [--new-items-only]
     dmirec fit-channels RUN_DIR [--channels model,itemknn,ease,repeat] [--key=value ...]
     dmirec export RUN_DIR BUNDLE_DIR
     dmirec index BUNDLE_DIR --kind flat|hnsw|ivf|ivfpq
@@ -157,7 +157,8 @@ def cmd_fit_channels(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_fit(args: argparse.Namespace, extra: list[str]) -> int:
     fit(args.source, args.out, args.budget, recipe=args.recipe, seed=args.seed,
-        overrides=parse_overrides(extra) or None, progress=args.progress, threads=args.threads)
+        overrides=parse_overrides(extra) or None, new_items_only=args.new_items_only, progress=args.progress,
+        threads=args.threads)
     print(Path(args.out, "report.md").read_text())
     return 0
 
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick: a short backbone run and small grids; standard: early stopping (default); "
                         "full: wider grids")
     p.add_argument("--recipe", default=None, metavar="recipe.yaml", help="replay the choices of an earlier fit")
+    p.add_argument("--new-items-only", action="store_true",
+                   help="fit, measure and serve the recipe for the new-items view (history items never recommended)")
     p.add_argument("--seed", type=int, default=2021)
     p.add_argument("--threads", type=int, default=1, help="torch threads for training (0 = torch's default)")
     p.add_argument("--no-progress", dest="progress", action="store_false")

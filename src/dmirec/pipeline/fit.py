@@ -21,6 +21,10 @@ replays it without any search (same data settings, same backbone config and seed
 channel settings and merger weights), so it gives the same numbers. Selection uses validation users
 only.
 
+``--new-items-only`` fits the channels and the merger for the new-items view (the history's items
+are never recommended and targets the user already had do not count), measures the test table in
+that view and serves it; the neighbour rule is chosen in the published view either way.
+
 Config keys given on the command line (``dmirec fit LOG --out DIR --bank_search=hnsw``) go into the
 backbone's config, so every later stage (rule, channels, evaluation, bundle) uses them; with
 ``--recipe`` they apply on top of the replayed backbone config (e.g. a recipe replayed with the
@@ -42,7 +46,7 @@ from ..config import ConfigError
 from ..data.dataset import load_dataset
 from ..data.prepare import prepare
 from ..data.sampler import eval_split
-from ..evaluation.evaluate import evaluate_run, metric_cutoffs, rank_users
+from ..evaluation.evaluate import evaluate_run, metric_cutoffs, new_items_view, rank_users
 from ..evaluation.metrics import summarize
 from ..models import build_model
 from ..recipes.fit import evaluate_recipe, fit_recipe, load_run_recipe
@@ -106,9 +110,13 @@ def read_recipe_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def fit(source: str | Path, out: str | Path, budget: str = "standard", *, recipe: str | Path | None = None,
-        seed: int = 2021, overrides: dict[str, Any] | None = None, progress: bool = True, threads: int = 1,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) the stages of the module docstring; returns the report (test metrics)."""
+        seed: int = 2021, overrides: dict[str, Any] | None = None, new_items_only: bool = False,
+        progress: bool = True, threads: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the stages of the module docstring; returns the report (test metrics).
+
+    ``new_items_only``: fit, measure and serve the recipe for the new-items view (items of the
+    history never recommended; targets the user already had do not count), e.g. for check-in data
+    when only places not yet visited matter."""
     out = Path(out)
     source = Path(source)
     fixed = read_recipe_yaml(recipe) if recipe is not None else None
@@ -154,8 +162,15 @@ def fit(source: str | Path, out: str | Path, budget: str = "standard", *, recipe
     # 2 settings
     if stage(2, "settings"):
         settings = dict(fixed["settings"]) if fixed else derive_settings(data)
+        if fixed and new_items_only and not settings.get("new_items_only", False):
+            raise ConfigError(f"{recipe}: the recipe was fitted for the published view; --new-items-only "
+                              "needs a fit without --recipe")
+        settings["new_items_only"] = bool(settings.get("new_items_only", False) or new_items_only)
         finish("settings", settings)
     settings = done["settings"]
+    if not fixed and bool(settings.get("new_items_only", False)) != bool(new_items_only):
+        raise ConfigError(f"{out / STATE_FILE}: this fit was started with new_items_only="
+                          f"{settings.get('new_items_only', False)}; resume it the same way or start a new --out folder")
     log(f"  seq_len {settings['seq_len']} (median history {settings['median_history']:g}); repeats "
         f"{settings['repeat_share']:.1%} of validation targets; {settings['num_items']:,} items")
 
@@ -211,7 +226,8 @@ def fit(source: str | Path, out: str | Path, budget: str = "standard", *, recipe
                     c = ch[name]
                     kwargs[f"{name}_grid"] = [{k: v for k, v in c.items() if k not in SCORING_KEYS}]
                     kwargs["channel_scoring"][name] = [{k: c[k] for k in SCORING_KEYS}]
-        record = fit_recipe(run, names, overrides=over, log=lambda s: log(f"  {s}"), **kwargs)
+        record = fit_recipe(run, names, overrides=over, new_items_only=bool(settings.get("new_items_only", False)),
+                            log=lambda s: log(f"  {s}"), **kwargs)
         rec = record.pop("recipe")
         chosen = {c.name: _channel_choice(c) for c in rec.channels}
         finish("channels", {"channels": names, "chosen": chosen,
@@ -254,12 +270,14 @@ def _evaluate(run: Path) -> dict[str, Any]:
     rows = {"recipe": {k: float(v) for k, v in rec.items() if "@" in k or k == "users"}}
     for name, m in rec["channels"].items():
         rows[name] = {k: float(v) for k, v in m.items() if "@" in k or k == "users"}
-    plain = evaluate_run(run, split="test")
+    plain = evaluate_run(run, split="test", new_items_only=new_items)
     rows["remi"] = {k: float(v) for k, v in plain.items() if "@" in k or k == "users"}
     pop_model = build_model(cfg.replace(model="most-popular", num_interests=1, max_steps=0, neighbour_alpha=0.0,
                                         repeat_channel=False), data.num_items, data.item_popularity("train"))
     ev = eval_split(data.splits["test"], cfg.seq_len)
-    pop = summarize(rank_users(pop_model, ev, max(ns)).ids, ev.targets, ns)
+    if new_items:
+        ev, _ = new_items_view(ev)
+    pop = summarize(rank_users(pop_model, ev, max(ns), exclude_history=new_items).ids, ev.targets, ns)
     rows["most-popular"] = {k: float(v) for k, v in pop.items() if "@" in k or k == "users"}
     return rows
 
@@ -273,7 +291,10 @@ def _write_report(out: Path, done: dict[str, Any], budget: str) -> None:
              f"(best {done['train']['best_step']}); neighbour rule alpha {done['rule']['neighbour_alpha']:g}, "
              f"n {done['rule']['neighbours']}; merger {done['channels']['merger']['merger']} with weights "
              + ", ".join(f"{n} {w:g}" for n, w in zip(done["channels"]["channels"], done["channels"]["merger"]["weights"]))
-             + ". Everything was chosen on validation users; the table is test users.", "",
+             + ". Everything was chosen on validation users; the table is test users"
+             + (" in the new-items view (history items never recommended; targets already in the history "
+                "removed, users left without a target skipped)" if done["settings"].get("new_items_only") else "")
+             + ".", "",
              "| method | Recall@20 | Recall@50 | NDCG@50 | HitRate@50 |", "|---|---|---|---|---|"]
     for key, m in report.items():
         lines.append(f"| {labels.get(key, key)} | {m['recall@20']:.4f} | {m['recall@50']:.4f} | {m['ndcg@50']:.4f} | "
