@@ -129,7 +129,7 @@ def fit(source: str | Path, out: str | Path, budget: str = "standard", *, recipe
     state = _read_state(out)
     done = state["stages"]
     given = {k: str(v) for k, v in (overrides or {}).items()}
-    if done and state.get("overrides", {}) != given:
+    if done and "overrides" in state and state["overrides"] != given:  # older fit states kept no keys: not checked
         raise ConfigError(f"{out / STATE_FILE}: this fit was started with config keys {state.get('overrides', {})}, "
                           f"now {given}; resume it with the same keys or start a new --out folder")
     state["overrides"] = given
