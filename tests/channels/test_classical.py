@@ -282,19 +282,25 @@ def test_top_items_dense_sparse_and_blocks_agree():
         assert np.all(ref_ids[b, len(order):] == -1)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 10_000), decay=st.sampled_from([0.0, 0.1, 0.7]), n=st.integers(1, 40),
-       signed=st.booleans(), exclude=st.booleans(), f64=st.booleans())
-def test_one_user_path_gives_the_batch_paths_floats(seed, decay, n, signed, exclude, f64):
-    """A single history (a served request) takes the gather path; its ids and scores must be the
-    very floats of the scipy product the batch path (evaluation) computes."""
+       signed=st.booleans(), exclude=st.booleans(), f64=st.booleans(),
+       shape=st.sampled_from([(30, 0.3), (3000, 0.3)]))
+def test_one_user_path_gives_the_batch_paths_floats(seed, decay, n, signed, exclude, f64, shape):
+    """A single history (a served request) takes the gather path (a dense accumulator when its rows
+    hold many entries for the catalogue, the distinct columns otherwise: both shapes drawn); its ids
+    and scores must be the very floats of the scipy product the batch path (evaluation) computes."""
     rng = np.random.default_rng(seed)
-    items = 30
-    dense = np.where(rng.random((items + 1, items + 1)) < 0.3,
-                     rng.normal(size=(items + 1, items + 1)) if signed else rng.random((items + 1, items + 1)), 0.0)
-    sim = sp.csr_matrix(dense.astype(np.float64 if f64 else np.float32))
+    items, density = shape
+    values = (lambda k: rng.normal(size=k)) if signed else (lambda k: rng.random(k))
+    # entries only in the first 40 columns: with 3,000 items the rows hold few entries for the
+    # catalogue (the distinct-columns path) yet many land on one column (sums of several terms)
+    width = min(40, items + 1)
+    block = sp.random(items + 1, width, density=density, random_state=rng, data_rvs=values)
+    sim = sp.hstack([block, sp.csr_matrix((items + 1, items + 1 - width))]).tocsr()
+    sim = sim.astype(np.float64 if f64 else np.float32)
     hist = rng.integers(0, items + 1, size=rng.integers(1, 25))
-    other = rng.integers(1, items + 1, size=5)
+    other = rng.integers(1, items + 1, size=5)  # a second user: the batch path
     rows = user_item_matrix([hist, other], items, decay=decay)  # (2, N + 1)
     excl = [list(rng.choice(np.arange(1, items + 1), 4, replace=False)), []] if exclude else None
     batch_ids, batch_sc = top_items(rows, sim, n, exclude=excl)

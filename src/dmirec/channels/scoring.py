@@ -98,9 +98,15 @@ def _one_sparse(row: sp.csr_matrix, sim: sp.csr_matrix, excl_items: np.ndarray |
     pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(total)  # (total,) into sim.data
     cols = sim.indices[pos].astype(np.int64)  # (total,)
     prods = np.repeat(row.data.astype(dtype), lens) * sim.data[pos].astype(dtype)  # (total,)
-    uniq, inv = np.unique(cols, return_inverse=True)  # (c,), (total,)
-    acc = np.zeros(len(uniq), dtype=dtype)  # (c,)
-    np.add.at(acc, inv, prods)
+    if total * 8 >= sim.shape[1]:  # many entries: a dense accumulator over the catalogue, no sort
+        dense = np.zeros(sim.shape[1], dtype=dtype)  # (N + 1,)
+        np.add.at(dense, cols, prods)
+        uniq = np.flatnonzero(dense)  # (c,) ascending, as np.unique gives them
+        acc = dense[uniq]
+    else:  # few entries in a large catalogue: accumulate over the distinct columns only
+        uniq, inv = np.unique(cols, return_inverse=True)  # (c,), (total,)
+        acc = np.zeros(len(uniq), dtype=dtype)  # (c,)
+        np.add.at(acc, inv, prods)
     ok = (acc > 0) & (uniq > 0)
     if excl_items is not None and excl_items.size:
         ok &= ~np.isin(uniq, excl_items)
