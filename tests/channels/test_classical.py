@@ -362,3 +362,19 @@ def test_bench_selection_rule_prefers_earliest_within_tie():
     assert grid[0] == {"shrink": 0.0, "topk": 50} and grid[-1] == {"shrink": 200.0, "topk": 200}
     with pytest.raises(ValueError, match="unknown method"):
         bench.fit_grid("nope")
+
+
+def test_one_user_path_breaks_ties_by_lower_id_at_the_cut():
+    """Five items tie at the n-th place: the single-history path keeps the lower ids, as the batch path."""
+    sim = sp.csr_matrix(np.array([[0, 0, 0, 0, 0, 0, 0],
+                                  [0, 0, 0.5, 0.5, 0.5, 0.5, 0.9],
+                                  [0, 0, 0, 0, 0, 0, 0],
+                                  [0, 0, 0, 0, 0, 0, 0],
+                                  [0, 0, 0, 0, 0, 0, 0],
+                                  [0, 0, 0, 0, 0, 0, 0],
+                                  [0, 0, 0, 0, 0, 0, 0]], dtype=np.float32))
+    rows = user_item_matrix([np.array([1])], 6)
+    ids, sc = top_items(rows, sim, 3)
+    assert ids.tolist() == [[6, 2, 3]] and sc.tolist() == [[np.float32(0.9), 0.5, 0.5]]
+    batch, _ = top_items(sp.vstack([rows, rows]).tocsr(), sim, 3)
+    assert batch[0].tolist() == ids[0].tolist()

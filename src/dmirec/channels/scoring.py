@@ -110,7 +110,12 @@ def _one_sparse(row: sp.csr_matrix, sim: sp.csr_matrix, excl_items: np.ndarray |
     ok = (acc > 0) & (uniq > 0)
     if excl_items is not None and excl_items.size:
         ok &= ~np.isin(uniq, excl_items)
-    return _place(np.zeros(int(ok.sum()), dtype=np.int64), uniq[ok], acc[ok], 1, n)
+    cols, vals = uniq[ok], acc[ok]
+    if len(vals) > n:  # keep the top n and their ties before the exact (-value, col) sort
+        thr = np.partition(vals, len(vals) - n)[len(vals) - n]  # the n-th best score
+        keep = vals >= thr
+        cols, vals = cols[keep], vals[keep]
+    return _place(np.zeros(len(cols), dtype=np.int64), cols, vals, 1, n)
 
 
 def _block_dense(scores: np.ndarray, excl, u0: int, u1: int, n: int) -> tuple[np.ndarray, np.ndarray]:
