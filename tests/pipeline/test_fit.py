@@ -117,8 +117,10 @@ def test_fit_for_the_new_items_view_serves_no_history_item(tmp_path):
     """--new-items-only: the recipe is fitted and measured in that view, the report says so, and the
     bundle never returns an item of the request's history."""
     make_planted_dataset(tmp_path / "data", num_users=400, num_items=120, num_clusters=8)
-    report = fit(tmp_path / "data", tmp_path / "out", "quick", overrides=TINY, new_items_only=True, progress=False,
-                 log=lambda s: None)
+    flags = [f"--{k}={v}" for k, v in TINY.items()]
+    assert cli_main(["fit", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--budget", "quick",
+                     "--new-items-only", "--no-progress", *flags]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
     state = json.loads((tmp_path / "out" / STATE_FILE).read_text())
     assert state["stages"]["settings"]["new_items_only"] is True
     assert read_recipe_yaml(tmp_path / "out" / "recipe.yaml")["settings"]["new_items_only"] is True
