@@ -16,6 +16,7 @@ catalogue items. Results go to ``--out`` (default bench_results/serve.json, one 
 
     .venv/bin/python scripts/bench_serve.py BUNDLE --rates 50,100,200 --duration 10
     .venv/bin/python scripts/bench_serve.py BUNDLE --rates 100,200,400 --workers 2 --out bench_results/serve-load.json
+    .venv/bin/python scripts/bench_serve.py BUNDLE --rates 100 --repeat 3     # the same rate three times in a row
 
 ``--workers`` runs ``dmirec serve --workers N`` (N processes on one port); the server's limits
 (``--max-inflight``) are recorded, and answers refused with 503 are counted apart.
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle", type=Path)
     p.add_argument("--rates", default="50,100,200", help="comma-separated request rates (req/s)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per rate")
+    p.add_argument("--repeat", type=int, default=1, help="measure each rate this many times in a row (run-to-run spread)")
     p.add_argument("--max-requests", type=int, default=5000, help="cap on requests per rate")
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--exclude-history", action="store_true")
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.warmup):
                 c.post("/recommend", json=bodies[i % len(bodies)]).raise_for_status()
         results = []
-        for rate in rates:
+        for rate, repeat in [(r, i) for r in rates for i in range(1, args.repeat + 1)]:
             count = max(1, min(args.max_requests, int(rate * args.duration)))
             load_before = os.getloadavg()[0]
             cpu0 = cpu_seconds(proc.pid)
@@ -240,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 gc.unfreeze()
             cpu1 = cpu_seconds(proc.pid)
             res["load_before"], res["load_after"] = load_before, os.getloadavg()[0]
+            res["repeat"] = repeat
             if cpu0 is not None and cpu1 is not None:
                 res["server_cpu_ms_per_request"] = (cpu1 - cpu0) * 1e3 / count
             results.append(res)
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = {
         "bundle": str(args.bundle),
         "metadata": meta,
-        "settings": {"rates": rates, "duration_s": args.duration, "max_requests": args.max_requests, "n": args.n,
+        "settings": {"rates": rates, "duration_s": args.duration, "max_requests": args.max_requests, "repeat": args.repeat, "n": args.n,
                      "exclude_history": args.exclude_history, "threads": args.threads, "pin": args.pin,
                      "histories": len(histories), "warmup": args.warmup,
                      "generator": "asyncio+httpx open loop, generator gc off during each rate",
