@@ -602,8 +602,10 @@ def _serve_rows(d: dict) -> list[str]:
             kind = f"{idx.get('kind')} {json.dumps(idx.get('params', {}))}"
         else:
             recall, kind = "exact", "none (exact search)"
+        repeated = entry["settings"].get("repeat", 1) > 1
         for row in entry["results"]:
-            lines.append(f"| {label} | {kind} | {recall} | {row['rate']:.0f} | {row['achieved_rps']:.1f} | "
+            rate = f"{row['rate']:.0f}" + (f" (run {row['repeat']})" if repeated else "")
+            lines.append(f"| {label} | {kind} | {recall} | {rate} | {row['achieved_rps']:.1f} | "
                          f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | "
                          f"{row.get('server_cpu_ms_per_request', float('nan')):.1f} |")
     return lines
