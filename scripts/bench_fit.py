@@ -9,7 +9,8 @@ metrics, bundle) with one torch thread, and writes ``bench_results/fit/DATASET-B
 test table of ``report.json``, every choice of ``recipe.yaml``, commit, data fingerprint, machine
 and wall time. ``--set KEY=VALUE`` passes a config key to the fit as ``dmirec fit --KEY=VALUE``
 would (e.g. ``--set bank_search=hnsw``); the record is then
-``bench_results/fit/DATASET-BUDGET-KEY=VALUE.json`` and holds the settings. The folder is resumable: a killed run goes on when the command is run again.
+``bench_results/fit/DATASET-BUDGET-KEY=VALUE.json`` and holds the settings. The folder is
+resumable: a killed run goes on when the command is run again.
 """
 
 from __future__ import annotations
