@@ -622,12 +622,12 @@ def _serve_section(results_dir: Path) -> list[str]:
              "server thread.", "",
              *SERVE_HEAD]
     lines += _serve_rows(d)
-    for name, title in (("serve-recipe-idle.json", "The `dmirec fit` recipe against REMI + rule, each with the "
-                         "interest bank searched exactly or by HNSW, idle machine (`scripts/bench_serve.py`, "
-                         "docs/recipes.md; `-repeatN`: the same bundle measured again)"),):
-        if (results_dir / name).exists():
-            lines += ["", f"{title}, `bench_results/{name}`:", "", *SERVE_HEAD]
-            lines += _serve_rows(json.loads((results_dir / name).read_text()))
+    recipe = results_dir / "serve-recipe-idle.json"
+    if recipe.exists():
+        lines += ["", "The `dmirec fit` recipe against REMI + rule, each with the interest bank searched exactly or "
+                  "by HNSW, idle machine (`scripts/bench_recipe_serving.sh`, docs/recipes.md), "
+                  "`bench_results/serve-recipe-idle.json`:", "", *SERVE_HEAD]
+        lines += _serve_rows(json.loads(recipe.read_text()))
     request = results_dir / "request.json"
     if request.exists():
         lines += ["", "Ranking cost per request without HTTP (`scripts/bench_request.py`, best of alternating rounds):",

@@ -40,11 +40,10 @@ threadpool and requests never block the event loop or each other; the model runs
 sets torch's and faiss' intra-op threads to ``threads`` (default 1): for one small request at a
 time, parallelism comes from concurrent requests, not from splitting one tiny matmul.
 
-Start-up: every serving process answers one warm-up request before it listens
-(:meth:`~dmirec.serving.bundle.Bundle.warm`: the bank's HNSW graph and other first-use work is
-built then, not in a client's request), then freezes its heap (:func:`freeze_loaded_heap`), so
-a full garbage collection never rescans the ~200k objects of torch, pydantic and the bundle in
-the middle of a request.
+Start-up (:func:`ready_to_serve`): every serving process answers one warm-up request before it
+listens, so the bank's HNSW graph and other first-use work is built then, not in a client's
+request; then it freezes its heap, so a full garbage collection never rescans the ~200k objects
+of torch, pydantic and the bundle in the middle of a request.
 """
 
 from __future__ import annotations
@@ -342,14 +341,14 @@ def _listen(host: str, port: int) -> socket.socket:
 _ENV = "DMIREC_SERVE_SETTINGS"
 
 
-def freeze_loaded_heap() -> None:
-    """Move everything alive after loading (torch, pydantic, the bundle) out of the collector's reach.
-
-    A full collection of a loaded server process (~200k objects) takes ~100 ms on our machines and
-    would stall every request in flight; frozen objects are never scanned again, so a later full
-    collection only walks what requests left behind. Called once per serving process, after the
-    app is built and before the first request (``gc.freeze``, as the Python docs advise for servers).
+def ready_to_serve(bundle: Bundle) -> None:
+    """Last step before a serving process listens: one warm-up request (:meth:`Bundle.warm`: what is
+    built on first use, such as the bank's HNSW graph, is built now), then everything alive is moved
+    out of the garbage collector's reach (``gc.freeze``, as the Python docs advise for servers). A full
+    collection of a loaded process (~200k objects of torch, pydantic and the bundle) takes ~100 ms on
+    our machines and would stall every request in flight; frozen objects are never scanned again.
     """
+    bundle.warm()
     gc.collect()
     gc.freeze()
 
@@ -362,8 +361,7 @@ def app_from_env() -> FastAPI:
     bundle = load_bundle(settings["bundle_dir"], verify=False, device=settings.get("device", "cpu"))  # verified once by the parent
     app = create_app(bundle, threads=settings["threads"], max_inflight=settings["max_inflight"],
                      body_timeout=settings["body_timeout"])
-    bundle.warm()
-    freeze_loaded_heap()
+    ready_to_serve(bundle)
     return app
 
 
@@ -397,8 +395,7 @@ def run_server(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000
         configure_threads(threads)
         bundle = load_bundle(bundle_dir, device=device)
         app = create_app(bundle, threads=threads, max_inflight=max_inflight, body_timeout=body_timeout)
-        bundle.warm()
-        freeze_loaded_heap()
+        ready_to_serve(bundle)
         sock = _listen(host, port)
         print(f"serving {bundle.manifest.get('model')} over {bundle.num_items} items "
               f"(index: {bundle.index_kind}) on http://{host}:{port}", flush=True)
